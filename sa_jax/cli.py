@@ -1,0 +1,40 @@
+"""The `sa-jax` command line. Each subcommand lives in `sa_jax/commands/<name>.py` and exposes
+`register(subparsers)`, which adds its parser and sets `func(args) -> int`. Command modules import
+JAX and the models inside `func`, so `sa-jax --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# One line per subcommand module in sa_jax/commands/.
+COMMANDS = [
+    "roundtrip",
+    "convert",
+    "encode",
+    "decode",
+    "params",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sa-jax", description="Stable Audio in JAX")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"sa_jax.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        # User errors (bad input, bad config, bad checkpoint): one clear line, no traceback.
+        print(f"sa-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
