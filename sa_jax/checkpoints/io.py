@@ -1,0 +1,80 @@
+"""Reading foreign weight files into plain `{key: np.ndarray}` dicts, and the one error type that
+every importer raises when keys or shapes do not line up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be read or does not match the model it is loaded into."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """Load a `.safetensors` file, or a PyTorch `.ckpt`/`.pt`/`.bin` with `weights_only=True`
+    (no pickled code runs). A Lightning checkpoint's `state_dict` entry is unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weight file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return _to_float32(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+        except Exception as e:  # bf16 tensors: numpy cannot hold them; go through torch
+            if "bfloat16" not in str(e).lower() and "bf16" not in str(e).lower():
+                raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+            return _read_safetensors_via_jax(path)
+    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(f"reading {path} needs PyTorch (a .ckpt is a torch pickle); "
+                                  "convert it to .safetensors or install torch") from None
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{path} could not be loaded safely as a PyTorch checkpoint ({e})") from None
+        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+                for k, v in obj.items() if hasattr(v, "detach")}
+    raise CheckpointError(f"{path}: unknown weight format {suffix!r}; use .safetensors, .ckpt, .pt, .pth or .bin")
+
+
+def _read_safetensors_via_jax(path: Path) -> dict[str, np.ndarray]:
+    # numpy has no bfloat16; read through JAX's array type, which does, then widen.
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="flax") as f:
+        return {k: np.asarray(f.get_tensor(k).astype("float32")) for k in f.keys()}
+
+
+def _to_float32(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+            for k, v in tensors.items()}
+
+
+def mismatch_report(what: str, source: str, unmatched: Iterable[str], missing: Iterable[str],
+                    bad_shapes: Iterable[str], limit: int = 40) -> str:
+    """One readable message listing every unmatched key, missing key and shape mismatch."""
+    lines = [f"{source} does not fit {what}:"]
+    for title, items in (("keys in the file that the model has no place for", unmatched),
+                         ("model weights the file does not provide", missing),
+                         ("shape mismatches", bad_shapes)):
+        items = sorted(items)
+        if items:
+            lines.append(f"  {len(items)} {title}:")
+            lines += [f"    {k}" for k in items[:limit]]
+            if len(items) > limit:
+                lines.append(f"    ... and {len(items) - limit} more")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""The sa-jax checkpoint directory: `config.yaml` (what model it is) and `params/` (Orbax).
+
+    model_dir/
+      config.yaml     model_type, sa_jax_version and the model's config sections
+      params/         an Orbax StandardCheckpointer tree of float32 arrays
+
+A directory is written under a temporary name and renamed into place only when complete, so
+an interrupted write never leaves something that looks like a checkpoint, and an existing
+checkpoint is never replaced unless asked.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sa_jax.checkpoints.io import CheckpointError
+
+CONFIG_FILE = "config.yaml"
+PARAMS_DIR = "params"
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
+
+
+def save(path: str | Path, config: dict, params: Any, overwrite: bool = False) -> Path:
+    """Write `config` (plain data) and `params` (a pytree of arrays) as a checkpoint at `path`."""
+    import orbax.checkpoint as ocp
+    from sa_jax import __version__
+
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose a new path or pass overwrite=True "
+                              "(--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        with open(tmp / CONFIG_FILE, "w") as f:
+            yaml.safe_dump({"sa_jax_version": __version__, **config}, f, sort_keys=False)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / PARAMS_DIR, params)
+            ckptr.wait_until_finished()
+        if path.exists():  # overwrite: move the old one aside only once the new one is complete
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not is_checkpoint(path):
+        raise CheckpointError(f"{path} is not an sa-jax checkpoint (it needs {CONFIG_FILE} and {PARAMS_DIR}/)")
+    with open(path / CONFIG_FILE) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise CheckpointError(f"{path / CONFIG_FILE} has no model_type; it is not an sa-jax model config")
+    return config
+
+
+def load_params(path: str | Path) -> Any:
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute() / PARAMS_DIR
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(path)
+    except Exception as e:
+        raise CheckpointError(f"could not read the parameters in {path}: {e}") from None
