@@ -1,5 +1,5 @@
-"""The `sa-jax` command line. Each subcommand lives in `sa_jax/commands/<name>.py` and exposes
-`register(subparsers)`, which adds its parser and sets `func(args) -> int`. Command modules import
+"""The `sa-jax` command line. Subcommands live in `sa_jax/commands/<module>.py`; each module exposes
+`register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`. Command modules import
 JAX and the models inside `func`, so `sa-jax --help` stays fast."""
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ import sys
 
 # One line per subcommand module in sa_jax/commands/.
 COMMANDS = [
-    "roundtrip",
+    "vae",  # encode, decode, roundtrip
     "convert",
-    "encode",
-    "decode",
     "params",
 ]
 
@@ -30,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         # User errors (bad input, bad config, bad checkpoint): one clear line, no traceback.
         print(f"sa-jax {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -65,7 +65,7 @@ def _to_float32(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def mismatch_report(what: str, source: str, unmatched: Iterable[str], missing: Iterable[str],
-                    bad_shapes: Iterable[str], limit: int = 40) -> str:
+                    bad_shapes: Iterable[str]) -> str:
     """One readable message listing every unmatched key, missing key and shape mismatch."""
     lines = [f"{source} does not fit {what}:"]
     for title, items in (("keys in the file that the model has no place for", unmatched),
@@ -74,7 +74,5 @@ def mismatch_report(what: str, source: str, unmatched: Iterable[str], missing: I
         items = sorted(items)
         if items:
             lines.append(f"  {len(items)} {title}:")
-            lines += [f"    {k}" for k in items[:limit]]
-            if len(items) > limit:
-                lines.append(f"    ... and {len(items) - limit} more")
+            lines += [f"    {k}" for k in items]
     return "\n".join(lines)

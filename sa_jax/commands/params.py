@@ -1,0 +1,34 @@
+"""`sa-jax params CONFIG`: parameter count of a model config, without building weights."""
+
+from __future__ import annotations
+
+
+def run(args) -> int:
+    from sa_jax.config import apply_overrides, load_yaml
+    from sa_jax.checkpoints.autoencoder import expected_shapes
+    from sa_jax.models.autoencoder import config_from_dict
+
+    data = apply_overrides(load_yaml(args.config), args.overrides)
+    kind = data.get("model_type")
+    if kind != "autoencoder":
+        raise ValueError(f"{args.config}: model_type {kind!r} is not countable yet; known: ['autoencoder']")
+    shapes = expected_shapes(config_from_dict(data["autoencoder"]))
+    total = 0
+    groups: dict[str, int] = {}
+    for path, shape in shapes.items():
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+        groups[path.split("/")[0]] = groups.get(path.split("/")[0], 0) + n
+    for name, n in groups.items():
+        print(f"{name:>12}: {n:>14,}")
+    print(f"{'total':>12}: {total:>14,} ({total / 1e6:.1f}M)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("params", help="count the parameters of a model config")
+    p.add_argument("config", help="a YAML config in configs/")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. autoencoder.latent_dim=32")
+    p.set_defaults(func=run)
