@@ -224,3 +224,23 @@ def test_truncated_weight_file_is_a_clear_error(diffusers_folder, tmp_path):
     from sa_jax.checkpoints.io import read_state_dict
     with pytest.raises(CheckpointError, match="could not be loaded safely"):
         read_state_dict(broken / "x.ckpt")
+
+
+def test_bfloat16_compute_tracks_float32():
+    """bfloat16 compute (float32 parameters) stays close to float32: a sanity bound, not parity."""
+    f32 = Autoencoder.from_config(NARROW_SAO, seed=0)
+    bf16 = Autoencoder(f32.config, f32.params, dtype="bfloat16")
+    x = np.random.default_rng(5).uniform(-0.5, 0.5, (1, 2, 2048 * 8)).astype(np.float32)
+    z = f32.encode(x)
+    assert z.dtype == np.float32 and rel_err(bf16.encode(x), z) < 5e-2
+    y = bf16.decode(z)
+    assert y.dtype == np.float32 and rel_err(y, f32.decode(z)) < 5e-2
+    with pytest.raises(ValueError, match="choose one of"):
+        Autoencoder(f32.config, f32.params, dtype="float16")
+
+
+def test_params_command_counts_the_released_shapes(capsys):
+    assert cli(["params", "configs/vae_sao.yaml"]) == 0
+    assert "156,112,514" in capsys.readouterr().out  # diffusers' AutoencoderOobleck() has the same count
+    assert cli(["params", "configs/vae_sa1.yaml", "autoencoder.bogus=1"]) == 2
+    assert "valid keys are" in capsys.readouterr().err
