@@ -14,7 +14,7 @@ import pytest
 from sa_jax.checkpoints import sao
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.models.conditioners import (ConditioningConfig, NumberConditionerConfig, SAOConditioner, cfg_dropout,
-                                        init_params)
+                                        init_params, make_conditioner)
 from sa_jax.models.dit import DiT
 from sat_ref import SAO_MODEL_CONFIG, randomize, rel_err, sat_module, state_dict
 
@@ -26,7 +26,7 @@ SECONDS_TOTAL = [1.0, 47.0, 512.0, 95.5]
 
 
 def _conditioning(params_cfg: ConditioningConfig, params, text, mask, start, total):
-    fn = jax.jit(lambda p, *a: SAOConditioner(params_cfg).apply({"params": p}, *a))
+    fn = jax.jit(make_conditioner(params_cfg))
     cross, glob = fn(params, jnp.asarray(text), jnp.asarray(mask), jnp.asarray(start, jnp.float32),
                      jnp.asarray(total, jnp.float32))
     return np.asarray(cross), np.asarray(glob)
@@ -266,3 +266,37 @@ def test_diffusers_pipeline_folder_loads(tmp_path):
         sao.load_diffusers_pipeline(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"missing \['transformer/', 'projection_model/'"):
         sao.load_diffusers_pipeline(tmp_path / "text_encoder")
+
+
+# ---------------------------------------------------------------- stable-audio-tools files on disk
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_load_sat_files(tmp_path, suffix):
+    from safetensors.numpy import save_file
+
+    wrapper = _sat_model(text_dim=512)     # the prompt projection of a t5-small model (512 -> 64)
+    model_config = json.loads(json.dumps(SAO_MODEL_CONFIG))
+    model_config["model"]["diffusion"]["config"].update(
+        io_channels=8, embed_dim=128, depth=2, num_heads=2, cond_token_dim=64, global_cond_dim=128)
+    model_config["model"]["conditioning"]["cond_dim"] = 64
+    model_config["model"]["conditioning"]["configs"][0]["config"].update(t5_model_name="t5-small", max_length=10)
+    (tmp_path / "model_config.json").write_text(json.dumps(model_config))
+    sd = state_dict(wrapper)
+    weights = tmp_path / f"model{suffix}"
+    if suffix == ".safetensors":
+        save_file(sd, str(weights))
+    else:
+        torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, weights)
+    loaded = sao.load_sat(tmp_path / "model_config.json", weights)
+    (dit_cfg, dit_params), (cond_cfg, cond_params) = loaded["dit"], loaded["conditioning"]
+    assert loaded["t5_name"] == "t5-small" and cond_cfg.text_dim == 512 and cond_cfg.text_projection
+    np.testing.assert_allclose(dit_params["layers_1"]["cross_attn"]["kv"]["kernel"],
+                               sd["model.model.transformer.layers.1.cross_attn.to_kv.weight"].T)
+    np.testing.assert_allclose(cond_params["prompt_proj"]["kernel"],
+                               sd["conditioner.conditioners.prompt.proj_out.weight"].T)
+    del sd["model.model.transformer.project_out.weight"]
+    if suffix == ".safetensors":
+        save_file(sd, str(weights))
+        with pytest.raises(CheckpointError, match="project_out.weight"):
+            sao.load_sat(model_config, weights)

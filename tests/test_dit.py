@@ -13,7 +13,7 @@ import pytest
 from sa_jax.checkpoints import sao
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.config import ConfigError, from_dict
-from sa_jax.models.dit import DiT, DiTConfig, init_params
+from sa_jax.models.dit import DiT, DiTConfig, init_params, make_denoiser
 from sat_ref import SAO_MODEL_CONFIG, randomize, rel_err, sat_module, state_dict
 
 torch = pytest.importorskip("torch")
@@ -34,7 +34,7 @@ def _inputs(batch, io, frames, tokens, cond_dim, global_dim, seed=0):
 
 
 def _ours(config, params, x, t, ctx, glob, dtype=jnp.float32):
-    fn = jax.jit(lambda p, *a: DiT(config, dtype).apply({"params": p}, *a))
+    fn = jax.jit(make_denoiser(config, dtype))
     return np.asarray(fn(params, *(jnp.asarray(a.numpy()) for a in (x, t, ctx, glob))))
 
 

@@ -140,3 +140,22 @@ def test_missing_files_are_named(t5_folder, tmp_path):
     shutil.copy(root / "tokenizer" / "tokenizer.json", bare_tok / "tokenizer.json")
     with pytest.raises(FileNotFoundError, match=f"tokenizer_config.json \\(in {bare_tok}\\)"):
         T5TextEncoder.load(root / "weights", bare_tok)
+
+
+def test_t5_base_shape_matches_transformers():   # about 15 s on two cores
+    """t5-base's shape (12 layers, 768 wide, ReLU), 128 tokens, as Stable Audio Open uses it."""
+    hf = transformers.T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
+                               feed_forward_proj="relu", dropout_rate=0.0)
+    model = randomize(transformers.T5EncoderModel(hf), seed=5)
+    config = T5Config.from_hf(hf.to_dict())
+    assert config == T5Config()
+    params = sao.import_t5(state_dict(model), config)
+    ids, mask = _ids_and_mask(batch=2, length=128, vocab=32128)
+    mask[1, 40:] = False
+    ids[~mask] = 0
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64)))
+    ours = np.asarray(jax.jit(lambda p, i, m: T5Encoder(config).apply({"params": p}, i, m))(params, ids, mask))
+    err = rel_err(ours, ref.last_hidden_state.numpy())
+    print(f"T5 (t5-base shape, 128 tokens) vs transformers: relative error {err:.2e}")
+    assert err < TOL

@@ -171,3 +171,14 @@ def cfg_dropout(key: jax.Array, cross_attn_cond: jax.Array, prob: float = 0.1) -
         return cross_attn_cond
     drop = jax.random.bernoulli(key, prob, (cross_attn_cond.shape[0],) + (1,) * (cross_attn_cond.ndim - 1))
     return jnp.where(drop, jnp.zeros_like(cross_attn_cond), cross_attn_cond)
+
+
+def make_conditioner(config: ConditioningConfig):
+    """`apply(params, text_embeds, text_mask, seconds_start, seconds_total) -> (cross_attn_cond,
+    global_cond)`, a pure function of the SAO conditioner."""
+    model = SAOConditioner(config)
+
+    def apply(params, text_embeds, text_mask, seconds_start, seconds_total):
+        return model.apply({"params": params}, text_embeds, text_mask, seconds_start, seconds_total)
+
+    return apply

@@ -250,3 +250,14 @@ def param_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
     tree = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
     return {"/".join(p.key for p in path): tuple(v.shape)
             for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def make_denoiser(config: DiTConfig, dtype: Dtype = jnp.float32):
+    """`apply(params, x, t, cross_attn_cond, global_cond) -> v`, a pure function of the DiT
+    (x and v (batch, io_channels, frames); float32 params; `dtype` the compute dtype)."""
+    model = DiT(config, dtype)
+
+    def apply(params, x, t, cross_attn_cond, global_cond):
+        return model.apply({"params": params}, x, t, cross_attn_cond, global_cond)
+
+    return apply
