@@ -13,6 +13,7 @@ COMMANDS = [
     "vae",  # encode, decode, roundtrip
     "convert",
     "params",
+    "synth",  # synthetic corpus (sa_jax/data/synth.py)
 ]
 
 

@@ -1,0 +1,185 @@
+"""Reading audio for training: probe a file's header cheaply, then decode only the window a crop
+needs (seek, read, resample) instead of the whole file.
+
+Whole-file loading for inference lives in `sa_jax.audio` (`load_audio`); this module reuses its
+channel/resampling helpers and adds what the data pipeline needs on top: seekable partial reads,
+reads from in-memory bytes (TFDS records), and a `BadAudio` error that carries a short reason code
+so skipped files can be counted by cause.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sa_jax.audio import resample
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+
+# Extra source samples read on each side of a crop before resampling, so the resampler's filter
+# has real context at the crop edges (soxr_hq's delay is well under this at any common rate).
+_RESAMPLE_MARGIN_S = 0.02
+
+
+class BadAudio(ValueError):
+    """A file the pipeline skips. `reason` is a short code ("unreadable", "empty", "nan", ...)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    frames: int      # length at the file's own rate
+    channels: int
+
+    def frames_at(self, sample_rate: int) -> int:
+        """Length after resampling to `sample_rate` (the resampler's own output length)."""
+        if sample_rate == self.sample_rate:
+            return self.frames
+        return int(math.ceil(self.frames * sample_rate / self.sample_rate))
+
+
+def _open(src, what: str):
+    import soundfile as sf
+
+    try:
+        return sf.SoundFile(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else str(src))
+    except Exception as e:  # LibsndfileError, RuntimeError, TypeError depending on the failure
+        raise BadAudio("unreadable", f"{what} could not be opened as audio ({e})") from None
+
+
+def _wav_truncated(path: Path) -> str | None:
+    """libsndfile quietly reads a cut-off WAV as a shorter file; compare the size its RIFF header
+    declares for the data chunk with the bytes actually there."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, clen = struct.unpack("<4sI", f.read(8))
+            if cid == b"data":
+                have = size - pos - 8
+                if clen != 0xFFFFFFFF and clen > have:
+                    return f"its header declares {clen} bytes of audio but the file holds {have}"
+                return None
+            pos += 8 + clen + (clen & 1)
+    return None
+
+
+def probe(src: str | Path | bytes, what: str | None = None) -> AudioInfo:
+    """Read only the header: rate, length, channels. Raises BadAudio for files the pipeline
+    cannot use (unknown format, unreadable, zero-length, zero rate)."""
+    what = what or str(src)[:200]
+    if not isinstance(src, (bytes, bytearray)):
+        p = Path(src)
+        if p.suffix.lower() not in AUDIO_EXTENSIONS:
+            raise BadAudio("unknown_format", f"{what}: extension {p.suffix!r} is not one of {AUDIO_EXTENSIONS}")
+        if not p.is_file():
+            raise BadAudio("missing", f"{what} does not exist")
+        if p.stat().st_size == 0:
+            raise BadAudio("empty", f"{what} is a zero-byte file")
+        if p.suffix.lower() == ".wav":
+            why = _wav_truncated(p)
+            if why:
+                raise BadAudio("truncated", f"{what}: {why}")
+    with _open(src, what) as f:
+        info = AudioInfo(int(f.samplerate), int(f.frames), int(f.channels))
+    if info.sample_rate <= 0:
+        raise BadAudio("unreadable", f"{what} reports a sample rate of {info.sample_rate}")
+    if info.frames <= 0:
+        raise BadAudio("empty", f"{what} has no samples")
+    if info.channels <= 0:
+        raise BadAudio("unreadable", f"{what} reports {info.channels} channels")
+    return info
+
+
+def to_stereo(audio: np.ndarray, channels: int = 2) -> np.ndarray:
+    """(C, S) -> (channels, S) as the reference does it: mono is copied, extra channels dropped
+    (for channels=1: averaged)."""
+    c = audio.shape[0]
+    if c == channels:
+        return audio
+    if channels == 1:
+        return audio.mean(axis=0, keepdims=True)
+    if c == 1:
+        return np.repeat(audio, channels, axis=0)
+    if c > channels:
+        return audio[:channels]
+    raise BadAudio("channels", f"cannot make {channels} channels from {c}")
+
+
+def read_window(src: str | Path | bytes, info: AudioInfo, sample_rate: int, offset: int, length: int,
+                channels: int = 2, what: str | None = None) -> np.ndarray:
+    """Decode `length` samples at `sample_rate` starting at sample `offset` (both at `sample_rate`),
+    as float32 (channels, n) with n <= length (shorter only at the end of the file).
+
+    Only the needed stretch of the file is read. Raises BadAudio on decode errors, on files much
+    shorter than their header says (truncated), and on NaN/inf samples."""
+    what = what or str(src)[:200]
+    sr_in = info.sample_rate
+    total_out = info.frames_at(sample_rate)
+    length = max(0, min(length, total_out - offset))
+    if length == 0:
+        raise BadAudio("empty", f"{what}: nothing to read at offset {offset} of {total_out}")
+    if sr_in == sample_rate:
+        start, stop, margin_l = offset, offset + length, 0
+    else:
+        margin = int(math.ceil(_RESAMPLE_MARGIN_S * sr_in))
+        # Start on a sample that maps to a whole output sample (a multiple of sr_in / gcd), so the
+        # resampled piece lines up exactly with the whole-file resampling.
+        step = sr_in // math.gcd(sr_in, sample_rate)
+        start = max(0, int(math.floor(offset * sr_in / sample_rate)) - margin)
+        start = start // step * step
+        stop = min(info.frames, int(math.ceil((offset + length) * sr_in / sample_rate)) + margin)
+        margin_l = None
+    try:
+        with _open(src, what) as f:
+            if start:
+                f.seek(start)
+            data = f.read(stop - start, dtype="float32", always_2d=True)
+    except BadAudio:
+        raise
+    except Exception as e:
+        raise BadAudio("decode_error", f"{what}: decoding failed ({e})") from None
+    got = data.shape[0]
+    if got < (stop - start) * 0.98 - 2048 or got == 0:
+        raise BadAudio("truncated", f"{what}: header says {info.frames} frames but only "
+                                    f"{start + got} could be decoded")
+    x = np.ascontiguousarray(data.T)
+    if not np.isfinite(x).all():
+        raise BadAudio("nan", f"{what}: {int((~np.isfinite(x)).sum())} NaN/inf samples in the crop")
+    if margin_l is None:
+        y = resample(x, sr_in, sample_rate)
+        # Sample index in the output of the first sample read: start * ratio.
+        first = start * sample_rate // sr_in
+        y = y[:, offset - first: offset - first + length]
+    else:
+        y = x
+    if y.shape[1] < length:  # decoder returned slightly less than the header (mp3 padding): pad
+        y = np.pad(y, ((0, 0), (0, length - y.shape[1])))
+    return to_stereo(y.astype(np.float32, copy=False), channels)
+
+
+def read_all(src, sample_rate: int, channels: int = 2, what: str | None = None) -> tuple[np.ndarray, AudioInfo]:
+    """The whole file at `sample_rate`, float32 (channels, n)."""
+    info = probe(src, what)
+    n = info.frames_at(sample_rate)
+    return read_window(src, info, sample_rate, 0, n, channels, what), info
+
+
+def peak_db(audio: np.ndarray) -> float:
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    return 20.0 * math.log10(peak) if peak > 0 else -math.inf
