@@ -300,3 +300,17 @@ def test_load_sat_files(tmp_path, suffix):
         save_file(sd, str(weights))
         with pytest.raises(CheckpointError, match="project_out.weight"):
             sao.load_sat(model_config, weights)
+
+
+def test_training_checkpoint_unwraps_to_ema(sat_whole):
+    wrapper, dit_cfg, cond_cfg, sd, *_ = sat_whole
+    training = {"diffusion." + k: v for k, v in sd.items()}
+    # the EMA denoiser differs from the online one; the import must take the EMA weights
+    ema = {"diffusion_ema.ema_model." + k[len("model."):]: v if k.endswith((".beta", ".inv_freq")) else v + 1.0
+           for k, v in sd.items() if k.startswith("model.")}
+    training.update(ema, **{"diffusion_ema.initted": np.ones(1, np.float32), "diffusion_ema.step": np.ones(1)})
+    state = sao.unwrap_training_state(training)
+    assert set(state) == set(sd)
+    out = sao.import_sat_checkpoint(state, dit_cfg, cond_cfg)
+    np.testing.assert_allclose(out["dit"]["project_in"]["kernel"], sd["model.model.transformer.project_in.weight"].T + 1)
+    assert sao.unwrap_training_state(sd) is sd

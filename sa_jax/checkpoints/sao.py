@@ -563,11 +563,13 @@ def load_diffusers_projection(folder: str | Path, max_length: int = 128) -> tupl
     return config, import_projection_diffusers(read_weights(folder, _DIFFUSERS_WEIGHTS), config, source=str(folder))
 
 
-def load_diffusers_pipeline(folder: str | Path, t5_dtype=None) -> dict:
+def load_diffusers_pipeline(folder: str | Path, t5_dtype=None, max_length: int | None = None) -> dict:
     """DiT, conditioners and text encoder of a diffusers StableAudioPipeline folder.
 
     Returns {"dit": (DiTConfig, params), "conditioning": (ConditioningConfig, params),
     "text_encoder": T5TextEncoder}. The VAE (`vae/`) is imported by the autoencoder importer.
+    `max_length` (text tokens) defaults to the tokenizer's `model_max_length`, as the diffusers
+    pipeline pads to it (128 if the tokenizer leaves it unbounded); Stable Audio Open uses 128.
     """
     import jax.numpy as jnp
 
@@ -578,16 +580,44 @@ def load_diffusers_pipeline(folder: str | Path, t5_dtype=None) -> dict:
         raise FileNotFoundError(f"{folder} is not a diffusers StableAudioPipeline folder; missing {missing}")
     encoder = t5_mod.T5TextEncoder.load(folder / "text_encoder", folder / "tokenizer",
                                         dtype=t5_dtype or jnp.float32)
-    max_length = getattr(encoder.tokenizer, "model_max_length", 128)
-    if not isinstance(max_length, int) or max_length > 4096:   # "unbounded" sentinel in HF tokenizers
-        max_length = 128
+    if max_length is None:
+        max_length = getattr(encoder.tokenizer, "model_max_length", 128)
+        if not isinstance(max_length, int) or max_length > 4096:   # "unbounded" sentinel in HF tokenizers
+            max_length = 128
     encoder.max_length = max_length
     cond = load_diffusers_projection(folder / "projection_model", max_length)
     return {"dit": load_diffusers_dit(folder / "transformer"), "conditioning": cond, "text_encoder": encoder}
 
 
+def unwrap_training_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The exported-model view of a stable-audio-tools *training* checkpoint.
+
+    A training wrapper stores the model under `diffusion.` and, with EMA, the averaged denoiser
+    under `diffusion_ema.ema_model.`. As the reference's `export_model` does, the EMA denoiser
+    replaces the online one; EMA bookkeeping (`diffusion_ema.initted`, `.step`) is dropped. A
+    state dict without `diffusion.` keys (an exported model) is returned unchanged; keys outside
+    both prefixes stay, so the importer reports them.
+    """
+    if not any(k.startswith("diffusion.") for k in state):
+        return state
+    ema = "diffusion_ema.ema_model."
+    has_ema = any(k.startswith(ema) for k in state)
+    out = {}
+    for k, v in state.items():
+        if k.startswith("diffusion."):
+            inner = k[len("diffusion."):]
+            if not (has_ema and inner.startswith("model.")):
+                out[inner] = v
+        elif k.startswith(ema):
+            out["model." + k[len(ema):]] = v
+        elif k not in ("diffusion_ema.initted", "diffusion_ema.step"):
+            out[k] = v
+    return out
+
+
 def load_sat(model_config: str | Path | dict, weights: str | Path) -> dict:
-    """DiT and conditioners of a stable-audio-tools SAO model (`model_config.json` + `model.safetensors`).
+    """DiT and conditioners of a stable-audio-tools SAO model (`model_config.json` + `model.safetensors`
+    or `.ckpt`; a training checkpoint is unwrapped, preferring its EMA weights).
 
     Returns {"dit": (DiTConfig, params), "conditioning": (ConditioningConfig, params), "t5_name": str}.
     The T5 encoder is loaded separately from a local folder with `T5TextEncoder.load`.
@@ -595,5 +625,6 @@ def load_sat(model_config: str | Path | dict, weights: str | Path) -> dict:
     if not isinstance(model_config, dict):
         model_config = _read_json(Path(model_config))
     dit, cond, t5_name = sat_model_configs(model_config)
-    out = import_sat_checkpoint(read_state_dict(weights), dit, cond, source=str(weights))
+    state = unwrap_training_state(read_state_dict(weights))
+    out = import_sat_checkpoint(state, dit, cond, source=str(weights))
     return {"dit": (dit, out["dit"]), "conditioning": (cond, out["conditioners"]), "t5_name": t5_name}
