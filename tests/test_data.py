@@ -340,3 +340,22 @@ def test_every_file_bad_is_a_clear_error(tmp_path):
         next(pipe.iterator())
     with pytest.raises(FileNotFoundError):
         DataPipeline(_cfg(tmp_path / "missing"))
+
+
+def test_iterator_state_through_orbax(corpus, tmp_path):
+    """The training loop saves the iterator beside the train state with Orbax (grain's handler)."""
+    import grain
+    import orbax.checkpoint as ocp
+
+    pipe = DataPipeline(_cfg(corpus, batch_size=3))
+    it = pipe.iterator()
+    next(it)
+    next(it)
+    with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",)) as mngr:
+        mngr.save(7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        mngr.wait_until_finished()
+    want = [next(it), next(it)]
+    fresh = DataPipeline(_cfg(corpus, batch_size=3)).iterator()
+    with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",)) as mngr:
+        restored = mngr.restore(7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))["data"]
+    assert all(_same(a, next(restored)) for a in want)
