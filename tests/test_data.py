@@ -359,3 +359,35 @@ def test_iterator_state_through_orbax(corpus, tmp_path):
     with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",)) as mngr:
         restored = mngr.restore(7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))["data"]
     assert all(_same(a, next(restored)) for a in want)
+
+
+@pytest.mark.skipif(shutil.which("sox") is None, reason="sox is not installed (apt-get install sox)")
+def test_sox_generated_files(tmp_path):
+    """Files another tool wrote: odd rates, bit depths and channel counts, all to 44.1 kHz stereo."""
+    import subprocess
+
+    made = {  # name: (sox output options, seconds, channels)
+        "u8_8k_mono.wav": (["-r", "8000", "-c", "1", "-b", "8", "-e", "unsigned-integer"], 1.25, 1),
+        "s24_96k.flac": (["-r", "96000", "-c", "2", "-b", "24"], 2.5, 2),
+        "vorbis_32k.ogg": (["-r", "32000", "-c", "2"], 1.7, 2),
+        "six_ch.wav": (["-r", "44100", "-c", "6", "-b", "16"], 0.9, 6),
+        "tone.aiff": (["-r", "44100", "-c", "1"], 1.0, 1),
+    }
+    for name, (opts, secs, _) in made.items():
+        subprocess.run(["sox", "-n", *opts, str(tmp_path / name), "synth", str(secs), "sine", "441", "vol", "0.5"],
+                       check=True, capture_output=True)
+    pipe = DataPipeline(_cfg(tmp_path, window=3 * SR, batch_size=1, num_epochs=1, drop_remainder=False,
+                             phase_flip=False))
+    assert pipe.report.counts() == {"unknown_format": 1}  # .aiff is not a training format
+    got = {str(b["relpath"][0]): b for b in pipe.iterator()}
+    assert set(got) == set(made) - {"tone.aiff"}
+    for name, b in got.items():
+        secs = made[name][1]
+        n = int(b["padding_mask"][0].sum())
+        assert abs(n - secs * SR) <= 2, (name, n)
+        assert b["seconds_total"][0] == math.ceil(secs)
+        a = b["audio"][0, :, :n]
+        # The same tone on both output channels (Vorbis codes its channels lossily, apart).
+        np.testing.assert_allclose(a[0], a[1], atol=0.02 if name.endswith(".ogg") else 1e-3)  # sox dithers per channel
+        spec = np.abs(np.fft.rfft(a[0]))
+        assert abs(np.argmax(spec) * SR / n - 441) < 3, name
