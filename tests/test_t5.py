@@ -159,3 +159,33 @@ def test_t5_base_shape_matches_transformers():   # about 15 s on two cores
     err = rel_err(ours, ref.last_hidden_state.numpy())
     print(f"T5 (t5-base shape, 128 tokens) vs transformers: relative error {err:.2e}")
     assert err < TOL
+
+
+def test_matches_stable_audio_tools_t5_conditioner():
+    """stable-audio-tools' T5Conditioner (its from_pretrained calls fed the tiny local model):
+    same tokens, same mask, padding zeroed. The reference casts T5 to float16; its weights (now
+    float16-rounded) are imported, and against the reference run in float32 the error is < 1e-4."""
+    from unittest import mock
+
+    from sat_ref import sat_module
+
+    conditioners = sat_module("models.conditioners")
+    tok = _tokenizer()
+    model = randomize(transformers.T5EncoderModel(_hf_config("relu", vocab=len(tok))), seed=1)
+    with mock.patch.object(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tok), \
+            mock.patch.object(transformers.T5EncoderModel, "from_pretrained", lambda *a, **k: model):
+        # output_dim = t5-small's width, so the reference adds no projection
+        ref = conditioners.T5Conditioner(output_dim=512, t5_model_name="t5-small", max_length=12)
+    prompts = ["128 bpm tech house drum loop", "rain"]
+    with torch.no_grad(), pytest.warns(UserWarning, match="autocast"):
+        half, ref_mask = ref(prompts, "cpu")
+    ref.model.float()
+    with torch.no_grad(), pytest.warns(UserWarning, match="autocast"):
+        full, _ = ref(prompts, "cpu")
+    config = T5Config.from_hf(model.config.to_dict())
+    encoder = T5TextEncoder(config, sao.import_t5(state_dict(ref.model), config), tok, max_length=12)
+    ours, mask = encoder(prompts)
+    np.testing.assert_array_equal(np.asarray(mask), ref_mask.numpy())
+    err32, err16 = rel_err(ours, full.numpy()), rel_err(ours, half.float().numpy())
+    print(f"T5 text encoder vs stable-audio-tools T5Conditioner: {err32:.2e} (float32), {err16:.2e} (its float16)")
+    assert err32 < TOL and err16 < 5e-3

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from sa_jax.checkpoints.io import CheckpointError, mismatch_report, read_state_dict
-from sa_jax.config import ConfigError
+from sa_jax.config import ConfigError, from_dict
 from sa_jax.models import conditioners as cond_mod
 from sa_jax.models import dit as dit_mod
 from sa_jax.models import t5 as t5_mod
@@ -392,7 +392,6 @@ def dit_config_from_diffusers(cfg: dict) -> DiTConfig:
     if cfg.get("out_channels", io) != io:
         raise CheckpointError(f"in_channels {io} != out_channels {cfg.get('out_channels')}: the DiT maps latents to "
                               "latents of the same width")
-    from sa_jax.config import from_dict
     return from_dict(DiTConfig, {
         "io_channels": io, "embed_dim": heads * head_dim, "depth": cfg.get("num_layers", 24),
         "num_heads": heads, "cond_token_dim": cfg.get("cross_attention_input_dim", 768),
@@ -412,7 +411,6 @@ def conditioning_config_from_diffusers(cfg: dict, max_length: int = 128) -> Cond
         raise CheckpointError(f"diffusers model class {name!r} is not a StableAudioProjectionModel")
     text_dim, cond_dim = cfg["text_encoder_dim"], cfg["conditioning_dim"]
     number = {"min_val": float(cfg["min_value"]), "max_val": float(cfg["max_value"])}
-    from sa_jax.config import from_dict
     return from_dict(ConditioningConfig, {
         "cond_dim": cond_dim, "text_dim": text_dim, "text_projection": text_dim != cond_dim,
         "max_length": max_length, "seconds_start": number, "seconds_total": number})
@@ -436,8 +434,6 @@ _T5_DIMS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t
 
 def sat_model_configs(model_config: dict) -> tuple[DiTConfig, ConditioningConfig, str]:
     """(DiT config, conditioning config, T5 model name) of a stable-audio-tools SAO `model_config.json`."""
-    from sa_jax.config import from_dict
-
     if model_config.get("model_type") != "diffusion_cond":
         raise ConfigError(f"model_type {model_config.get('model_type')!r} is not 'diffusion_cond' (a "
                           "conditioned diffusion model such as Stable Audio Open)")
