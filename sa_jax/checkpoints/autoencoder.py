@@ -14,7 +14,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, mismatch_report
+from sa_jax.checkpoints.io import CheckpointError, flat_shapes, mismatch_report, unflatten
 from sa_jax.models.autoencoder import (AudioAutoencoder, AutoencoderConfig, OobleckDecoderConfig,
                                        OobleckEncoderConfig, config_from_dict)
 
@@ -152,9 +152,7 @@ def expected_shapes(config: AutoencoderConfig) -> dict[str, tuple[int, ...]]:
     """Flat `path -> shape` of the parameters our model has for `config` (no compute)."""
     model = AudioAutoencoder(config)
     x = jax.ShapeDtypeStruct((1, config.downsampling_ratio, config.io_channels), np.float32)
-    tree = jax.eval_shape(lambda a: model.init(jax.random.key(0), a, jax.random.key(0)), x)["params"]
-    return {"/".join(k.key for k in path): tuple(v.shape)
-            for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return flat_shapes(jax.eval_shape(lambda a: model.init(jax.random.key(0), a, jax.random.key(0)), x)["params"])
 
 
 def convert(state: dict[str, np.ndarray], layers: Iterator[Layer], config: AutoencoderConfig,
@@ -189,14 +187,7 @@ def convert(state: dict[str, np.ndarray], layers: Iterator[Layer], config: Autoe
     if unmatched or missing or bad:
         raise CheckpointError(mismatch_report(f"the autoencoder config ({_describe(config)})",
                                               source, unmatched, missing, bad))
-    params: dict = {}
-    for path, value in flat.items():
-        node = params
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return params
+    return unflatten(flat)
 
 
 def _describe(config: AutoencoderConfig) -> str:

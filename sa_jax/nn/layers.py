@@ -33,15 +33,16 @@ def _kernel_init(fan_in_axes: tuple[int, ...]):
 class Conv1d(nn.Module):
     """1-D convolution with PyTorch's padding semantics; optionally weight-normalised.
 
-    Parameters: `kernel` (k, in, out) when plain, or `weight_v` (k, in, out) and `weight_g` (out,)
-    when `weight_norm`; `bias` (out,) unless `use_bias=False`.
+    `padding` is zeros on each side, or a (left, right) pair. Parameters: `kernel` (k, in, out)
+    when plain, or `weight_v` (k, in, out) and `weight_g` (out,) when `weight_norm`; `bias` (out,)
+    unless `use_bias=False`.
     """
 
     features: int
     kernel_size: int
     stride: int = 1
     dilation: int = 1
-    padding: int = 0
+    padding: int | tuple[int, int] = 0
     use_bias: bool = True
     weight_norm: bool = True
     dtype: Dtype = jnp.float32
@@ -56,9 +57,10 @@ class Conv1d(nn.Module):
             kernel = _normalise(v, g, (0, 1))
         else:
             kernel = self.param("kernel", _kernel_init((0, 1)), shape)
+        pad = (self.padding, self.padding) if isinstance(self.padding, int) else tuple(self.padding)
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype), kernel.astype(self.dtype),
-            window_strides=(self.stride,), padding=[(self.padding, self.padding)],
+            window_strides=(self.stride,), padding=[pad],
             rhs_dilation=(self.dilation,), dimension_numbers=_CONV_DIMS)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,))
@@ -67,11 +69,11 @@ class Conv1d(nn.Module):
 
 
 class ConvTranspose1d(nn.Module):
-    """Weight-normalised transposed 1-D convolution matching `torch.nn.ConvTranspose1d`.
+    """Transposed 1-D convolution matching `torch.nn.ConvTranspose1d`; optionally weight-normalised.
 
-    Output length is (L - 1) * stride - 2 * padding + kernel_size. `weight_v` is stored
-    (k, in, out) and, as in PyTorch's weight norm of a transposed conv, `weight_g` has one
-    magnitude per *input* channel.
+    Output length is (L - 1) * stride - 2 * padding + kernel_size. Kernels are stored (k, in, out):
+    `kernel` when plain, or `weight_v` with, as in PyTorch's weight norm of a transposed conv, a
+    `weight_g` magnitude per *input* channel.
     """
 
     features: int
@@ -79,15 +81,19 @@ class ConvTranspose1d(nn.Module):
     stride: int = 1
     padding: int = 0
     use_bias: bool = True
+    weight_norm: bool = True
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_features = x.shape[-1]
         shape = (self.kernel_size, in_features, self.features)
-        v = self.param("weight_v", _kernel_init((0, 2)), shape)
-        g = self.param("weight_g", lambda _k, s: jnp.sqrt(jnp.sum(v * v, axis=(0, 2))), (in_features,))
-        kernel = _normalise(v, g[None, :, None], (0, 2))
+        if self.weight_norm:
+            v = self.param("weight_v", _kernel_init((0, 2)), shape)
+            g = self.param("weight_g", lambda _k, s: jnp.sqrt(jnp.sum(v * v, axis=(0, 2))), (in_features,))
+            kernel = _normalise(v, g[None, :, None], (0, 2))
+        else:
+            kernel = self.param("kernel", _kernel_init((0, 2)), shape)
         # A transposed conv is a conv over the input dilated by `stride`, with the kernel flipped
         # in time and the padding mirrored.
         edge = self.kernel_size - 1 - self.padding
