@@ -143,3 +143,10 @@ def test_importer_lists_problems():
     with pytest.raises(CheckpointError) as err:
         from_sat(state, config_from_dict(SMALL), "reference UNetCFG1d")
     assert "extra.weight" in str(err.value) and "mapping_0/bias" in str(err.value)
+
+
+def test_params_command_prints_the_paper_count(capsys):
+    from sa_jax.cli import main
+
+    assert main(["params", "configs/unet_sa1.yaml"]) == 0
+    assert "906,679,744 (906.7M)" in capsys.readouterr().out

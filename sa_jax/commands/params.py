@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 
+def _shapes(kind: str, section: dict) -> dict:
+    if kind == "autoencoder":
+        from sa_jax.checkpoints.autoencoder import expected_shapes
+        from sa_jax.models.autoencoder import config_from_dict
+    else:
+        from sa_jax.checkpoints.unet import expected_shapes
+        from sa_jax.models.unet import config_from_dict
+    return expected_shapes(config_from_dict(section))
+
+
+KINDS = ("autoencoder", "unet")
+
+
 def run(args) -> int:
     from sa_jax.config import apply_overrides, load_yaml
-    from sa_jax.checkpoints.autoencoder import expected_shapes
-    from sa_jax.models.autoencoder import config_from_dict
 
     data = apply_overrides(load_yaml(args.config), args.overrides)
     kind = data.get("model_type")
-    if kind != "autoencoder":
-        raise ValueError(f"{args.config}: model_type {kind!r} is not countable yet; known: ['autoencoder']")
-    shapes = expected_shapes(config_from_dict(data["autoencoder"]))
+    if kind not in KINDS or kind not in data:
+        raise ValueError(f"{args.config}: model_type {kind!r} with a {kind!r} section is needed; "
+                         f"countable model types are {list(KINDS)}")
+    shapes = _shapes(kind, data[kind])
     total = 0
     groups: dict[str, int] = {}
     for path, shape in shapes.items():
@@ -20,7 +32,8 @@ def run(args) -> int:
         for d in shape:
             n *= d
         total += n
-        groups[path.split("/")[0]] = groups.get(path.split("/")[0], 0) + n
+        group = path.split("/")[0].split("_")[0]  # encoder, decoder, downsamples, upsamples, ...
+        groups[group] = groups.get(group, 0) + n
     for name, n in groups.items():
         print(f"{name:>12}: {n:>14,}")
     print(f"{'total':>12}: {total:>14,} ({total / 1e6:.1f}M)")
