@@ -106,7 +106,11 @@ def main():
     cases.append(("latents 64 x 2048", str(args.workers), dict(base, kind="latents", path=str(lat),
                                                               num_workers=args.workers)))
 
-    cpu = platform.processor() or platform.machine()
+    cpu = platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
     print(f"\nmachine: {platform.node()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}; "
           f"batch {args.batch_size}, window {WINDOW} samples (95.1 s) stereo, {args.batches} timed batches\n")
     print(f"| source | worker processes | clips/s | first batch (s) |")

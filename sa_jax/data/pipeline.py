@@ -153,7 +153,9 @@ class DataPipeline:
         Path(self.skip_log).parent.mkdir(parents=True, exist_ok=True)
         if entries is None:
             entries, report, transform = _open_source(c, self.skip_log)
-        else:
+        else:  # a prebuilt audio index (from scan_folder or open_tfds)
+            if c.kind == "latents":
+                raise ValueError("pass entries only for audio sources; latents are opened from config.path")
             transform = AudioCrop(c, len(entries), self.skip_log)
         self.entries = entries
         self.report = report or SkipReport(len(entries), len(entries))
