@@ -41,7 +41,7 @@ def _noise_level(objective, t):
 
 
 @jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: leaves may be dicts
 class Conditioned:
     """`model` with its conditioning bound: (x, t) -> model(x, t, cond)."""
 
@@ -53,7 +53,7 @@ class Conditioned:
 
 
 @jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: leaves may be dicts
 class Guided:
     model: Any
     cond: Any

@@ -36,7 +36,7 @@ def _per_example(s, x):
 
 
 @jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: leaves may be dicts
 class VDenoiser:
     """A v-objective model as a denoiser in sigma space (k-diffusion's VDenoiser, sigma_data = 1).
 
@@ -58,7 +58,7 @@ class VDenoiser:
 
 
 @jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: leaves may be dicts
 class RFDenoiser:
     """A rectified-flow velocity model as a denoiser: x_t = (1 - t) x0 + t eps, v = eps - x0, so
     x0 = x_t - t v. Keeps `velocity` for solvers that need it where x0 cannot give it (t = 0)."""
