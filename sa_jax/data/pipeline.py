@@ -103,7 +103,9 @@ class AudioCrop:
         self.tracker.ok()
         m = audio.shape[1]
         chunk = np.zeros((c.channels, W), np.float32)
-        np.clip(-audio if flip else audio, -1.0, 1.0, out=chunk[:, :m])
+        np.clip(audio, -1.0, 1.0, out=chunk[:, :m])
+        if flip:
+            np.negative(chunk[:, :m], out=chunk[:, :m])
         mask = np.zeros((W,), bool)
         mask[:min(n, W)] = True
         s_start, s_total, t0, t1 = crop_timing(n, W, c.sample_rate, offset)
