@@ -1,0 +1,373 @@
+"""Importing CLAP and BERT/RoBERTa weights: transformers `ClapModel` folders, LAION-CLAP `.pt`
+checkpoints, and Hugging Face BERT/RoBERTa text encoders.
+
+Each format is a table: for every layer of our model (enumerated from the config) the module
+prefix it has in the foreign file and the kind of layer, which fixes how its tensors are renamed
+and transposed. Buffers that carry no learned state (position-id tables, relative-position
+indices, shift masks, BatchNorm step counters) and LAION modules that play no part in the
+embeddings (the torchlibrosa front-end, the AudioSet classifier head, the `*_transform` MLPs)
+are listed explicitly and skipped. Everything else that does not line up (keys the model has no
+place for, weights the file lacks, wrong shapes) is collected and raised as one CheckpointError.
+
+Variables come back as `{"params": ..., "batch_stats": ...}` for CLAP (BatchNorm running
+statistics live in `batch_stats`) and as a plain params tree for a bare text encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+
+from sa_jax.checkpoints.io import CheckpointError, mismatch_report, read_state_dict, unflatten
+from sa_jax.models.bert import BertConfig, BertEncoder
+from sa_jax.models.clap import ClapConfig, HTSATConfig, variable_shapes
+
+# One leaf of a table: foreign key -> list of (our flat path, transform of the tensor).
+Entry = tuple[str, list[tuple[str, Callable[[np.ndarray], np.ndarray] | None]]]
+
+_T = lambda w: w.T                                      # torch Linear (out, in) -> Flax (in, out)
+_CONV = lambda w: w.transpose(2, 3, 1, 0)               # torch Conv2d (out, in, kh, kw) -> (kh, kw, in, out)
+
+
+def _kind(src: str, dst: str, kind: str, params: str = "params", stats: str = "batch_stats") -> Iterator[Entry]:
+    """The leaves of one layer of `kind` at foreign prefix `src` and our module path `dst`."""
+    if kind == "dense":
+        yield f"{src}.weight", [(f"{params}/{dst}/kernel", _T)]
+        yield f"{src}.bias", [(f"{params}/{dst}/bias", None)]
+    elif kind == "dense_nobias":
+        yield f"{src}.weight", [(f"{params}/{dst}/kernel", _T)]
+    elif kind == "ln":
+        yield f"{src}.weight", [(f"{params}/{dst}/scale", None)]
+        yield f"{src}.bias", [(f"{params}/{dst}/bias", None)]
+    elif kind == "conv":
+        yield f"{src}.weight", [(f"{params}/{dst}/kernel", _CONV)]
+        yield f"{src}.bias", [(f"{params}/{dst}/bias", None)]
+    elif kind == "bn":
+        yield f"{src}.weight", [(f"{params}/{dst}/scale", None)]
+        yield f"{src}.bias", [(f"{params}/{dst}/bias", None)]
+        yield f"{src}.running_mean", [(f"{stats}/{dst}/mean", None)]
+        yield f"{src}.running_var", [(f"{stats}/{dst}/var", None)]
+    elif kind == "tensor":
+        yield src, [(f"{params}/{dst}", None)]
+    elif kind == "qkv":                                 # one fused Linear (3C, C) -> three
+        def part(i, fn):
+            return lambda w: fn(np.split(w, 3, axis=0)[i])
+        for tname, ours, fn in (("weight", "kernel", _T), ("bias", "bias", lambda b: b)):
+            yield f"{src}.{tname}", [(f"{params}/{dst}/{q}/{ours}", part(i, fn))
+                                     for i, q in enumerate(("query", "key", "value"))]
+    else:
+        raise ValueError(kind)
+
+
+def _join(prefix: str, path: str) -> str:
+    return f"{prefix}/{path}" if prefix else path
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+def bert_entries(config: BertConfig, src: str = "", dst: str = "", params: str = "params") -> Iterator[Entry]:
+    """A Hugging Face BertModel / RobertaModel / ClapTextModel (keys under `src`)."""
+    p = lambda path: _join(dst, path)
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        yield from _kind(f"{src}embeddings.{name}.weight", p(name), "tensor", params)
+    yield from _kind(f"{src}embeddings.LayerNorm", p("embeddings_norm"), "ln", params)
+    for i in range(config.num_layers):
+        s, d = f"{src}encoder.layer.{i}", p(f"layer_{i}")
+        for q in ("query", "key", "value"):
+            yield from _kind(f"{s}.attention.self.{q}", f"{d}/attention_{q}", "dense", params)
+        yield from _kind(f"{s}.attention.output.dense", f"{d}/attention_out", "dense", params)
+        yield from _kind(f"{s}.attention.output.LayerNorm", f"{d}/attention_norm", "ln", params)
+        yield from _kind(f"{s}.intermediate.dense", f"{d}/intermediate", "dense", params)
+        yield from _kind(f"{s}.output.dense", f"{d}/output", "dense", params)
+        yield from _kind(f"{s}.output.LayerNorm", f"{d}/output_norm", "ln", params)
+    if config.pooler:
+        yield from _kind(f"{src}pooler.dense", p("pooler"), "dense", params)
+
+
+def _aff_entries(src: str, dst: str) -> Iterator[Entry]:
+    for branch, idx in (("local", ("0", "1", "3", "4")), ("global", ("1", "2", "4", "5"))):
+        for i, ours, kind in zip(idx, ("conv1", "bn1", "conv2", "bn2"), ("conv", "bn", "conv", "bn")):
+            yield from _kind(f"{src}.{branch}_att.{i}", f"{dst}/{branch}/{ours}", kind)
+
+
+def hf_audio_entries(config: HTSATConfig, src: str = "audio_model.audio_encoder.",
+                     dst: str = "audio_model") -> Iterator[Entry]:
+    """transformers' ClapAudioModel encoder."""
+    yield from _kind(f"{src}batch_norm", f"{dst}/bn0", "bn")
+    yield from _kind(f"{src}patch_embed.proj", f"{dst}/patch_embed/proj", "conv")
+    if config.patch_norm:
+        yield from _kind(f"{src}patch_embed.norm", f"{dst}/patch_embed/norm", "ln")
+    if config.enable_fusion:
+        yield from _kind(f"{src}patch_embed.mel_conv2d", f"{dst}/patch_embed/mel_conv2d", "conv")
+        yield from _aff_entries(f"{src}patch_embed.fusion_model", f"{dst}/patch_embed/fusion")
+    for i, depth in enumerate(config.depths):
+        for j in range(depth):
+            s, d = f"{src}layers.{i}.blocks.{j}", f"{dst}/stage_{i}_block_{j}"
+            yield from _kind(f"{s}.layernorm_before", f"{d}/norm1", "ln")
+            yield from _kind(f"{s}.attention.self.relative_position_bias_table",
+                             f"{d}/relative_position_bias_table", "tensor")
+            for q in ("query", "key", "value"):
+                yield from _kind(f"{s}.attention.self.{q}", f"{d}/{q}", "dense" if config.qkv_bias else "dense_nobias")
+            yield from _kind(f"{s}.attention.output.dense", f"{d}/proj", "dense")
+            yield from _kind(f"{s}.layernorm_after", f"{d}/norm2", "ln")
+            yield from _kind(f"{s}.intermediate.dense", f"{d}/fc1", "dense")
+            yield from _kind(f"{s}.output.dense", f"{d}/fc2", "dense")
+        if i < len(config.depths) - 1:
+            yield from _kind(f"{src}layers.{i}.downsample.norm", f"{dst}/stage_{i}_merge/norm", "ln")
+            yield from _kind(f"{src}layers.{i}.downsample.reduction", f"{dst}/stage_{i}_merge/reduction",
+                             "dense_nobias")
+    yield from _kind(f"{src}norm", f"{dst}/norm", "ln")
+
+
+def hf_clap_entries(config: ClapConfig) -> Iterator[Entry]:
+    """transformers' ClapModel."""
+    yield from bert_entries(config.text, "text_model.", "text_model")
+    yield from hf_audio_entries(config.audio)
+    for tower in ("text", "audio"):
+        for k in ("linear1", "linear2"):
+            yield from _kind(f"{tower}_projection.{k}", f"{tower}_projection/{k}", "dense")
+    for k in ("logit_scale_a", "logit_scale_t"):
+        yield from _kind(k, k, "tensor")
+
+
+def laion_audio_entries(config: HTSATConfig, src: str = "audio_branch.", dst: str = "audio_model") -> Iterator[Entry]:
+    """LAION-CLAP's HTSAT_Swin_Transformer (`clap_module/htsat.py`)."""
+    yield from _kind(f"{src}bn0", f"{dst}/bn0", "bn")
+    yield from _kind(f"{src}patch_embed.proj", f"{dst}/patch_embed/proj", "conv")
+    if config.patch_norm:
+        yield from _kind(f"{src}patch_embed.norm", f"{dst}/patch_embed/norm", "ln")
+    if config.enable_fusion:
+        yield from _kind(f"{src}patch_embed.mel_conv2d", f"{dst}/patch_embed/mel_conv2d", "conv")
+        yield from _aff_entries(f"{src}patch_embed.fusion_model", f"{dst}/patch_embed/fusion")
+    for i, depth in enumerate(config.depths):
+        for j in range(depth):
+            s, d = f"{src}layers.{i}.blocks.{j}", f"{dst}/stage_{i}_block_{j}"
+            yield from _kind(f"{s}.norm1", f"{d}/norm1", "ln")
+            yield from _kind(f"{s}.attn.relative_position_bias_table", f"{d}/relative_position_bias_table", "tensor")
+            if config.qkv_bias:
+                yield from _kind(f"{s}.attn.qkv", d, "qkv")
+            else:
+                yield from (e for e in _kind(f"{s}.attn.qkv", d, "qkv") if e[0].endswith("weight"))
+            yield from _kind(f"{s}.attn.proj", f"{d}/proj", "dense")
+            yield from _kind(f"{s}.norm2", f"{d}/norm2", "ln")
+            yield from _kind(f"{s}.mlp.fc1", f"{d}/fc1", "dense")
+            yield from _kind(f"{s}.mlp.fc2", f"{d}/fc2", "dense")
+        if i < len(config.depths) - 1:
+            yield from _kind(f"{src}layers.{i}.downsample.norm", f"{dst}/stage_{i}_merge/norm", "ln")
+            yield from _kind(f"{src}layers.{i}.downsample.reduction", f"{dst}/stage_{i}_merge/reduction",
+                             "dense_nobias")
+    yield from _kind(f"{src}norm", f"{dst}/norm", "ln")
+
+
+def laion_clap_entries(config: ClapConfig) -> Iterator[Entry]:
+    """LAION-CLAP's `CLAP` module (`clap_module/model.py`) with a RoBERTa/BERT text branch."""
+    yield from bert_entries(config.text, "text_branch.", "text_model")
+    yield from laion_audio_entries(config.audio)
+    for tower in ("text", "audio"):
+        for i, k in (("0", "linear1"), ("2", "linear2")):
+            yield from _kind(f"{tower}_projection.{i}", f"{tower}_projection/{k}", "dense")
+    for k in ("logit_scale_a", "logit_scale_t"):
+        yield from _kind(k, k, "tensor")
+
+
+# Buffers without learned state, in either layout.
+_BUFFERS = re.compile(r"(^|\.)(position_ids|token_type_ids|num_batches_tracked|relative_position_index|attn_mask)$")
+# LAION modules that the embeddings never use: torchlibrosa's STFT/mel front-end (the features
+# are computed outside the model), the AudioSet tagging head, and the training-only MLPs.
+_LAION_UNUSED = re.compile(r"^(audio_branch\.(spectrogram_extractor|logmel_extractor|tscam_conv|head)\.|"
+                           r"(text|audio)_transform\.)")
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion
+
+def convert(state: dict[str, np.ndarray], entries: Iterator[Entry], want: dict[str, tuple[int, ...]],
+            what: str, source: str, skip: Callable[[str], bool] = lambda k: False) -> dict:
+    """Map a foreign state dict through a table into our nested variables."""
+    flat, used, tried, missing, bad = {}, set(), set(), [], []
+    for key, targets in entries:
+        for path, _ in targets:
+            tried.add(path)
+        if key not in state:
+            missing.append(f"{key} (for {', '.join(p for p, _ in targets)})")
+            continue
+        used.add(key)
+        raw = np.asarray(state[key], np.float32)
+        for path, transform in targets:
+            try:
+                value = transform(raw) if transform else raw
+            except Exception as e:
+                bad.append(f"{key}: file {tuple(raw.shape)} cannot be converted for {path} ({e})")
+                continue
+            if path not in want:
+                bad.append(f"{key}: the model has no variable {path}")
+            elif tuple(value.shape) != want[path]:
+                bad.append(f"{key}: file {tuple(raw.shape)} -> {tuple(value.shape)}, model {path} needs {want[path]}")
+            else:
+                flat[path] = value
+    unmatched = [k for k in state if k not in used and not _BUFFERS.search(k) and not skip(k)]
+    missing += [f"{p} (no entry in the import table)" for p in set(want) - tried]
+    if unmatched or missing or bad:
+        raise CheckpointError(mismatch_report(what, source, unmatched, missing, bad))
+    return unflatten(flat)
+
+
+def _strip(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def bert_prefix(state: dict[str, np.ndarray]) -> str:
+    """The prefix under which a state dict holds a BERT-family encoder ('' for a bare one,
+    'bert.', 'roberta.', 'text_model.', 'text_branch.', ...)."""
+    hits = sorted(k[: -len("embeddings.word_embeddings.weight")] for k in state
+                  if k.endswith("embeddings.word_embeddings.weight"))
+    if not hits:
+        raise CheckpointError("no BERT/RoBERTa text encoder in this file (no '*embeddings.word_embeddings.weight' key)")
+    return hits[0]
+
+
+def _describe_text(c: BertConfig) -> str:
+    return (f"the text encoder config ({c.num_layers} layers, width {c.hidden_size}, vocab {c.vocab_size}, "
+            f"{c.positions} positions, pooler {'on' if c.pooler else 'off'})")
+
+
+def import_bert(state: dict[str, np.ndarray], config: BertConfig, source: str = "state dict",
+                prefix: str | None = None) -> dict:
+    """Params of `BertEncoder(config)` from a Hugging Face BERT/RoBERTa/CLAP-text state dict.
+    Keys outside `prefix` (auto-detected: '', 'bert.', 'roberta.', 'text_model.', ...), such as
+    a masked-LM head or the other CLAP tower, are not the encoder's and are left alone."""
+    prefix = bert_prefix(state) if prefix is None else prefix
+    state = _strip(state, prefix)
+    ids = jax.ShapeDtypeStruct((1, 4), np.int32)
+    tree = jax.eval_shape(lambda k, i: BertEncoder(config).init(k, i)["params"], jax.random.key(0), ids)
+    want = {"/".join(p.key for p in path): tuple(v.shape) for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+    entries = ((k, [(p.removeprefix("params/"), f) for p, f in t]) for k, t in bert_entries(config))
+    return convert(state, entries, want, _describe_text(config), source + (f" (keys under {prefix!r})" if prefix else ""))
+
+
+def _describe(c: ClapConfig) -> str:
+    a = c.audio
+    return (f"the CLAP config (text: {c.text.num_layers} layers x {c.text.hidden_size}; audio: HTSAT width "
+            f"{a.embed_dim}, depths {list(a.depths)}, fusion {'on' if a.enable_fusion else 'off'}; "
+            f"projection {c.projection_dim})")
+
+
+def import_hf_clap(state: dict[str, np.ndarray], config: ClapConfig, source: str = "state dict") -> dict:
+    """`{"params", "batch_stats"}` of `ClapModel(config)` from a transformers ClapModel state dict."""
+    return convert(state, hf_clap_entries(config), variable_shapes(config), _describe(config), source)
+
+
+def import_laion_clap(state: dict[str, np.ndarray], config: ClapConfig, source: str = "state dict") -> dict:
+    """`{"params", "batch_stats"}` of `ClapModel(config)` from a LAION-CLAP state dict (a DDP
+    'module.' prefix is removed first)."""
+    state = unwrap_laion(state)
+    return convert(state, laion_clap_entries(config), variable_shapes(config), _describe(config), source,
+                   skip=lambda k: bool(_LAION_UNUSED.match(k)))
+
+
+def unwrap_laion(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if state and all(k.startswith("module.") for k in state):
+        return _strip(state, "module.")
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# Configs read off a LAION checkpoint (it carries no config file)
+
+def laion_config(state: dict[str, np.ndarray], spec_size: int = 256, text_heads: int | None = None,
+                 audio_heads: tuple[int, ...] | None = None) -> ClapConfig:
+    """The ClapConfig a LAION-CLAP state dict was trained with, read from its tensor shapes.
+
+    What shapes cannot tell is a default: `spec_size` (256 in every released HTSAT), the text
+    tower's head count (hidden / 64, as roberta-base and bert-base) and its positions (RoBERTa
+    unless the text branch has 2 token types, i.e. BERT). Audio heads come from the relative-
+    position tables."""
+    state = unwrap_laion(state)
+    need = ["text_branch.embeddings.word_embeddings.weight", "audio_branch.bn0.running_mean",
+            "audio_branch.patch_embed.proj.weight", "text_projection.2.weight"]
+    lacking = [k for k in need if k not in state]
+    if lacking:
+        raise CheckpointError(f"not a LAION-CLAP (HTSAT + BERT/RoBERTa) state dict: missing {', '.join(lacking)}")
+    word = state["text_branch.embeddings.word_embeddings.weight"]
+    layers = 1 + max(int(m.group(1)) for k in state
+                     if (m := re.match(r"text_branch\.encoder\.layer\.(\d+)\.", k)))
+    types = state["text_branch.embeddings.token_type_embeddings.weight"].shape[0]
+    roberta = types == 1
+    text = BertConfig(
+        vocab_size=word.shape[0], hidden_size=word.shape[1], num_layers=layers,
+        num_heads=text_heads or word.shape[1] // 64,
+        intermediate_size=state["text_branch.encoder.layer.0.intermediate.dense.weight"].shape[0],
+        max_position_embeddings=state["text_branch.embeddings.position_embeddings.weight"].shape[0],
+        type_vocab_size=types, layer_norm_eps=1e-5 if roberta else 1e-12,
+        pad_token_id=1 if roberta else 0, positions="roberta" if roberta else "absolute",
+        pooler="text_branch.pooler.dense.weight" in state)
+    blocks: dict[int, int] = {}
+    heads: dict[int, int] = {}
+    for k, v in state.items():
+        m = re.match(r"audio_branch\.layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table$", k)
+        if m:
+            i, j = int(m.group(1)), int(m.group(2))
+            blocks[i] = max(blocks.get(i, 0), j + 1)
+            heads[i] = v.shape[1]
+            if i == 0 and j == 0:
+                window = (int(round(v.shape[0] ** 0.5)) + 1) // 2
+    n = 1 + max(blocks)
+    proj = state["audio_branch.patch_embed.proj.weight"]
+    audio = HTSATConfig(
+        num_mel_bins=state["audio_branch.bn0.running_mean"].shape[0], spec_size=spec_size,
+        patch_size=proj.shape[2], patch_stride=(proj.shape[2], proj.shape[3]), window_size=window,
+        embed_dim=proj.shape[0], depths=tuple(blocks[i] for i in range(n)),
+        num_heads=audio_heads or tuple(heads[i] for i in range(n)),
+        mlp_ratio=state["audio_branch.layers.0.blocks.0.mlp.fc1.weight"].shape[0] / proj.shape[0],
+        qkv_bias="audio_branch.layers.0.blocks.0.attn.qkv.bias" in state,
+        patch_norm="audio_branch.patch_embed.norm.weight" in state,
+        enable_fusion="audio_branch.patch_embed.mel_conv2d.weight" in state)
+    config = ClapConfig(text=text, audio=audio, projection_dim=state["text_projection.2.weight"].shape[0])
+    config.validate()
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Files and folders
+
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def load_hf_clap(folder: str | Path) -> tuple[ClapConfig, dict]:
+    """(config, variables) from a transformers ClapModel folder (config.json + model.safetensors
+    or pytorch_model.bin)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"CLAP folder {folder} does not exist or is not a directory")
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    weights = next((folder / f for f in _HF_WEIGHTS if (folder / f).is_file()), None)
+    if weights is None:
+        missing.append(f"weights: one of {', '.join(_HF_WEIGHTS)}")
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a transformers ClapModel folder; missing: {'; '.join(missing)}")
+    with open(folder / "config.json") as f:
+        config = ClapConfig.from_hf(json.load(f))
+    return config, import_hf_clap(read_state_dict(weights), config, source=str(weights))
+
+
+def load_laion_clap(path: str | Path, config: ClapConfig | None = None, **overrides) -> tuple[ClapConfig, dict]:
+    """(config, variables) from a LAION-CLAP checkpoint (`.pt`, read with weights_only=True; or
+    `.safetensors`). Without `config` it is read off the tensor shapes (`laion_config`)."""
+    state = unwrap_laion(read_state_dict(path))
+    if config is None:
+        config = laion_config(state, **overrides)
+    return config, import_laion_clap(state, config, source=str(path))
+
+
+def with_pooler(config: BertConfig, state: dict[str, np.ndarray], prefix: str) -> BertConfig:
+    """`config` with its pooler switched to whether the file has one."""
+    return dataclasses.replace(config, pooler=f"{prefix}pooler.dense.weight" in state)
