@@ -11,7 +11,8 @@ from reference import import_reference
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.unet import expected_shapes, from_sat
 from sa_jax.config import load_yaml
-from sa_jax.models.unet import UNet1d, cfg_output, config_from_dict, null_embedding
+from sa_jax.diffusion import cfg_model
+from sa_jax.models.unet import UNet1d, config_from_dict, null_embedding
 
 TOL = 1e-4
 
@@ -73,8 +74,8 @@ def test_unet_matches_reference_small(variant):
 
 
 def test_cfg_with_rescale_matches_reference():
-    """UNetCFG1d's guided output (learned null embedding, scale 6, rescale phi 0.4) from our
-    batched [cond, uncond] call."""
+    """UNetCFG1d's guided output (learned null embedding, scale 6, rescale phi 0.4) through
+    sa_jax.diffusion's batched [cond, uncond] guidance."""
     ref, state = reference(SMALL, seed=2)
     config = config_from_dict(SMALL)
     params = from_sat(state, config, "reference UNetCFG1d")
@@ -82,10 +83,10 @@ def test_cfg_with_rescale_matches_reference():
     with torch.no_grad():
         want = ref(torch.from_numpy(x), torch.from_numpy(t), embedding=torch.from_numpy(emb),
                    embedding_scale=6.0, batch_cfg=True, rescale_cfg=True, scale_phi=0.4).numpy()
-    null = np.asarray(null_embedding(params, x.shape[0], emb.shape[1]))
-    both = ours(params, config, np.concatenate([x, x]), np.concatenate([t, t]), np.concatenate([emb, null]))
-    cond, uncond = np.split(both.transpose(0, 2, 1), 2)
-    got = np.asarray(cfg_output(cond, uncond, 6.0, rescale_phi=0.4)).transpose(0, 2, 1)
+    model = UNet1d(config)
+    unet = lambda x, t, emb: model.apply({"params": params}, x, t, emb)
+    guided = cfg_model(unet, jnp.asarray(emb), null_embedding(params, x.shape[0], emb.shape[1]), 6.0, rescale=0.4)
+    got = np.asarray(jax.jit(guided)(jnp.asarray(x.transpose(0, 2, 1)), jnp.asarray(t))).transpose(0, 2, 1)
     err = rel_err(got, want)
     print(f"UNet CFG + rescale: relative error {err:.1e}")
     assert err < TOL

@@ -362,13 +362,3 @@ def null_embedding(params, batch: int, length: int) -> jax.Array:
     It replaces the conditioning tokens for CFG dropout in training and the uncond branch."""
     table = params["null_embedding"]
     return jnp.broadcast_to(table[:length], (batch, length, table.shape[-1]))
-
-
-def cfg_output(cond, uncond, scale: float, rescale_phi: float = 0.0):
-    """UNetCFG1d's guidance: uncond + (cond - uncond) scale, optionally rescaled towards the
-    conditional output's per-position spread (std over channels, unbiased) with weight phi."""
-    out = uncond + (cond - uncond) * scale
-    if rescale_phi:
-        ratio = jnp.std(cond, axis=-1, keepdims=True, ddof=1) / jnp.std(out, axis=-1, keepdims=True, ddof=1)
-        out = rescale_phi * out * ratio + (1 - rescale_phi) * out
-    return out
