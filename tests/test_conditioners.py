@@ -15,7 +15,7 @@ from sa_jax.checkpoints import sao
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.models.conditioners import (ConditioningConfig, NumberConditionerConfig, SAOConditioner, cfg_dropout,
                                         init_params, make_conditioner)
-from sa_jax.models.dit import DiT
+from sa_jax.models.dit import DiT, make_denoiser
 from sat_ref import SAO_MODEL_CONFIG, randomize, rel_err, sat_module, state_dict
 
 torch = pytest.importorskip("torch")
@@ -208,8 +208,8 @@ def test_sao_default_shapes():
     params = init_params(config, jax.random.key(0))
     assert set(params) == {"seconds_start", "seconds_total"}
     text = jnp.zeros((2, 128, 768))
-    cross, glob = SAOConditioner(config).apply({"params": params}, text, jnp.ones((2, 128), bool),
-                                               jnp.array([0.0, 3.0]), jnp.array([10.0, 47.0]))
+    cross, glob = jax.jit(make_conditioner(config))(params, text, jnp.ones((2, 128), bool),
+                                                    jnp.array([0.0, 3.0]), jnp.array([10.0, 47.0]))
     assert cross.shape == (2, 130, 768) and glob.shape == (2, 1536)
     np.testing.assert_allclose(np.asarray(cross[:, 128]), np.asarray(glob[:, :768]))
     np.testing.assert_allclose(np.asarray(cross[:, 129]), np.asarray(glob[:, 768:]))
@@ -246,8 +246,8 @@ def test_diffusers_pipeline_folder_loads(tmp_path):
     cross, glob = _conditioning(cond_cfg, cond_params, emb, mask, [0.0, 5.0], [20.0, 30.0])
     g = torch.Generator().manual_seed(3)
     x, t = torch.randn(2, 8, 6, generator=g), torch.rand(2, generator=g)
-    v = np.asarray(DiT(dit_cfg).apply({"params": dit_params}, jnp.asarray(x.numpy()), jnp.asarray(t.numpy()),
-                                      cross, glob))
+    v = np.asarray(jax.jit(make_denoiser(dit_cfg))(dit_params, jnp.asarray(x.numpy()), jnp.asarray(t.numpy()),
+                                                    cross, glob))
     with torch.no_grad():   # StableAudioPipeline's encode_prompt, encode_duration and assembly
         enc = tok(prompts, padding="max_length", max_length=12, truncation=True, return_tensors="pt")
         text = t5(enc.input_ids, attention_mask=enc.attention_mask)[0]

@@ -170,12 +170,12 @@ def test_config_and_input_errors():
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(DiTConfig, {"embed_dim": 128, "heads": 2})
     config = DiTConfig(io_channels=4, embed_dim=64, depth=1, num_heads=1, cond_token_dim=64, global_cond_dim=8)
-    params = init_params(config, jax.random.key(0))
-    model = DiT(config)
+    params = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
+    apply = make_denoiser(config)
     with pytest.raises(ValueError, match=r"x must be \(batch, 4, frames\)"):
-        model.apply({"params": params}, jnp.zeros((1, 3, 8)), jnp.zeros(1), jnp.zeros((1, 2, 64)), jnp.zeros((1, 8)))
+        jax.eval_shape(apply, params, jnp.zeros((1, 3, 8)), jnp.zeros(1), jnp.zeros((1, 2, 64)), jnp.zeros((1, 8)))
     with pytest.raises(ValueError, match="global_cond"):
-        model.apply({"params": params}, jnp.zeros((1, 4, 8)), jnp.zeros(1), jnp.zeros((1, 2, 64)), jnp.zeros((1, 9)))
+        jax.eval_shape(apply, params, jnp.zeros((1, 4, 8)), jnp.zeros(1), jnp.zeros((1, 2, 64)), jnp.zeros((1, 9)))
 
 
 @pytest.mark.slow

@@ -153,7 +153,7 @@ def init_params(config: ConditioningConfig, key: jax.Array) -> dict:
     z = jnp.zeros((1,))
     text = jnp.zeros((1, config.max_length, config.text_dim))
     mask = jnp.ones((1, config.max_length), bool)
-    return SAOConditioner(config).init(key, text, mask, z, z)["params"]
+    return jax.jit(lambda k: SAOConditioner(config).init(k, text, mask, z, z)["params"])(key)
 
 
 def param_shapes(config: ConditioningConfig) -> dict[str, tuple[int, ...]]:

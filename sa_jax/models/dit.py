@@ -242,7 +242,8 @@ def init_params(config: DiTConfig, key: jax.Array, frames: int = 8, tokens: int 
     x = jnp.zeros((1, config.io_channels, frames), jnp.float32)
     cond = jnp.zeros((1, tokens, config.cond_token_dim), jnp.float32)
     g = jnp.zeros((1, config.global_cond_dim), jnp.float32)
-    return DiT(config).init(key, x, jnp.zeros((1,)), cond, g)["params"]
+    init = jax.jit(lambda k: DiT(config).init(k, x, jnp.zeros((1,)), cond, g)["params"])
+    return init(key)
 
 
 def param_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
