@@ -71,7 +71,7 @@ def test_matches_diffusers_projection_and_pipeline_assembly(text_dim):
 # ---------------------------------------------------------------- stable-audio-tools
 
 
-def _sat_model(cond_dim=64, text_dim=48, embed=128):
+def _sat_model(cond_dim=128, text_dim=48, embed=256):
     """A tiny stable-audio-tools ConditionedDiffusionModelWrapper laid out as SAO: the DiT, two
     number conditioners and a prompt conditioner that stands in for T5 (it looks up given token
     embeddings, then projects and masks them exactly as T5Conditioner does)."""
@@ -92,7 +92,7 @@ def _sat_model(cond_dim=64, text_dim=48, embed=128):
         "prompt": PromptStandIn(),
         "seconds_start": conditioners.NumberConditioner(cond_dim, min_val=0, max_val=512),
         "seconds_total": conditioners.NumberConditioner(cond_dim, min_val=0, max_val=512)})
-    dit = diffusion.DiTWrapper(diffusion_objective="v", io_channels=8, embed_dim=embed, depth=2, num_heads=2,
+    dit = diffusion.DiTWrapper(diffusion_objective="v", io_channels=8, embed_dim=embed, depth=2, num_heads=4,
                                cond_token_dim=cond_dim, global_cond_dim=2 * cond_dim, project_cond_tokens=False)
     wrapper = diffusion.ConditionedDiffusionModelWrapper(
         dit, multi, io_channels=8, sample_rate=44100, min_input_length=1,
@@ -101,10 +101,10 @@ def _sat_model(cond_dim=64, text_dim=48, embed=128):
     return randomize(wrapper, seed=6)
 
 
-def _sat_configs(cond_dim=64, text_dim=48, embed=128, max_length=10):
+def _sat_configs(cond_dim=128, text_dim=48, embed=256, max_length=10):
     model_config = json.loads(json.dumps(SAO_MODEL_CONFIG))
     model_config["model"]["diffusion"]["config"].update(
-        io_channels=8, embed_dim=embed, depth=2, num_heads=2, cond_token_dim=cond_dim, global_cond_dim=2 * cond_dim)
+        io_channels=8, embed_dim=embed, depth=2, num_heads=4, cond_token_dim=cond_dim, global_cond_dim=2 * cond_dim)
     model_config["model"]["conditioning"]["cond_dim"] = cond_dim
     model_config["model"]["conditioning"]["configs"][0]["config"]["max_length"] = max_length
     dit, cond, _ = sao.sat_model_configs(model_config)
@@ -231,6 +231,7 @@ def test_diffusers_pipeline_folder_loads(tmp_path):
     proj = randomize(StableAudioProjectionModel(text_encoder_dim=32, conditioning_dim=40, min_value=0,
                                                 max_value=512), seed=2)
     dit = randomize(StableAudioDiTModel(**{**DIFFUSERS_SMALL, "global_states_input_dim": 80}), skip=NORM_BIASES)
+    assert dit.config.cross_attention_input_dim == 40
     t5.save_pretrained(tmp_path / "text_encoder")
     tok.save_pretrained(tmp_path / "tokenizer")
     proj.save_pretrained(tmp_path / "projection_model")
@@ -275,11 +276,11 @@ def test_diffusers_pipeline_folder_loads(tmp_path):
 def test_load_sat_files(tmp_path, suffix):
     from safetensors.numpy import save_file
 
-    wrapper = _sat_model(text_dim=512)     # the prompt projection of a t5-small model (512 -> 64)
+    wrapper = _sat_model(text_dim=512)     # the prompt projection of a t5-small model (512 -> 128)
     model_config = json.loads(json.dumps(SAO_MODEL_CONFIG))
     model_config["model"]["diffusion"]["config"].update(
-        io_channels=8, embed_dim=128, depth=2, num_heads=2, cond_token_dim=64, global_cond_dim=128)
-    model_config["model"]["conditioning"]["cond_dim"] = 64
+        io_channels=8, embed_dim=256, depth=2, num_heads=4, cond_token_dim=128, global_cond_dim=256)
+    model_config["model"]["conditioning"]["cond_dim"] = 128
     model_config["model"]["conditioning"]["configs"][0]["config"].update(t5_model_name="t5-small", max_length=10)
     (tmp_path / "model_config.json").write_text(json.dumps(model_config))
     sd = state_dict(wrapper)

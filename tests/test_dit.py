@@ -19,10 +19,11 @@ from sat_ref import SAO_MODEL_CONFIG, randomize, rel_err, sat_module, state_dict
 torch = pytest.importorskip("torch")
 
 TOL = 1e-4
-# A small diffusers DiT: 2 heads of 64 (so the rotary width, head_dim / 2 = 32, equals
-# stable-audio-tools' max(head_dim / 2, 32)), one key/value head, unequal widths everywhere.
-DIFFUSERS_SMALL = dict(sample_size=16, in_channels=8, num_layers=2, attention_head_dim=64, num_attention_heads=2,
-                       num_key_value_attention_heads=1, out_channels=8, cross_attention_dim=64, time_proj_dim=32,
+# A small diffusers DiT: 4 heads of 64 (so the rotary width, head_dim / 2 = 32, equals
+# stable-audio-tools' max(head_dim / 2, 32)) grouped over 2 key/value heads as in SAO, unequal
+# widths everywhere.
+DIFFUSERS_SMALL = dict(sample_size=16, in_channels=8, num_layers=2, attention_head_dim=64, num_attention_heads=4,
+                       num_key_value_attention_heads=2, out_channels=8, cross_attention_dim=128, time_proj_dim=32,
                        global_states_input_dim=48, cross_attention_input_dim=40)
 NORM_BIASES = ("norm1.bias", "norm2.bias", "norm3.bias")
 
@@ -90,19 +91,20 @@ def test_bfloat16_compute_stays_close(diffusers_small):
 @pytest.mark.parametrize("project_cond_tokens", [False, True])
 def test_matches_stable_audio_tools(project_cond_tokens):
     dit = sat_module("models.dit")
-    kwargs = dict(io_channels=8, embed_dim=128, depth=2, num_heads=2, cond_token_dim=64, global_cond_dim=128,
+    # 4 query heads over 2 key/value heads (context 128 = 2 x 64) or 4 (projected to 256)
+    kwargs = dict(io_channels=8, embed_dim=256, depth=2, num_heads=4, cond_token_dim=128, global_cond_dim=256,
                   project_cond_tokens=project_cond_tokens)
     model = randomize(dit.DiffusionTransformer(**kwargs), seed=3)
-    # the model config as stable-audio-tools would read it: T5 projected to 64, two 64-wide numbers
+    # the model config as stable-audio-tools would read it: T5 projected to 128, two 128-wide numbers
     model_config = copy.deepcopy(SAO_MODEL_CONFIG)
     model_config["model"]["diffusion"]["config"] = {**kwargs, "transformer_type": "continuous_transformer"}
-    model_config["model"]["conditioning"]["cond_dim"] = 64
+    model_config["model"]["conditioning"]["cond_dim"] = 128
     model_config["model"]["conditioning"]["configs"][0]["config"]["project_out"] = True
     config, cond, _ = sao.sat_model_configs(model_config)
-    assert cond.text_projection and cond.global_dim == 128
-    assert config.context_dim == (128 if project_cond_tokens else 64)
+    assert cond.text_projection and cond.global_dim == 256
+    assert (config.context_dim, config.kv_heads) == ((256, 4) if project_cond_tokens else (128, 2))
     params = sao.import_dit_sat(state_dict(model, "model.model."), config)
-    x, t, ctx, glob = _inputs(2, 8, 9, 5, 64, 128, seed=1)
+    x, t, ctx, glob = _inputs(2, 8, 9, 5, 128, 256, seed=1)
     with torch.no_grad():
         ref = model(x, t, cross_attn_cond=ctx, global_embed=glob).numpy()
     err = rel_err(_ours(config, params, x, t, ctx, glob), ref)
