@@ -152,3 +152,31 @@ def test_tfds_source_matches_folder(folder, tmp_path):
         np.testing.assert_allclose(tb[k]["audio"], fb[k]["audio"], atol=1e-5)  # 24-bit FLAC in the records
         for key in ("padding_mask", "seconds_start", "seconds_total", "metadata"):
             np.testing.assert_array_equal(tb[k][key], fb[k][key])
+
+
+TINY_VAE = {
+    "encoder": {"type": "oobleck", "config": {"in_channels": 2, "channels": 4, "c_mults": [1, 1],
+                                              "strides": [4, 8], "latent_dim": 8, "use_snake": True}},
+    "decoder": {"type": "oobleck", "config": {"out_channels": 2, "channels": 4, "c_mults": [1, 1],
+                                              "strides": [4, 8], "latent_dim": 4, "use_snake": True,
+                                              "final_tanh": False}},
+    "latent_dim": 4, "downsampling_ratio": 32, "io_channels": 2, "sample_rate": 44100,
+}
+
+
+@pytest.mark.slow
+def test_encode_dataset_with_the_real_autoencoder(folder, tmp_path):
+    """The duck-typed interface is the one sa_jax.Autoencoder has (random tiny weights)."""
+    from sa_jax import Autoencoder
+
+    root, lengths = folder
+    ae = Autoencoder.from_config(TINY_VAE, seed=0)
+    report = encode_dataset(ae, root, tmp_path / "lat")
+    assert report.kept == 5
+    rows = [json.loads(line) for line in (tmp_path / "lat" / "index.jsonl").read_text().splitlines()]
+    for r in rows:
+        z = np.load(tmp_path / "lat" / r["latents"])
+        assert z.shape == (4, math.ceil(r["samples"] / 32)) and np.isfinite(z).all()
+    pipe = DataPipeline(_cfg(tmp_path / "lat", window=32 * 64, batch_size=2))
+    b = next(pipe.iterator())
+    assert b["latents"].shape == (2, 4, 64)
