@@ -88,6 +88,20 @@ def test_bfloat16_compute_stays_close(diffusers_small):
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(fresh)} == {jnp.dtype(jnp.float32)}
 
 
+def test_remat_changes_nothing_but_memory(diffusers_small):
+    _, config, params = diffusers_small
+    x, t, ctx, glob = (jnp.asarray(a.numpy()) for a in _inputs(2, 8, 6, 3, 40, 48, seed=2))
+
+    def loss(remat):
+        apply = make_denoiser(config, remat=remat)
+        return jax.jit(jax.value_and_grad(lambda p: jnp.mean(apply(p, x, t, ctx, glob) ** 2)))(params)
+
+    (l0, g0), (l1, g1) = loss(False), loss(True)
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("project_cond_tokens", [False, True])
 def test_matches_stable_audio_tools(project_cond_tokens):
     dit = sat_module("models.dit")

@@ -18,7 +18,9 @@ also diffusers' `StableAudioDiTModel`:
   LayerNorm -> SwiGLU feed-forward with biases -> residual.
 
 Inside, activations are (batch, time, channels); the public call takes and returns the
-reference's (batch, channels, frames). Parameters are float32; `dtype` sets the compute dtype.
+reference's (batch, channels, frames). Parameters are float32; `dtype` sets the compute dtype of
+the matrix products and attention, while the residual stream, norms' statistics, Fourier features
+and rotary angles stay float32 (as PyTorch autocast leaves them in the reference).
 """
 
 from __future__ import annotations
@@ -199,11 +201,13 @@ class DiT(nn.Module):
 
     x: (batch, io_channels, frames) noisy latents; t: (batch,) or scalar diffusion time in [0, 1];
     cross_attn_cond: (batch, tokens, cond_token_dim); global_cond: (batch, global_cond_dim).
-    Returns (batch, io_channels, frames) float32.
+    Returns (batch, io_channels, frames) float32. `remat` recomputes each block's activations in
+    the backward pass (training memory); it changes neither the parameters nor the output.
     """
 
     config: DiTConfig
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, cross_attn_cond: jax.Array,
@@ -225,16 +229,18 @@ class DiT(nn.Module):
         t_embed = MLP(c.embed_dim, c.embed_dim, True, dt, name="to_timestep_embed")(t_feat.astype(dt))
         prepend = (global_embed + t_embed)[:, None, :]
 
-        h = jnp.swapaxes(x, 1, 2).astype(dt)                       # (b, frames, io)
-        h = h + _dense(c.io_channels, "preprocess_conv", dt, zero=True)(h)
-        h = _dense(c.embed_dim, "project_in", dt)(h)
-        h = jnp.concatenate([prepend.astype(h.dtype), h], axis=1)  # the global token comes first
+        f32 = jnp.float32
+        h = jnp.swapaxes(x, 1, 2).astype(f32)                      # (b, frames, io)
+        h = h + _dense(c.io_channels, "preprocess_conv", dt, zero=True)(h).astype(f32)
+        h = _dense(c.embed_dim, "project_in", dt)(h).astype(f32)
+        h = jnp.concatenate([prepend.astype(f32), h], axis=1)     # the global token comes first
         cos, sin = rotary_cos_sin(h.shape[1], c.rotary_features, c.rotary_base)
+        block = nn.remat(DiTBlock) if self.remat else DiTBlock
         for i in range(c.depth):
-            h = DiTBlock(c, dt, name=f"layers_{i}")(h, context, cos, sin)
-        h = _dense(c.io_channels, "project_out", dt)(h)[:, 1:]
-        h = h + _dense(c.io_channels, "postprocess_conv", dt, zero=True)(h)
-        return jnp.swapaxes(h, 1, 2).astype(jnp.float32)
+            h = block(c, dt, name=f"layers_{i}")(h, context, cos, sin)
+        h = _dense(c.io_channels, "project_out", dt)(h)[:, 1:].astype(f32)
+        h = h + _dense(c.io_channels, "postprocess_conv", dt, zero=True)(h).astype(f32)
+        return jnp.swapaxes(h, 1, 2)
 
 
 def init_params(config: DiTConfig, key: jax.Array, frames: int = 8, tokens: int = 4) -> dict:
@@ -253,10 +259,10 @@ def param_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
             for path, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def make_denoiser(config: DiTConfig, dtype: Dtype = jnp.float32):
+def make_denoiser(config: DiTConfig, dtype: Dtype = jnp.float32, remat: bool = False):
     """`apply(params, x, t, cross_attn_cond, global_cond) -> v`, a pure function of the DiT
     (x and v (batch, io_channels, frames); float32 params; `dtype` the compute dtype)."""
-    model = DiT(config, dtype)
+    model = DiT(config, dtype, remat)
 
     def apply(params, x, t, cross_attn_cond, global_cond):
         return model.apply({"params": params}, x, t, cross_attn_cond, global_cond)
