@@ -190,3 +190,16 @@ def test_matches_stable_audio_tools_t5_conditioner():
     err32, err16 = rel_err(ours, full.numpy()), rel_err(ours, half.float().numpy())
     print(f"T5 text encoder vs stable-audio-tools T5Conditioner: {err32:.2e} (float32), {err16:.2e} (its float16)")
     assert err32 < TOL and err16 < 5e-3
+
+
+def test_sharded_weights_load(t5_folder, tmp_path):
+    root, model, _ = t5_folder
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    shards = sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    state = sao.read_weights(tmp_path, ["model.safetensors", "model.safetensors.index.json"])
+    np.testing.assert_array_equal(state["shared.weight"], model.shared.weight.detach().numpy())
+    (tmp_path / shards[-1]).unlink()
+    with pytest.raises(CheckpointError, match=shards[-1]):
+        sao.read_weights(tmp_path, ["model.safetensors.index.json"])

@@ -532,7 +532,7 @@ def read_weights(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarr
 
 
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
-                      "diffusion_pytorch_model.bin")
+                      "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin")
 
 
 def _read_json(path: Path) -> dict:

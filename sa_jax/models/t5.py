@@ -188,7 +188,7 @@ def param_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
 # --------------------------------------------------------------------------------------------
 # Loading from a local Hugging Face folder
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model.fp16.safetensors", "pytorch_model.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 
 
