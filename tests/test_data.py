@@ -195,6 +195,11 @@ def test_csv_manifest_and_sidecar(tmp_path):
     meta = {e["relpath"]: json.loads(e["metadata_json"]) for e in entries}
     assert meta["c.wav"] == {"genre": "ambient"} and meta["a.wav"]["bpm"] == 120
     assert report.counts() == {"bad_metadata": 1}
+    # A file with neither a manifest row nor a sidecar is kept by default, skipped on request.
+    sf.write(tmp_path / "d.wav", _tone(0.5), SR)
+    assert len(DataPipeline(_cfg(tmp_path)).entries) == 4
+    pipe = DataPipeline(_cfg(tmp_path, require_metadata=True))
+    assert len(pipe.entries) == 3 and ("d.wav", "bad_metadata") in {(p, r) for p, r, _ in pipe.report.skipped}
 
 
 # --- the grain pipeline ----------------------------------------------------------------------------

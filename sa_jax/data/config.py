@@ -17,6 +17,7 @@ class DataConfig:
     manifest: Optional[str] = None        # folder only; default: metadata.jsonl/.csv at the root
     check: Literal["header", "full"] = "header"   # "full" decodes every file while indexing
     split: str = "train"                  # tfds only
+    require_metadata: bool = False        # folder only: skip files with no manifest row and no sidecar
 
     # Audio as the model sees it.
     sample_rate: int = 44100

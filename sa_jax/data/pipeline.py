@@ -235,7 +235,7 @@ def _open_source(c: DataConfig, skip_log: str):
         from sa_jax.data.sources import scan_folder
 
         entries, report = scan_folder(c.path, c.manifest, c.check, c.sample_rate, c.silence_db,
-                                      c.min_seconds, c.max_seconds)
+                                      c.min_seconds, c.max_seconds, c.require_metadata)
         return entries, report, AudioCrop(c, len(entries), skip_log)
     if c.kind == "tfds":
         from sa_jax.data.tfds_builder import open_tfds
