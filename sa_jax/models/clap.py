@@ -493,3 +493,181 @@ def variable_shapes(config: ClapConfig) -> dict[str, tuple[int, ...]]:
     feats = jax.ShapeDtypeStruct((1, c.audio.input_channels, 8, c.audio.num_mel_bins), jnp.float32)
     tree = jax.eval_shape(lambda k, i, f: ClapModel(c).init(k, i, None, f), jax.random.key(0), ids, feats)
     return {"/".join(p.key for p in path): tuple(v.shape) for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+# --------------------------------------------------------------------------------------------
+# Audio -> log-mel features (NumPy), as transformers' ClapFeatureExtractor / LAION's data code
+
+def mel_filters(features: ClapAudioFeatures, mel_bins: int, htk: bool) -> np.ndarray:
+    """(n_fft // 2 + 1, mel_bins) triangular filters, float64. Fusion models were trained with HTK
+    mel spacing and unnormalised filters (torchaudio's defaults); the others with Slaney spacing
+    and Slaney area normalisation (librosa's defaults)."""
+    import librosa
+
+    fb = librosa.filters.mel(sr=features.sample_rate, n_fft=features.n_fft, n_mels=mel_bins, fmin=features.f_min,
+                             fmax=features.f_max, htk=htk, norm=None if htk else "slaney", dtype=np.float64)
+    return fb.T
+
+
+def log_mel(waveform: np.ndarray, features: ClapAudioFeatures, filters: np.ndarray) -> np.ndarray:
+    """(frames, mels) power log-mel spectrogram in dB: periodic Hann window of n_fft, centred
+    frames (reflect padding), |rfft|^2, mel filters, 10 log10(max(x, 1e-10))."""
+    n, hop = features.n_fft, features.hop_length
+    x = np.pad(np.asarray(waveform, np.float64), n // 2, mode="reflect")
+    frames = 1 + (len(x) - n) // hop
+    idx = np.arange(n)[None, :] + hop * np.arange(frames)[:, None]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+    power = np.abs(np.fft.rfft(x[idx] * window, n=n, axis=-1)) ** 2
+    mel = np.maximum(power @ filters, 1e-10)
+    return 10.0 * np.log10(mel)
+
+
+def _shrink_time(mel: np.ndarray, frames: int) -> np.ndarray:
+    """Bilinear resize of (T, mels) to (frames, mels) along time, torch's align_corners=False."""
+    t = mel.shape[0]
+    # source positions in float32, as torch computes them (the fraction decides the blend)
+    scale = np.float32(t / frames)
+    src = np.maximum((np.arange(frames, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, t - 1)
+    w = (src - i0).astype(np.float64)[:, None]
+    return (1 - w) * mel[i0] + w * mel[i1]
+
+
+def audio_features(waveforms: Sequence[np.ndarray] | np.ndarray, config: ClapConfig, seed: int = 0,
+                   sample_rate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(features (batch, 1 or 4, frames, mels) float32, is_longer (batch,) bool) for mono clips.
+
+    Clips shorter than `max_length_s` are repeated to fill the window and zero-padded
+    ("repeatpad"). Longer clips: a fusion model gets [whole clip shrunk to the window, three
+    random window-long crops from the front, middle and back thirds] with is_longer True; other
+    models get one random window-long crop of the waveform. Crops are drawn from `seed`.
+    Unlike transformers' extractor, no clip is marked `is_longer` at random when none is longer
+    (LAION-CLAP's inference path does not fuse short clips either).
+    """
+    f = config.features
+    if sample_rate is not None and sample_rate != f.sample_rate:
+        raise ValueError(f"CLAP takes audio at {f.sample_rate} Hz, got {sample_rate} Hz; resample it first")
+    if isinstance(waveforms, np.ndarray) and waveforms.ndim == 1:
+        waveforms = [waveforms]
+    waveforms = [np.asarray(w, np.float64) for w in waveforms]
+    if not waveforms:
+        raise ValueError("no audio given")
+    for i, w in enumerate(waveforms):
+        if w.ndim != 1 or w.size == 0:
+            raise ValueError(f"clip {i}: CLAP takes non-empty mono waveforms (1-D), got shape {w.shape}")
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"clip {i} contains NaN or infinite samples")
+    fusion = config.audio.enable_fusion
+    filters = mel_filters(f, config.audio.num_mel_bins, htk=fusion)
+    max_len = int(round(f.max_length_s * f.sample_rate))
+    rng = np.random.default_rng(seed)
+    out, longer = [], []
+    for w in waveforms:
+        if len(w) > max_len and fusion:
+            mel = log_mel(w, f, filters)
+            chunk = max_len // f.hop_length + 1
+            if mel.shape[0] == chunk:
+                out.append(np.stack([mel] * 4))
+                longer.append(False)
+                continue
+            thirds = np.array_split(np.arange(mel.shape[0] - chunk + 1), 3)
+            starts = [rng.choice(r) if len(r) else 0 for r in thirds]
+            out.append(np.stack([_shrink_time(mel, chunk)] + [mel[s:s + chunk] for s in starts]))
+            longer.append(True)
+            continue
+        if len(w) > max_len:
+            start = rng.integers(0, len(w) - max_len + 1)
+            w = w[start:start + max_len]
+            longer.append(True)
+        else:
+            if len(w) < max_len:
+                w = np.tile(w, max_len // len(w))
+                w = np.pad(w, (0, max_len - len(w)))
+            longer.append(False)
+        mel = log_mel(w, f, filters)
+        out.append(np.stack([mel] * 4) if fusion else mel[None])
+    return np.stack(out).astype(np.float32), np.asarray(longer, bool)
+
+
+# --------------------------------------------------------------------------------------------
+# A loaded CLAP: tokenizer + both towers, for conditioning and the CLAP score
+
+class Clap:
+    """CLAP with its tokenizer, ready to embed prompts and audio.
+
+    - `text_features(prompts, layer=-2)` -> (hidden (batch, 77, hidden) float32, mask (batch, 77) bool):
+      the text tower's hidden states at `layer` (-2, the penultimate, is what Stable Audio 1.0
+      conditions on), prompts padded/truncated to `max_length` (77) tokens, a warning for longer ones.
+    - `text_embedding(prompts)` / `audio_embedding(waveforms)` -> (batch, projection_dim), L2-normalised.
+    - `score(prompts, waveforms)` -> cosine similarity of matching pairs (the CLAP score).
+    """
+
+    def __init__(self, config: ClapConfig, variables: dict, tokenizer=None, max_length: int = 77,
+                 dtype: Dtype = jnp.float32):
+        config.validate()
+        self.config, self.variables, self.tokenizer = config, variables, tokenizer
+        if not 0 < max_length <= config.text.max_tokens:
+            raise ValueError(f"max_length {max_length} must be in 1..{config.text.max_tokens}")
+        self.max_length = max_length
+        self.model = ClapModel(config, dtype)
+
+        def call(method):
+            return jax.jit(lambda v, *a: self.model.apply(v, *a, method=method))
+
+        self._hidden = call(ClapModel.text_hidden_states)
+        self._text = call(ClapModel.get_text_embedding)
+        self._audio = call(ClapModel.get_audio_embedding)
+
+    @classmethod
+    def load(cls, path, tokenizer_folder=None, config: ClapConfig | None = None, max_length: int = 77,
+             dtype: Dtype = jnp.float32, **laion_overrides) -> "Clap":
+        """From a transformers ClapModel folder (its tokenizer files may sit beside the weights) or
+        a LAION-CLAP checkpoint file (`.pt`/`.safetensors`; give `tokenizer_folder`, a local copy of
+        `roberta-base`'s tokenizer). Without a tokenizer only the audio side and token-id inputs work."""
+        from pathlib import Path
+
+        from sa_jax.checkpoints.clap import load_hf_clap, load_laion_clap
+        from sa_jax.models.bert import load_tokenizer
+
+        path = Path(path)
+        if path.is_dir():
+            config, variables = load_hf_clap(path)
+            if tokenizer_folder is None and any((path / n).is_file() for n in ("tokenizer.json", "vocab.json")):
+                tokenizer_folder = path
+        elif path.is_file():
+            config, variables = load_laion_clap(path, config, **laion_overrides)
+        else:
+            raise FileNotFoundError(f"CLAP weights {path} do not exist (give a transformers ClapModel folder or a "
+                                    "LAION-CLAP .pt file)")
+        tokenizer = load_tokenizer(tokenizer_folder) if tokenizer_folder is not None else None
+        return cls(config, variables, tokenizer, max_length, dtype)
+
+    def tokenize(self, prompts: Sequence[str] | str) -> tuple[np.ndarray, np.ndarray]:
+        from sa_jax.models.bert import tokenize
+
+        if self.tokenizer is None:
+            raise ValueError("this CLAP was loaded without a tokenizer; pass tokenizer_folder= to Clap.load")
+        return tokenize(self.tokenizer, prompts, self.max_length, what="CLAP text encoder")
+
+    def text_features(self, prompts: Sequence[str] | str, layer: int = -2) -> tuple[jax.Array, jax.Array]:
+        n = self.config.text.num_layers
+        if not -(n + 1) <= layer <= n:
+            raise ValueError(f"layer {layer} is not in -{n + 1}..{n} (the text tower has {n} layers)")
+        ids, mask = self.tokenize(prompts)
+        return self._hidden(self.variables, ids, mask)[layer], jnp.asarray(mask)
+
+    def text_embedding(self, prompts: Sequence[str] | str) -> jax.Array:
+        ids, mask = self.tokenize(prompts)
+        return self._text(self.variables, ids, mask)
+
+    def audio_embedding(self, waveforms, sample_rate: int | None = None, seed: int = 0) -> jax.Array:
+        feats, longer = audio_features(waveforms, self.config, seed=seed, sample_rate=sample_rate)
+        return self._audio(self.variables, feats, longer)
+
+    def score(self, prompts: Sequence[str], waveforms, sample_rate: int | None = None) -> np.ndarray:
+        t = np.asarray(self.text_embedding(prompts))
+        a = np.asarray(self.audio_embedding(waveforms, sample_rate))
+        if len(t) != len(a):
+            raise ValueError(f"{len(t)} prompts but {len(a)} clips; the CLAP score pairs them one to one")
+        return np.sum(t * a, axis=-1)
