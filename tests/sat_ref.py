@@ -36,7 +36,15 @@ def rel_err(ours, ref) -> float:
 
 
 def sat_module(name: str):
-    """A stable-audio-tools module (e.g. 'models.dit'), or skip when the package is absent."""
+    """A stable-audio-tools module (e.g. 'models.dit'), or skip when the package is absent.
+
+    `models.diffusion` reaches `import k_diffusion` (through `inference/sampling.py`), whose package
+    `__init__` does not import beside CPU torch; `kdiffusion_ref` puts a bare, working k_diffusion
+    package in `sys.modules` first when k-diffusion is installed (otherwise `reference` stubs it)."""
+    try:
+        import kdiffusion_ref  # noqa: F401
+    except Exception:
+        pass
     from reference import import_reference
 
     return import_reference(f"stable_audio_tools.{name}")
