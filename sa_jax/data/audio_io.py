@@ -1,10 +1,11 @@
 """Reading audio for training: probe a file's header cheaply, then decode only the window a crop
 needs (seek, read, resample) instead of the whole file.
 
-Whole-file loading for inference lives in `sa_jax.audio` (`load_audio`); this module reuses its
-channel/resampling helpers and adds what the data pipeline needs on top: seekable partial reads,
-reads from in-memory bytes (TFDS records), and a `BadAudio` error that carries a short reason code
-so skipped files can be counted by cause.
+Whole-file loading for inference lives in `sa_jax.audio` (`load_audio`). This module adds what the
+data pipeline needs on top: seekable partial reads, reads from in-memory bytes (TFDS records),
+soxr resampling without importing librosa in every worker, the reference's channel rule (mono
+copied, extra channels dropped), and a `BadAudio` error carrying a short reason code so skipped
+files can be counted by cause.
 """
 
 from __future__ import annotations
@@ -145,8 +146,9 @@ def read_window(src: str | Path | bytes, info: AudioInfo, sample_rate: int, offs
     length = max(0, min(length, total_out - offset))
     if length == 0:
         raise BadAudio("empty", f"{what}: nothing to read at offset {offset} of {total_out}")
-    if sr_in == sample_rate:
-        start, stop, margin_l = offset, offset + length, 0
+    resampling = sr_in != sample_rate
+    if not resampling:
+        start, stop = offset, offset + length
     else:
         margin = int(math.ceil(_RESAMPLE_MARGIN_S * sr_in))
         # Start on a sample that maps to a whole output sample (a multiple of sr_in / gcd), so the
@@ -155,7 +157,6 @@ def read_window(src: str | Path | bytes, info: AudioInfo, sample_rate: int, offs
         start = max(0, int(math.floor(offset * sr_in / sample_rate)) - margin)
         start = start // step * step
         stop = min(info.frames, int(math.ceil((offset + length) * sr_in / sample_rate)) + margin)
-        margin_l = None
     try:
         with _open(src, what) as f:
             if start:
@@ -174,7 +175,7 @@ def read_window(src: str | Path | bytes, info: AudioInfo, sample_rate: int, offs
     # float32 magnitudes cannot overflow a float64 sum.
     if not math.isfinite(float(np.sum(x, dtype=np.float64))):
         raise BadAudio("nan", f"{what}: {int((~np.isfinite(x)).sum())} NaN/inf samples in the crop")
-    if margin_l is None:
+    if resampling:
         y = resample(x, sr_in, sample_rate)
         # Sample index in the output of the first sample read: start * ratio.
         first = start * sample_rate // sr_in
