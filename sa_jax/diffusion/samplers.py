@@ -238,7 +238,7 @@ def _lms_coefficients(sigmas, i, order):
 def lms(model, x, sigmas, i, memory, key, opts):
     """Linear multistep (Adams-Bashforth on the ODE in sigma, non-uniform steps) of order `order`."""
     (ds,) = memory  # ds[j] = the derivative j steps ago
-    d = to_d(x, sigmas[i], model(x, sigmas[i]))
+    d = to_d(x, sigmas[i], model(x, sigmas[i])).astype(ds.dtype)
     ds = jnp.concatenate([d[None], ds[:-1]])
     coeffs = _lms_coefficients(sigmas, i, opts["order"])
     update = coeffs[0] * ds[0]
@@ -404,15 +404,15 @@ def _run(denoise, x, sigmas, key, inpaint, *, sampler, opts, rectified_flow):
         if inpaint is not None:  # RePaint: overwrite the known region with known data noised to sigma_i
             known, mask = inpaint
             renoised = _noised(known, sigmas[i], step_noise(key, i, x, _INPAINT_STREAM), rectified_flow)
-            x = mask * renoised + (1 - mask) * x
+            x = (mask * renoised + (1 - mask) * x).astype(x.dtype)
         x_next, memory = spec.step(model, x, sigmas, i, memory, key, opts)
-        return (x_next.astype(x.dtype), memory), None
+        return (x_next.astype(x.dtype), memory), None  # sigmas may be wider than x (bf16 latents)
 
     steps = sigmas.shape[0] - 1
     (x, _), _ = lax.scan(body, (x, spec.memory(x, sigmas, opts)), jnp.arange(steps))
     if inpaint is not None:
         known, mask = inpaint
-        x = mask * known + (1 - mask) * x
+        x = (mask * known + (1 - mask) * x).astype(x.dtype)
     return x
 
 
@@ -467,6 +467,8 @@ def sample(denoise: Callable, x, sigmas, sampler: str = "dpmpp-3m-sde", key=None
             raise ValueError(f"mask of shape {jnp.shape(mask)} does not broadcast to x {x.shape}") from None
         inpaint = (known, mask)
 
+    if isinstance(key, (int, np.integer)):
+        raise ValueError(f"key must be a jax.random key, e.g. key=jax.random.key({key}), not an integer")
     if key is None:
         if spec.stochastic(opts) or inpaint is not None:
             why = "inpainting re-noises the known region" if not spec.stochastic(opts) else "it draws noise"
