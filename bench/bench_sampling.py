@@ -115,6 +115,9 @@ def main():
     s_batch = jnp.full((args.batch,), 1.0)
     one_call(denoise, x, s_batch).block_until_ready()
     t_call = timed(lambda: one_call(denoise, x, s_batch).block_until_ready(), args.repeats * 20)
+    empty = jax.jit(lambda x: x)
+    empty(x).block_until_ready()
+    t_dispatch = timed(lambda: empty(x).block_until_ready(), args.repeats * 20)
     with torch.no_grad():
         s_batch_t = torch.full((args.batch,), 1.0)
         t_call_ref = timed(lambda: ref_denoise(x_t, s_batch_t), args.repeats * 20)
@@ -135,7 +138,8 @@ def main():
     print(f"Sampling loop, {args.steps} steps, latents {args.batch} x {args.length} x {args.channels}, "
           f"MLP v-model width {args.hidden}; {cpu_name()}, {os.cpu_count()} cores, threads {args.threads}, "
           f"jax {jax.__version__} on {jax.default_backend()}, torch {torch.__version__}")
-    print(f"One denoiser call: sa-jax (jitted) {t_call * 1e3:.3f} ms, k-diffusion VDenoiser {t_call_ref * 1e3:.3f} ms")
+    print(f"One denoiser call: sa-jax (jitted) {t_call * 1e3:.3f} ms (of which dispatching a jitted call: "
+          f"{t_dispatch * 1e3:.3f} ms), k-diffusion VDenoiser {t_call_ref * 1e3:.3f} ms")
     print()
     print("| sampler | NFE/step | sa-jax per step ms | sa-jax overhead/step ms | step / call | "
           "k-diffusion per step ms | k-diffusion overhead/step ms | step / call | sa-jax speedup | "
