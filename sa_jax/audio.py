@@ -34,11 +34,14 @@ def to_channels(audio: np.ndarray, channels: int, what: str = "audio") -> np.nda
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """(C, S) -> (C, ceil(S * target_sr / orig_sr)) with soxr at high quality (librosa's
+    "soxr_hq", called directly: importing librosa is slow in every data worker)."""
     if orig_sr == target_sr:
         return audio
-    import librosa
+    import soxr
 
-    return librosa.resample(audio, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq", axis=-1)
+    y = soxr.resample(np.ascontiguousarray(audio.T), orig_sr, target_sr, quality="HQ")
+    return np.ascontiguousarray(y.T, dtype=np.float32)
 
 
 def load_audio(path: str | Path, sample_rate: int, channels: int = 2) -> np.ndarray:

@@ -49,11 +49,14 @@ class _Stub(types.ModuleType):
 
 
 def _stub_missing():
+    import kdiffusion_ref  # noqa: F401  (puts a working bare k_diffusion in sys.modules when it can)
+
     for name in _OPTIONAL:
         if name in sys.modules:
             continue
         try:
-            if importlib.util.find_spec(name) is not None:
+            # k_diffusion's own __init__ cannot import here (torchvision); only kdiffusion_ref's works.
+            if not name.startswith("k_diffusion") and importlib.util.find_spec(name) is not None:
                 continue
         except (ImportError, ValueError):
             pass

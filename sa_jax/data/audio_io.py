@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sa_jax.audio import resample
+
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 
@@ -45,18 +47,6 @@ class AudioInfo:
         if sample_rate == self.sample_rate:
             return self.frames
         return int(math.ceil(self.frames * sample_rate / self.sample_rate))
-
-
-def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """(C, S) -> (C, ceil(S * sr_out / sr_in)) with soxr at high quality: the same call
-    `sa_jax.audio.resample` makes through librosa, without importing librosa (slow to import in
-    every grain worker process)."""
-    if sr_in == sr_out:
-        return audio
-    import soxr
-
-    y = soxr.resample(np.ascontiguousarray(audio.T), sr_in, sr_out, quality="HQ")
-    return np.ascontiguousarray(y.T, dtype=np.float32)
 
 
 def _open(src, what: str):
