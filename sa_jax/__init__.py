@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["Autoencoder"]
+__all__ = ["Autoencoder", "StableAudio"]
 
 
 def __getattr__(name):  # lazy, so `import sa_jax` does not import JAX
@@ -10,4 +10,8 @@ def __getattr__(name):  # lazy, so `import sa_jax` does not import JAX
         from sa_jax.autoencoder import Autoencoder
 
         return Autoencoder
+    if name == "StableAudio":
+        from sa_jax.pipeline import StableAudio
+
+        return StableAudio
     raise AttributeError(f"module 'sa_jax' has no attribute {name!r}")

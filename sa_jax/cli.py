@@ -13,6 +13,7 @@ COMMANDS = [
     "vae",  # encode, decode, roundtrip
     "convert",
     "params",
+    "sample",  # text-to-audio generation (sa_jax/pipeline.py)
     "synth",  # synthetic corpus (sa_jax/data/synth.py)
 ]
 

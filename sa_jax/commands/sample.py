@@ -1,0 +1,157 @@
+"""`sa-jax sample PROMPT... --model M`: text-to-audio generation to WAV files, with a spectrogram
+PNG beside each.
+
+Every prompt is sampled `--batch-size` times (variations of one prompt, as stable-audio-tools'
+batch size); all (prompt, variation) items go through `StableAudio.generate` in batches of at most
+`--max-batch`, batch k drawing its noise from seed + k. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+
+
+def read_prompts(args) -> list[str]:
+    prompts = list(args.prompts)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file {path} does not exist")
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        prompts += [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise ValueError("no prompts: give PROMPT arguments or --prompts-file (one prompt per line)")
+    return prompts
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+
+
+def output_paths(out: str, items: list[tuple[int, str, int]], batch_size: int) -> list[Path]:
+    """A .wav path per (prompt index, prompt, variation): `out` itself when it names one .wav file
+    and there is one item, `out` stem + index when it names a .wav and there are several, else
+    files in the folder `out`."""
+    out_path = Path(out)
+    if out_path.suffix.lower() == ".wav":
+        if len(items) == 1:
+            return [out_path]
+        return [out_path.with_name(f"{out_path.stem}_{n:03d}.wav") for n in range(len(items))]
+    names = []
+    for i, prompt, k in items:
+        suffix = f"_{k}" if batch_size > 1 else ""
+        names.append(out_path / f"{i:03d}_{_slug(prompt)}{suffix}.wav")
+    return names
+
+
+def write_spectrogram(path: Path, audio, sample_rate: int, title: str) -> Path:
+    """A log-magnitude spectrogram (channels averaged) as a PNG, written atomically."""
+    import os
+    import uuid
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    mono = np.asarray(audio, np.float32).mean(axis=0)
+    n_fft = 2048 if mono.size >= 2048 else max(16, 1 << (max(mono.size, 2).bit_length() - 1))
+    hop = n_fft // 4
+    frames = max(1, 1 + (mono.size - n_fft) // hop) if mono.size >= n_fft else 1
+    padded = np.pad(mono, (0, max(0, n_fft + (frames - 1) * hop - mono.size)))
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    spec = np.abs(np.fft.rfft(padded[idx] * np.hanning(n_fft), axis=-1)).T
+    db = 20 * np.log10(np.maximum(spec, 1e-8))
+    db = np.maximum(db, db.max() - 90)
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
+    ax.imshow(db, origin="lower", aspect="auto", cmap="magma",
+              extent=(0, mono.size / sample_rate, 0, sample_rate / 2 / 1000))
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("kHz")
+    ax.set_title(title[:90], fontsize=9)
+    fig.tight_layout()
+    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}.png"
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def run(args) -> int:
+    handler = logging.StreamHandler(sys.stderr)   # the pipeline logs one line per stage
+    logger = logging.getLogger("sa_jax")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        return _sample(args)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _sample(args) -> int:
+    import time
+
+    from sa_jax.audio import load_audio, write_audio
+    from sa_jax.pipeline import StableAudio
+
+    prompts = read_prompts(args)
+    if args.batch_size < 1 or args.max_batch < 1:
+        raise ValueError(f"--batch-size and --max-batch must be >= 1, got {args.batch_size} and {args.max_batch}")
+    items = [(i, p, k) for i, p in enumerate(prompts) for k in range(args.batch_size)]
+    paths = output_paths(args.out, items, args.batch_size)
+    print(f"loading {args.model}", file=sys.stderr)
+    model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype)
+    init_audio = None
+    if args.init_audio:
+        init_audio = load_audio(args.init_audio, model.sample_rate, model.autoencoder.io_channels)
+    chunks = [items[s:s + args.max_batch] for s in range(0, len(items), args.max_batch)]
+    for c, chunk in enumerate(chunks):
+        start = time.perf_counter()
+        print(f"batch {c + 1}/{len(chunks)}: {len(chunk)} item(s)", file=sys.stderr)
+        audio = model.generate(
+            [p for _, p, _ in chunk], seconds_start=args.seconds_start, seconds_total=args.seconds_total,
+            steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed + c,
+            negative_prompt=args.negative_prompt, init_audio=init_audio, init_noise_level=args.init_noise_level)
+        first = c * args.max_batch
+        for j, (_, prompt, _) in enumerate(chunk):
+            wav = write_audio(paths[first + j], audio[j], model.sample_rate)
+            write_spectrogram(wav.with_suffix(".png"), audio[j], model.sample_rate, prompt)
+            print(f"  {wav} ({audio.shape[-1] / model.sample_rate:.2f} s)", file=sys.stderr)
+        print(f"batch {c + 1}/{len(chunks)} done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="generate audio from text prompts (WAV + spectrogram PNG)",
+                       description="Text-to-audio with a Stable Audio model. Unset sampling options take the "
+                                   "model's defaults (Stable Audio Open: dpmpp-3m-sde, 100 steps, cfg 7).")
+    p.add_argument("prompts", nargs="*", help="text prompt(s)")
+    p.add_argument("--model", required=True,
+                   help="sa-jax checkpoint, diffusers StableAudioPipeline folder, or stable-audio-tools folder")
+    p.add_argument("--t5", default=None, help="local T5 folder for a stable-audio-tools checkpoint")
+    p.add_argument("--prompts-file", default=None, help="text file with one prompt per line (# comments)")
+    p.add_argument("--out", default="out", help="output folder, or a .wav path (default: out/)")
+    p.add_argument("--seconds-start", type=float, default=0.0, help="timing conditioning: start (default 0)")
+    p.add_argument("--seconds-total", type=float, default=None,
+                   help="length in seconds (timing conditioning and trim); default: the model's window")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--sampler", default=None, help="e.g. dpmpp-3m-sde, dpmpp-2m, heun, dpmpp-2m-sde")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1, help="samples of each prompt (default 1)")
+    p.add_argument("--max-batch", type=int, default=8, help="most items sampled together (default 8)")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--init-audio", default=None, help="audio file to make variations of")
+    p.add_argument("--init-noise-level", type=float, default=1.0,
+                   help="with --init-audio: the sigma sampling starts from (default 1.0)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.set_defaults(func=run)

@@ -1,0 +1,507 @@
+"""`StableAudio`: prompts and timing -> audio, the public generation API.
+
+    sa = StableAudio.load(path)          # sa-jax checkpoint, stable-audio-tools folder, diffusers folder
+    audio = sa.generate(["128 BPM tech house drum loop"], seconds_total=20, seed=0)
+    # -> np.ndarray (batch, channels, samples) float32 at sa.sample_rate, trimmed to seconds_total
+
+Generation follows stable-audio-tools' `generate_diffusion_cond`: the prompts and timing become
+conditioning; sampling starts from standard normal noise times sigma_max (or, for variations,
+the encoded init audio plus that noise, with sigma_max = init_noise_level); a v-objective model
+is preconditioned as k-diffusion's VDenoiser; the sigmas are polyexponential ending in 0; every
+step evaluates [cond, uncond] in one batched call and mixes them with the CFG scale; the
+latents of the whole window are decoded and trimmed to seconds_total.
+
+A model *family* is what differs between Stable Audio models: how prompts and timing become
+conditioning, what the unconditional branch of CFG sees, and the denoiser network. Stable Audio
+Open (`SAOFamily`: T5 + number conditioners + DiT) is the one implemented; the paper's U-Net +
+CLAP + integer timing embeddings plugs in as another class with the same methods, registered in
+`FAMILIES` under the `family:` name of an sa-jax checkpoint's config.yaml.
+
+The whole batch samples together in one jitted loop (`sa_jax.diffusion.sample`). With several
+devices the batch is sharded over a 1-D mesh and the parameters are replicated.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import numbers
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
+
+from sa_jax.autoencoder import Autoencoder
+from sa_jax.checkpoints import store
+from sa_jax.checkpoints.io import CheckpointError
+from sa_jax.config import ConfigError, from_dict, to_dict
+
+log = logging.getLogger("sa_jax.pipeline")
+
+MODEL_TYPE = "diffusion_cond"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What `generate` uses when an argument is None. Defaults are Stable Audio Open's model card."""
+
+    sampler: str = "dpmpp-3m-sde"
+    steps: int = 100
+    cfg_scale: float = 7.0
+    sigma_min: float = 0.3
+    sigma_max: float = 500.0
+    rho: float = 1.0
+
+    def validate(self) -> None:
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(f"sampling: need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.steps < 1:
+            raise ConfigError(f"sampling: steps must be >= 1, got {self.steps}")
+
+
+# --------------------------------------------------------------------------------------------
+# Model families
+
+
+class SAOFamily:
+    """Stable Audio Open: T5 prompt tokens and two Fourier-feature timing numbers condition a DiT.
+
+    Conditioning is {"cross_attn": (batch, tokens, cond_dim), "global": (batch, global_dim)}. The
+    unconditional branch of CFG gets the whole cross-attention tensor zeroed (or a negative
+    prompt's tensor) and the same global vector, as stable-audio-tools' DiT does.
+    """
+
+    name = "sao"
+    objective = "v"
+
+    def __init__(self, dit_config, dit_params, cond_config, cond_params, text_encoder, dtype: str = "float32"):
+        if text_encoder.config.d_model != cond_config.text_dim:
+            raise CheckpointError(f"the T5 encoder is {text_encoder.config.d_model} wide but the conditioners "
+                                  f"expect text_dim {cond_config.text_dim}: the T5 folder is not this model's")
+        if cond_config.cond_dim != dit_config.cond_token_dim or cond_config.global_dim != dit_config.global_cond_dim:
+            raise CheckpointError("the conditioners and the DiT disagree on widths "
+                                  f"(cond {cond_config.cond_dim} vs {dit_config.cond_token_dim}, "
+                                  f"global {cond_config.global_dim} vs {dit_config.global_cond_dim})")
+        self.dit_config, self.cond_config = dit_config, cond_config
+        self.dit_params = jax.tree_util.tree_map(jnp.asarray, dit_params)
+        self.cond_params = jax.tree_util.tree_map(jnp.asarray, cond_params)
+        self.text_encoder = text_encoder
+        text_encoder.max_length = cond_config.max_length
+        self._network = _sao_network(dit_config, dtype)
+        self._conditioner = _sao_conditioner(cond_config)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.dit_config.io_channels
+
+    def condition(self, prompts: list[str], seconds_start: float, seconds_total: float) -> dict:
+        text, mask = self.text_encoder(prompts)
+        b = len(prompts)
+        cross, glob = self._conditioner(self.cond_params, text, mask, jnp.full((b,), seconds_start, jnp.float32),
+                                        jnp.full((b,), seconds_total, jnp.float32))
+        return {"cross_attn": cross, "global": glob}
+
+    def unconditional(self, cond: dict, negative: dict | None = None) -> dict:
+        cross = jnp.zeros_like(cond["cross_attn"]) if negative is None else negative["cross_attn"]
+        return {"cross_attn": cross, "global": cond["global"]}
+
+    def network(self) -> Partial:
+        """`network(x, t, cond) -> v` with the parameters as pytree leaves (jit arguments)."""
+        return Partial(self._network, self.dit_params)
+
+    # --- checkpoint I/O ------------------------------------------------------------------------
+    def config_sections(self) -> dict:
+        return {"dit": to_dict(self.dit_config), "conditioning": to_dict(self.cond_config),
+                "t5": to_dict(self.text_encoder.config)}
+
+    def params(self) -> dict:
+        return {"dit": self.dit_params, "conditioner": self.cond_params, "t5": self.text_encoder.params}
+
+    def save_files(self, folder: Path) -> None:
+        self.text_encoder.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
+
+    @classmethod
+    def from_checkpoint(cls, config: dict, params: dict, folder: Path, dtype: str) -> "SAOFamily":
+        from sa_jax.models.conditioners import ConditioningConfig
+        from sa_jax.models.dit import DiTConfig
+        from sa_jax.models.t5 import T5Config, T5TextEncoder, load_tokenizer
+
+        missing = [k for k in ("dit", "conditioning", "t5") if k not in config]
+        if missing:
+            raise CheckpointError(f"{folder / store.CONFIG_FILE} lacks the section(s) {missing} of an SAO model")
+        dit = from_dict(DiTConfig, config["dit"], "dit")
+        cond = from_dict(ConditioningConfig, config["conditioning"], "conditioning")
+        t5 = from_dict(T5Config, config["t5"], "t5")
+        tok = folder / TOKENIZER_DIR
+        have = [f.name for f in tok.iterdir()] if tok.is_dir() else []
+        if not any(n in have for n in ("tokenizer.json", "spiece.model")) or "tokenizer_config.json" not in have:
+            raise FileNotFoundError(f"{folder} is missing its T5 tokenizer: expected tokenizer_config.json and "
+                                    f"tokenizer.json or spiece.model in {tok}")
+        encoder = T5TextEncoder(t5, params["t5"], load_tokenizer(tok), cond.max_length)
+        return cls(dit, params["dit"], cond, params["conditioner"], encoder, dtype)
+
+
+# One function object per (config, dtype), shared by every model loaded with that shape, so the
+# jitted sampling loop and conditioner compile once per shape rather than once per load.
+@functools.lru_cache(maxsize=None)
+def _sao_network(dit_config, dtype: str):
+    from sa_jax.models.dit import make_denoiser
+
+    dit = make_denoiser(dit_config, DTYPES[dtype])
+
+    def network(params, x, t, cond):
+        return dit(params, x, t, cond["cross_attn"], cond["global"])
+
+    return network
+
+
+@functools.lru_cache(maxsize=None)
+def _sao_conditioner(cond_config):
+    from sa_jax.models.conditioners import make_conditioner
+
+    return jax.jit(make_conditioner(cond_config))
+
+
+FAMILIES = {"sao": SAOFamily}
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def _number(name: str, value, *, minimum: float | None = None, above: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value:g}")
+    if above is not None and value <= above:
+        raise ValueError(f"{name} must be > {above:g}, got {value:g}")
+    return value
+
+
+def _prompt_list(prompts, what: str = "prompts") -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    try:
+        prompts = list(prompts)
+    except TypeError:
+        raise TypeError(f"{what} must be a string or a list of strings, got {type(prompts).__name__}") from None
+    if not prompts:
+        raise ValueError(f"the {what} list is empty; give at least one prompt")
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"{what} must be strings, got {bad[:3]}")
+    return prompts
+
+
+class StableAudio:
+    """A loaded text-to-audio model: a family (conditioning + denoiser), its autoencoder, the
+    sampling window and default sampling settings."""
+
+    def __init__(self, family, autoencoder: Autoencoder, sample_size: int,
+                 defaults: SamplingDefaults = SamplingDefaults()):
+        if autoencoder.latent_dim != family.latent_channels:
+            raise CheckpointError(f"the autoencoder has {autoencoder.latent_dim} latent channels but the "
+                                  f"denoiser takes {family.latent_channels}")
+        self.family, self.autoencoder, self.defaults = family, autoencoder, defaults
+        self.window_frames = int(sample_size) // autoencoder.downsampling_ratio
+        if self.window_frames < 1:
+            raise CheckpointError(f"sample_size {sample_size} is shorter than one latent frame "
+                                  f"({autoencoder.downsampling_ratio} samples)")
+
+    # --- facts ---------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.autoencoder.sample_rate
+
+    @property
+    def window_samples(self) -> int:
+        return self.window_frames * self.autoencoder.downsampling_ratio
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / self.sample_rate
+
+    # --- loading and saving --------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, t5: str | Path | None = None, dtype: str = "float32") -> "StableAudio":
+        """Load a model from
+        * an sa-jax checkpoint directory (`sa-jax convert` output: config.yaml, params/, tokenizer/);
+        * a diffusers `StableAudioPipeline` folder (transformer/, projection_model/, text_encoder/,
+          tokenizer/, vae/; scheduler/ is read only for sigma_min / sigma_max);
+        * a stable-audio-tools folder (model_config.json + model.safetensors or .ckpt); its T5 is
+          not in that file and comes from `t5` (a local Hugging Face T5 folder with config.json,
+          weights and tokenizer files), or from a `t5/` folder inside it.
+        `dtype` is the compute dtype of the denoiser and autoencoder ("float32" or "bfloat16").
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is a file; StableAudio.load takes a folder: an sa-jax checkpoint, a "
+                                  "diffusers StableAudioPipeline folder, or a stable-audio-tools folder with "
+                                  "model_config.json and model.safetensors")
+        start = time.perf_counter()
+        if store.is_checkpoint(path):
+            model = _load_sajax(path, dtype)
+        elif (path / "model_index.json").is_file() or (path / "transformer").is_dir():
+            model = _load_diffusers(path, dtype)
+        elif (path / "model_config.json").is_file():
+            model = _load_sat(path, t5, dtype)
+        else:
+            raise CheckpointError(f"{path} is not a model folder sa-jax knows: expected an sa-jax checkpoint "
+                                  "(config.yaml + params/), a diffusers StableAudioPipeline folder (transformer/, "
+                                  "vae/, ...) or a stable-audio-tools folder (model_config.json + weights)")
+        log.info("loaded %s (%s, window %.2f s at %d Hz) in %.1f s", path, model.family.name,
+                 model.window_seconds, model.sample_rate, time.perf_counter() - start)
+        return model
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write an sa-jax checkpoint directory that `StableAudio.load` reads without the source."""
+        path = Path(path).absolute()
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; choose a new path or pass overwrite=True "
+                                  "(--overwrite) to replace it")
+        config = {"model_type": MODEL_TYPE, "family": self.family.name, "sample_rate": self.sample_rate,
+                  "sample_size": self.window_samples, "sampling": to_dict(self.defaults),
+                  "autoencoder": to_dict(self.autoencoder.config), **self.family.config_sections()}
+        params = jax.device_get({"autoencoder": self.autoencoder.params, **self.family.params()})
+        # Build it complete under a temporary name (store.save is atomic, the tokenizer goes in
+        # before the final rename), so an interrupted save leaves nothing that looks finished.
+        tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+        try:
+            store.save(tmp, config, params)
+            self.family.save_files(tmp)
+            if path.exists():
+                old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    # --- generation ----------------------------------------------------------------------------
+    def generate(self, prompts: str | Sequence[str], seconds_start: float = 0, seconds_total: float | None = None,
+                 steps: int | None = None, cfg_scale: float | None = None, sampler: str | None = None,
+                 seed: int = 0, negative_prompt: str | None = None, init_audio: np.ndarray | None = None,
+                 init_noise_level: float = 1.0, sigma_min: float | None = None, sigma_max: float | None = None,
+                 rho: float | None = None, init_noise: np.ndarray | None = None) -> np.ndarray:
+        """Audio for `prompts`: float32 (batch, channels, samples) at `sample_rate`, trimmed to
+        `seconds_total` (None: the whole window).
+
+        seconds_start / seconds_total: the timing conditioning (the clip's offset in, and the total
+        length of, the audio it imitates); seconds_total may not exceed the model's window.
+        steps, cfg_scale, sampler, sigma_min, sigma_max, rho: None takes the model's defaults
+        (`self.defaults`). seed: draws the initial noise, the SDE noise and the init-audio
+        posterior sample; the same seed gives the same audio. negative_prompt: its conditioning
+        replaces the zeroed one of CFG's unconditional branch. init_audio: (channels, samples) or
+        (batch, channels, samples) at `sample_rate` for variations: encoded, then sampling starts at
+        sigma_max = init_noise_level. init_noise: (batch, latent channels, window frames) standard
+        normal noise to start from instead of the seed's.
+        """
+        from sa_jax.diffusion import SAMPLER_ALIASES, SAMPLERS, cfg_model, get_sigmas, sample, start_latents, v_denoiser
+
+        d = self.defaults
+        prompts = _prompt_list(prompts)
+        batch = len(prompts)
+        window = self.window_seconds
+        seconds_total = window if seconds_total is None else _number("seconds_total", seconds_total, above=0)
+        if seconds_total > window + 1e-9:
+            raise ValueError(f"seconds_total {seconds_total:g} is longer than the model's window of {window:.2f} s "
+                             f"({self.window_samples} samples at {self.sample_rate} Hz)")
+        seconds_start = _number("seconds_start", seconds_start, minimum=0)
+        if seconds_start >= seconds_total:
+            raise ValueError(f"seconds_start ({seconds_start:g}) must be less than seconds_total ({seconds_total:g})")
+        steps = d.steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        cfg_scale = _number("cfg_scale", d.cfg_scale if cfg_scale is None else cfg_scale)
+        sampler = d.sampler if sampler is None else sampler
+        name = SAMPLER_ALIASES.get(sampler, sampler)
+        if name not in SAMPLERS or SAMPLERS[name].rectified_flow:
+            valid = [s for s in SAMPLERS if not SAMPLERS[s].rectified_flow]
+            raise ValueError(f"sampler {sampler!r} cannot sample this {self.family.objective}-objective model; "
+                             f"valid samplers: {', '.join(valid)}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        rho = _number("rho", d.rho if rho is None else rho, above=0)
+        sigma_min = _number("sigma_min", d.sigma_min if sigma_min is None else sigma_min, above=0)
+        if init_audio is not None:
+            if sigma_max is not None:
+                raise ValueError("with init_audio the starting noise level is init_noise_level; do not pass sigma_max")
+            sigma_max = _number("init_noise_level", init_noise_level, above=0)
+        sigma_max = _number("sigma_max", d.sigma_max if sigma_max is None else sigma_max, above=0)
+        if sigma_max <= sigma_min:
+            what = "init_noise_level" if init_audio is not None else "sigma_max"
+            raise ValueError(f"{what} ({sigma_max:g}) must exceed sigma_min ({sigma_min:g})")
+
+        key = jax.random.key(int(seed))
+        k_noise, k_sampler, k_init = jax.random.split(key, 3)
+        shape = (batch, self.family.latent_channels, self.window_frames)
+        if init_noise is None:
+            noise = jax.random.normal(k_noise, shape, jnp.float32)
+        else:
+            noise = np.asarray(init_noise, np.float32)
+            if noise.shape != shape:
+                raise ValueError(f"init_noise must have shape (batch, latent channels, window frames) = {shape}, "
+                                 f"got {noise.shape}")
+            if not np.all(np.isfinite(noise)):
+                raise ValueError("init_noise has NaN or infinite values")
+            noise = jnp.asarray(noise)
+        init = None if init_audio is None else self._init_latents(init_audio, batch, int(jax.random.randint(
+            k_init, (), 0, 2**31 - 1)))
+
+        t0 = time.perf_counter()
+        cond = self.family.condition(prompts, seconds_start, seconds_total)
+        negative = None
+        if negative_prompt is not None:
+            if not isinstance(negative_prompt, str):
+                raise TypeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+            negative = self.family.condition([negative_prompt] * batch, seconds_start, seconds_total)
+        uncond = self.family.unconditional(cond, negative)
+        log.info("conditioned %d prompt(s) in %.2f s", batch, time.perf_counter() - t0)
+
+        sigmas = get_sigmas("polyexponential", steps, sigma_min, sigma_max, rho)
+        x = start_latents(noise, sigmas[0], init)
+        network, (x, cond, uncond) = _place(self.family.network(), (x, cond, uncond), batch)
+        denoiser = v_denoiser(cfg_model(network, cond, uncond, cfg_scale, objective=self.family.objective))
+        t0 = time.perf_counter()
+        latents = sample(denoiser, x, sigmas, name, key=k_sampler)
+        latents = np.asarray(jax.device_get(latents))
+        log.info("sampled %d x %d latent frames, %d steps (%s, cfg %g) in %.2f s", batch, self.window_frames, steps,
+                 name, cfg_scale, time.perf_counter() - t0)
+        if not np.all(np.isfinite(latents)):
+            raise FloatingPointError("sampling produced NaN or infinite latents (try float32, fewer steps or a lower "
+                                     "cfg_scale)")
+
+        t0 = time.perf_counter()
+        audio = self.autoencoder.decode(latents)
+        log.info("decoded in %.2f s", time.perf_counter() - t0)
+        samples = min(int(round(seconds_total * self.sample_rate)), audio.shape[-1])
+        return np.ascontiguousarray(audio[:, :, :samples], dtype=np.float32)
+
+    def _init_latents(self, init_audio, batch: int, seed: int) -> jax.Array:
+        """Init audio (channels, samples) or (batch, channels, samples), cropped or zero-padded to
+        the window, encoded (a posterior draw, as the reference's pretransform does)."""
+        audio = np.asarray(init_audio, np.float32)
+        if audio.ndim == 2:
+            audio = audio[None]
+        if audio.ndim != 3 or audio.shape[-1] == 0:
+            raise ValueError(f"init_audio must be a non-empty (channels, samples) or (batch, channels, samples) "
+                             f"array at {self.sample_rate} Hz, got shape {audio.shape}")
+        if audio.shape[0] not in (1, batch):
+            raise ValueError(f"init_audio has batch {audio.shape[0]} but there are {batch} prompts; give 1 or {batch}")
+        n = self.window_samples
+        audio = audio[:, :, :n]
+        if audio.shape[-1] < n:
+            audio = np.pad(audio, ((0, 0), (0, 0), (0, n - audio.shape[-1])))
+        latents = self.autoencoder.encode(audio, sample=True, seed=seed)
+        return jnp.asarray(np.broadcast_to(latents, (batch,) + latents.shape[1:]))
+
+
+def _place(network, batch_trees, batch: int):
+    """With several devices: shard the batch over a 1-D mesh of as many devices as divide it
+    evenly (8 devices: a batch of 8 or 16 uses all, a batch of 6 uses 6, a batch of 1 one) and
+    replicate the network's parameters. The batch is never padded, so shapes, and with them the
+    sampler's noise, do not depend on the device count: the same seed gives the same audio."""
+    devices = jax.devices()
+    n = max(k for k in range(1, min(len(devices), batch) + 1) if batch % k == 0)
+    if n == 1:
+        return network, batch_trees
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices[:n]), ("batch",))
+    shard = NamedSharding(mesh, PartitionSpec("batch"))
+    network = jax.device_put(network, NamedSharding(mesh, PartitionSpec()))
+    return network, jax.tree_util.tree_map(lambda a: jax.device_put(jnp.asarray(a), shard), batch_trees)
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders
+
+
+def _load_sajax(path: Path, dtype: str) -> StableAudio:
+    from sa_jax.models.autoencoder import config_from_dict
+
+    config = store.read_config(path)
+    if config["model_type"] != MODEL_TYPE:
+        raise CheckpointError(f"{path} is an sa-jax {config['model_type']!r} checkpoint, not a text-to-audio "
+                              f"model ({MODEL_TYPE}); load it with the class for that model")
+    family_name = config.get("family", "sao")
+    if family_name not in FAMILIES:
+        raise CheckpointError(f"{path}: model family {family_name!r} is not known; known: {sorted(FAMILIES)}")
+    for key in ("autoencoder", "sample_size"):
+        if key not in config:
+            raise CheckpointError(f"{path / store.CONFIG_FILE} has no {key!r}")
+    params = store.load_params(path)
+    family = FAMILIES[family_name].from_checkpoint(config, params, path, dtype)
+    autoencoder = Autoencoder(config_from_dict(config["autoencoder"]), params["autoencoder"], dtype)
+    defaults = from_dict(SamplingDefaults, config.get("sampling", {}), "sampling")
+    return StableAudio(family, autoencoder, int(config["sample_size"]), defaults)
+
+
+def _load_diffusers(path: Path, dtype: str) -> StableAudio:
+    from sa_jax.checkpoints import sao
+
+    loaded = sao.load_diffusers_pipeline(path)
+    (dit_cfg, dit_params), (cond_cfg, cond_params) = loaded["dit"], loaded["conditioning"]
+    family = SAOFamily(dit_cfg, dit_params, cond_cfg, cond_params, loaded["text_encoder"], dtype)
+    autoencoder = Autoencoder.load(path, dtype=dtype)
+    with open(path / "transformer" / "config.json") as f:
+        frames = int(json.load(f).get("sample_size", 1024))
+    defaults = SamplingDefaults()
+    scheduler = path / "scheduler" / "scheduler_config.json"
+    if scheduler.is_file():  # the noise range the pipeline was shipped with
+        with open(scheduler) as f:
+            s = json.load(f)
+        defaults = from_dict(SamplingDefaults, {"sigma_min": s.get("sigma_min", defaults.sigma_min),
+                                                "sigma_max": s.get("sigma_max", defaults.sigma_max)})
+    return StableAudio(family, autoencoder, frames * autoencoder.downsampling_ratio, defaults)
+
+
+def _load_sat(path: Path, t5: str | Path | None, dtype: str) -> StableAudio:
+    from sa_jax import sat_config
+    from sa_jax.autoencoder import _find_sat_weights
+    from sa_jax.checkpoints import autoencoder as ae_importer
+    from sa_jax.checkpoints import sao
+    from sa_jax.checkpoints.io import read_state_dict
+    from sa_jax.models.t5 import T5TextEncoder
+
+    model_config = sat_config.read(path / "model_config.json")
+    dit_cfg, cond_cfg, t5_name = sao.sat_model_configs(model_config)
+    if t5 is None:
+        if not (path / "t5").is_dir():
+            raise FileNotFoundError(
+                f"{path} is a stable-audio-tools checkpoint, whose T5 text encoder ({t5_name}) is not stored in "
+                f"its weights: pass t5=PATH (--t5 PATH) to a local Hugging Face {t5_name} folder (config.json, "
+                f"model.safetensors, tokenizer.json or spiece.model, tokenizer_config.json), or put one at {path / 't5'}")
+        t5 = path / "t5"
+    encoder = T5TextEncoder.load(t5, max_length=cond_cfg.max_length)  # names missing files first
+    weights = _find_sat_weights(path)
+    state = sao.unwrap_training_state(read_state_dict(weights))     # one read for the DiT and the VAE
+    out = sao.import_sat_checkpoint(state, dit_cfg, cond_cfg, source=str(weights))
+    ae_cfg = sat_config.autoencoder_config(model_config)
+    autoencoder = Autoencoder(ae_cfg, ae_importer.from_sat(state, ae_cfg, str(weights)), dtype)
+    del state
+    family = SAOFamily(dit_cfg, out["dit"], cond_cfg, out["conditioners"], encoder, dtype)
+    if "sample_size" not in model_config:
+        raise ConfigError(f"{path / 'model_config.json'} has no sample_size (the generation window in samples)")
+    return StableAudio(family, autoencoder, int(model_config["sample_size"]))
