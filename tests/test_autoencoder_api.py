@@ -244,3 +244,19 @@ def test_params_command_counts_the_released_shapes(capsys):
     assert "156,112,514" in capsys.readouterr().out  # diffusers' AutoencoderOobleck() has the same count
     assert cli(["params", "configs/vae_sa1.yaml", "autoencoder.bogus=1"]) == 2
     assert "valid keys are" in capsys.readouterr().err
+
+
+def test_encode_a_dataset_folder_to_training_latents(tmp_path):
+    """`sa-jax encode FOLDER OUT` writes the pre-encoded latents the data pipeline reads."""
+    from sa_jax.data import DataConfig, DataPipeline
+    from sa_jax.data.synth import write_corpus
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, count=2, seed=0)
+    ckpt = Autoencoder.from_config(NARROW_SAO, seed=0).save(tmp_path / "m")
+    out = tmp_path / "latents"
+    assert cli(["encode", str(corpus), str(out), "--model", str(ckpt)]) == 0
+    info = json.loads((out / "info.json").read_text())
+    assert (info["latent_dim"], info["downsampling_ratio"], info["count"]) == (4, 2048, 2)
+    batch = next(DataPipeline(DataConfig(kind="latents", path=str(out), window=2048 * 8, batch_size=2)).iterator())
+    assert batch["latents"].shape == (2, 4, 8) and np.isfinite(batch["latents"]).all()

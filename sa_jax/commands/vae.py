@@ -45,12 +45,28 @@ def _encode(args, ae):
 def run_encode(args) -> int:
     from sa_jax.audio import write_npy
 
-    if Path(args.input).is_dir():
-        raise ValueError(f"{args.input} is a folder; `sa-jax encode` takes one audio file")
     ae = load_model(args)
+    if Path(args.input).is_dir():
+        return _encode_folder(args, ae)
     audio, z = _encode(args, ae)
     write_npy(args.output, z)
     print(f"{args.input}: {audio.shape[1] / ae.sample_rate:.2f} s -> latents {tuple(z.shape)} in {args.output}")
+    return 0
+
+
+def _encode_folder(args, ae) -> int:
+    """A dataset folder -> pre-encoded latents that `DataConfig(kind="latents")` reads."""
+    from sa_jax.data import encode_dataset
+
+    if args.sample:
+        raise ValueError("--sample is for single files; a dataset is encoded to posterior means")
+
+    def progress(i, total, relpath):
+        print(f"[{i + 1}/{total}] {relpath}", file=sys.stderr)
+
+    report = encode_dataset(ae, args.input, args.output, encode_kwargs={"chunk_frames": _chunk(args)},
+                            progress=progress)
+    print(f"{args.input} -> {args.output}: {report.summary()}")
     return 0
 
 
@@ -96,9 +112,12 @@ def _write(path, audio, sample_rate, write_audio, write_npy):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("encode", help="encode an audio file to latents (.npy)")
-    p.add_argument("input", help="audio file (WAV, FLAC, OGG, MP3; any rate and channel count)")
-    p.add_argument("output", help="latents .npy, shape (latent_dim, frames)")
+    p = sub.add_parser("encode", help="encode an audio file to latents (.npy), or a dataset folder to "
+                                      "pre-encoded training latents")
+    p.add_argument("input", help="audio file (WAV, FLAC, OGG, MP3; any rate and channel count), or a "
+                                 "dataset folder (audio + metadata, as `sa-jax synth` writes)")
+    p.add_argument("output", help="latents .npy, shape (latent_dim, frames); for a folder, the output folder "
+                                  "(info.json, index.jsonl, latents/)")
     p.add_argument("--sample", action="store_true", help="draw from the posterior instead of its mean")
     p.add_argument("--seed", type=int, default=0)
     _add_model_args(p)
