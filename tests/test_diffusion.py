@@ -149,6 +149,10 @@ def test_cfg_interval_runs_only_the_conditional_branch_outside():
     np.testing.assert_allclose(jax.jit(guided)(x, t_outside), model(x, t_outside, COND), rtol=1e-6)
     t_inside = jnp.full((2,), 0.4)
     assert not np.allclose(jax.jit(guided)(x, t_inside), model(x, t_inside, COND))
+    # a bfloat16 model keeps its dtype in both branches (lax.cond needs them to agree)
+    bf16 = cfg_model(lambda x, t, c: model(x, t, c).astype(jnp.bfloat16), COND, NEG, 5.0, rescale=0.5,
+                     interval=(0.2, 0.8))
+    assert jax.jit(bf16)(x, t_inside).dtype == jnp.bfloat16
 
 
 # --- the jitted loop ---------------------------------------------------------------------------------------

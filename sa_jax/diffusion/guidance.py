@@ -55,6 +55,8 @@ class Conditioned:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: leaves may be dicts
 class Guided:
+    """`model(x, t, cond)` under classifier-free guidance, called as (x, t); built by `cfg_model`."""
+
     model: Any
     cond: Any
     uncond: Any
@@ -73,7 +75,7 @@ class Guided:
             ratio = (jnp.std(cond_out, axis=self.rescale_axis, ddof=1, keepdims=True)
                      / jnp.std(cfg, axis=self.rescale_axis, ddof=1, keepdims=True))
             cfg = self.rescale * (cfg * ratio) + (1 - self.rescale) * cfg
-        return cfg
+        return cfg.astype(out.dtype)  # the float32 scale must not widen a bfloat16 model's output
 
     def __call__(self, x, t):
         if self.interval is None:
