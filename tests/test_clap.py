@@ -78,24 +78,28 @@ def clap_pair(request):
     return converted(request.param)
 
 
-def test_text_matches_transformers(clap_pair):
-    model, config, variables = clap_pair
+def _text_both(module, ids, mask):
+    return module.text_hidden_states(ids, mask), module.get_text_embedding(ids, mask)
+
+
+def test_text_matches_transformers():
+    model, config, variables = converted(False)     # the text tower is the same with or without fusion
     ids, mask = ids_and_mask()
     t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
     with torch.no_grad():
         ref = model.text_model(input_ids=t_ids, attention_mask=t_mask, output_hidden_states=True)
         ref_emb = model.get_text_features(input_ids=t_ids, attention_mask=t_mask).pooler_output.numpy()
-    states = jitted(config, "text_hidden_states")(variables, ids, mask)
+    states, emb = jax.jit(lambda v, i, m: ClapModel(config).apply(v, i, m, method=_text_both))(variables, ids, mask)
     assert len(states) == len(ref.hidden_states) == config.text.num_layers + 1
     err = rel_err(states[-2], ref.hidden_states[-2].numpy())
     err_last = rel_err(states[-1], ref.last_hidden_state.numpy())
-    emb = jitted(config, "get_text_embedding")(variables, ids, mask)
     err_emb = rel_err(emb, ref_emb)
     print(f"CLAP text vs transformers: layer -2 {err:.2e}, last {err_last:.2e}, projected embedding {err_emb:.2e}")
     assert max(err, err_last, err_emb) < TOL
 
 
-@pytest.mark.parametrize("frames", [25, 32])       # 25: resampled to 32 frames (bicubic); 32: as is
+# 25 frames are resampled to 32 (bicubic); 32 frames go in as they are (slow: one more compile each)
+@pytest.mark.parametrize("frames", [25, pytest.param(32, marks=pytest.mark.slow)])
 def test_audio_matches_transformers(clap_pair, frames):
     model, config, variables = clap_pair
     fusion = config.audio.enable_fusion
@@ -134,7 +138,14 @@ def test_logits_match_transformers():
     want = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
     loss = contrastive_loss(audio, text, scale_a)
     assert abs(float(loss) - float(want)) < 1e-5
-    # differentiable: a training step can follow the gradient into both towers
+
+
+@pytest.mark.slow
+def test_loss_gradient_reaches_both_towers():
+    # compiling the backward pass of both towers takes minutes on a busy 2-core machine
+    _, config, variables = converted(False)
+    ids, mask = ids_and_mask(batch=3, seed=4)
+    feats = np.random.default_rng(5).normal(size=(3, 1, 32, 16)).astype(np.float32)
     g = jax.jit(jax.grad(lambda v: contrastive_loss(*ClapModel(config).apply(v, ids, mask, feats)[1::-1],
                                                     v["params"]["logit_scale_a"])))(variables)
     assert float(np.abs(g["params"]["audio_model"]["patch_embed"]["proj"]["kernel"]).max()) > 0
@@ -189,3 +200,26 @@ def test_wrong_shapes_are_one_clear_error():
     fused = state_dict(converted(True)[0])
     with pytest.raises(CheckpointError, match="fusion_model.local_att.0.weight"):
         import_hf_clap(fused, config)
+
+
+@pytest.mark.slow
+def test_full_size_parameter_count():
+    # LAION's HTSAT-tiny + roberta-base (laion/clap-htsat-*): the same parameter count as transformers'
+    # ClapModel(ClapConfig()) (153,492,890 plain; 153,507,530 with fusion), built abstractly
+    from sa_jax.models.clap import HTSATConfig, variable_shapes
+
+    for fusion, want in ((False, 153_492_890), (True, 153_507_530)):
+        shapes = variable_shapes(ClapConfig(audio=HTSATConfig(enable_fusion=fusion)))
+        assert sum(int(np.prod(s)) for k, s in shapes.items() if k.startswith("params/")) == want
+
+
+def test_bfloat16_compute():
+    # bfloat16 compute with float32 parameters stays close to float32
+    _, config, variables = converted(True)
+    ids, mask = ids_and_mask()
+    feats = np.random.default_rng(0).normal(size=(2, 4, 25, 16)).astype(np.float32)
+    longer = np.array([True, False])
+    ref = jitted(config, "__call__")(variables, ids, mask, feats, longer)
+    half = jax.jit(lambda v, *a: ClapModel(config, jax.numpy.bfloat16).apply(v, *a))(variables, ids, mask, feats, longer)
+    for r, h in zip(ref[:2], half[:2]):
+        assert h.dtype == np.float32 and rel_err(h, r) < 5e-2
