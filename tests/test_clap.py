@@ -220,6 +220,7 @@ def test_bfloat16_compute():
     feats = np.random.default_rng(0).normal(size=(2, 4, 25, 16)).astype(np.float32)
     longer = np.array([True, False])
     ref = jitted(config, "__call__")(variables, ids, mask, feats, longer)
-    half = jax.jit(lambda v, *a: ClapModel(config, jax.numpy.bfloat16).apply(v, *a))(variables, ids, mask, feats, longer)
+    half = jax.jit(lambda v, *a: ClapModel(config, jax.numpy.bfloat16).apply(v, *a))(
+        variables, ids, mask, feats, longer)
     for r, h in zip(ref[:2], half[:2]):
         assert h.dtype == np.float32 and rel_err(h, r) < 5e-2

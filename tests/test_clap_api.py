@@ -5,7 +5,6 @@ over-long prompt warning, and missing tokenizer files."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import shutil
@@ -70,11 +69,6 @@ def _tokenizer(folder):
     return tok
 
 
-# Small audio settings for the tiny model: 0.5 s at 16 kHz, hop 128 -> 63 frames of 16 mels.
-SMALL_AUDIO = ClapAudioFeatures(sample_rate=16000, n_fft=256, hop_length=128, f_min=0.0, f_max=8000.0,
-                                max_length_s=0.5)
-
-
 @functools.cache
 def clap_folder(root: str):
     from pathlib import Path
@@ -91,7 +85,15 @@ def clap_folder(root: str):
         projection_dim=12)
     model = randomize(transformers.ClapModel(hf), seed=4)
     model.save_pretrained(folder)
+    extractor().save_pretrained(folder)        # preprocessor_config.json: the log-mel settings
     return model, tok, folder
+
+
+def extractor():
+    # small audio settings for the tiny model: 0.5 s at 16 kHz, hop 128 -> 63 frames of 16 mels
+    return transformers.ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=128, fft_window_size=256,
+                                             frequency_min=0, frequency_max=8000, truncation="rand_trunc",
+                                             max_length_s=0.5)
 
 
 @pytest.fixture
@@ -130,13 +132,11 @@ def test_long_prompts_warn(clap_dir):
 def test_audio_embedding_from_waveforms(clap_dir):
     model, _, folder = clap_dir
     clap = Clap.load(folder)
-    clap = Clap(dataclasses.replace(clap.config, features=SMALL_AUDIO), clap.variables, clap.tokenizer)
+    assert clap.config.features == ClapAudioFeatures(sample_rate=16000, n_fft=256, hop_length=128, f_min=0.0,
+                                                     f_max=8000.0, max_length_s=0.5)
     rng = np.random.default_rng(2)
     clips = [rng.normal(size=5000) * 0.1, rng.normal(size=8000) * 0.3]
-    fe = transformers.ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=128, fft_window_size=256,
-                                           frequency_min=0, frequency_max=8000, truncation="rand_trunc",
-                                           max_length_s=1)
-    inputs = fe(clips, sampling_rate=16000, max_length=8000, return_tensors="pt")
+    inputs = extractor()(clips, sampling_rate=16000, max_length=8000, return_tensors="pt")
     with torch.no_grad():
         ref = model.get_audio_features(**inputs).pooler_output.numpy()
     ours = clap.audio_embedding(clips, sample_rate=16000)

@@ -97,8 +97,8 @@ class LaionClap(torch.nn.Module):
             fusion_type="aff_2d" if fusion else "None")
         self.text_branch = transformers.RobertaModel(transformers.RobertaConfig(
             vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=80, type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0))
+            max_position_embeddings=80, type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5,   # as roberta-base
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
         self.text_projection = _mlp(32, 12)
         self.audio_projection = _mlp(16, 12)
         self.text_transform = torch.nn.Module()
@@ -176,8 +176,8 @@ def test_laion_checkpoint_matches_laion_code(laion):
     assert float(scale_a) == pytest.approx(2.0) and float(scale_t) == pytest.approx(2.5)
     if not fusion:
         _, loss_mod = laion_modules()
-        text3 = np.asarray(text)[[0, 1, 0]]          # three (audio, text) pairs
-        ref_loss = loss_mod.ClipLoss()(torch.from_numpy(np.asarray(audio)), torch.from_numpy(text3),
+        text3 = np.array(text)[[0, 1, 0]]          # three (audio, text) pairs
+        ref_loss = loss_mod.ClipLoss()(torch.from_numpy(np.array(audio)), torch.from_numpy(text3),
                                        torch.tensor(float(np.exp(scale_a))))
         loss = contrastive_loss(audio, text3, scale_a)
         print(f"contrastive loss vs LAION ClipLoss: {float(loss):.6f} vs {float(ref_loss):.6f}")

@@ -26,7 +26,7 @@ import numpy as np
 
 from sa_jax.checkpoints.io import CheckpointError, mismatch_report, read_state_dict, unflatten
 from sa_jax.models.bert import BertConfig, BertEncoder
-from sa_jax.models.clap import ClapConfig, HTSATConfig, variable_shapes
+from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, HTSATConfig, variable_shapes
 
 # One leaf of a table: foreign key -> list of (our flat path, transform of the tensor).
 Entry = tuple[str, list[tuple[str, Callable[[np.ndarray], np.ndarray] | None]]]
@@ -249,7 +249,8 @@ def import_bert(state: dict[str, np.ndarray], config: BertConfig, source: str = 
     tree = jax.eval_shape(lambda k, i: BertEncoder(config).init(k, i)["params"], jax.random.key(0), ids)
     want = {"/".join(p.key for p in path): tuple(v.shape) for path, v in jax.tree_util.tree_leaves_with_path(tree)}
     entries = ((k, [(p.removeprefix("params/"), f) for p, f in t]) for k, t in bert_entries(config))
-    return convert(state, entries, want, _describe_text(config), source + (f" (keys under {prefix!r})" if prefix else ""))
+    where = source + (f" (keys under {prefix!r})" if prefix else "")
+    return convert(state, entries, want, _describe_text(config), where)
 
 
 def _describe(c: ClapConfig) -> str:
@@ -356,7 +357,26 @@ def load_hf_clap(folder: str | Path) -> tuple[ClapConfig, dict]:
         raise FileNotFoundError(f"{folder} is not a transformers ClapModel folder; missing: {'; '.join(missing)}")
     with open(folder / "config.json") as f:
         config = ClapConfig.from_hf(json.load(f))
+    if (folder / "preprocessor_config.json").is_file():
+        config = dataclasses.replace(config, features=read_feature_config(folder / "preprocessor_config.json",
+                                                                          config.audio.num_mel_bins))
     return config, import_hf_clap(read_state_dict(weights), config, source=str(weights))
+
+
+def read_feature_config(path: str | Path, mel_bins: int) -> ClapAudioFeatures:
+    """The log-mel settings of a transformers ClapFeatureExtractor `preprocessor_config.json`."""
+    with open(path) as f:
+        data = json.load(f)
+    if data.get("feature_size", mel_bins) != mel_bins:
+        raise CheckpointError(f"{path}: feature_size {data['feature_size']} differs from the model's "
+                              f"{mel_bins} mel bins")
+    d = ClapAudioFeatures()
+    return ClapAudioFeatures(sample_rate=int(data.get("sampling_rate", d.sample_rate)),
+                             n_fft=int(data.get("fft_window_size", d.n_fft)),
+                             hop_length=int(data.get("hop_length", d.hop_length)),
+                             f_min=float(data.get("frequency_min", d.f_min)),
+                             f_max=float(data.get("frequency_max", d.f_max)),
+                             max_length_s=float(data.get("max_length_s", d.max_length_s)))
 
 
 def load_laion_clap(path: str | Path, config: ClapConfig | None = None, **overrides) -> tuple[ClapConfig, dict]:

@@ -26,7 +26,7 @@ Parameters are float32; `dtype` sets the compute dtype. BatchNorm statistics liv
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -107,7 +107,8 @@ class HTSATConfig:
             num_mel_bins=data.get("num_mel_bins", 64), spec_size=data.get("spec_size", 256),
             patch_size=patch[0], patch_stride=pair(data.get("patch_stride", (4, 4))),
             window_size=data.get("window_size", 8), embed_dim=data.get("patch_embeds_hidden_size", 96),
-            depths=tuple(data.get("depths", (2, 2, 6, 2))), num_heads=tuple(data.get("num_attention_heads", (4, 8, 16, 32))),
+            depths=tuple(data.get("depths", (2, 2, 6, 2))),
+            num_heads=tuple(data.get("num_attention_heads", (4, 8, 16, 32))),
             mlp_ratio=float(data.get("mlp_ratio", 4.0)), qkv_bias=data.get("qkv_bias", True),
             patch_norm=data.get("enable_patch_layer_norm", True),
             layer_norm_eps=float(data.get("layer_norm_eps", 1e-5)), hidden_act=data.get("hidden_act", "gelu"),
