@@ -14,7 +14,8 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, flat_shapes, mismatch_report, unflatten
+from sa_jax.checkpoints.io import CheckpointError, mismatch_report
+from sa_jax.tree import flat_shapes, unflatten
 from sa_jax.models.autoencoder import (AudioAutoencoder, AutoencoderConfig, OobleckDecoderConfig,
                                        OobleckEncoderConfig, config_from_dict)
 

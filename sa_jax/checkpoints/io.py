@@ -78,21 +78,5 @@ def mismatch_report(what: str, source: str, unmatched: Iterable[str], missing: I
     return "\n".join(lines)
 
 
-def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
-    """`{"a/b/c": shape}` for every leaf of a (possibly abstract) parameter tree."""
-    import jax
 
-    return {"/".join(k.key for k in path): tuple(v.shape)
-            for path, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def unflatten(flat: dict[str, np.ndarray]) -> dict:
-    """The nested parameter dict for `{"a/b/c": array}`."""
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+from sa_jax.tree import unflatten  # noqa: E402,F401  (TODO: importers take it from sa_jax.tree)

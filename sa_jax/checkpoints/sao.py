@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from sa_jax.checkpoints.io import CheckpointError, mismatch_report, read_state_dict
+from sa_jax.tree import unflatten
 from sa_jax.config import ConfigError, from_dict
 from sa_jax.models import conditioners as cond_mod
 from sa_jax.models import dit as dit_mod
@@ -253,18 +254,7 @@ def _convert(state: dict[str, np.ndarray], rows: Sequence[Row], want: dict[str, 
     report.unmatched += [prefix + k for k in part
                          if k not in used and not any(p.fullmatch(k) for p in patterns)]
     report.missing += [f"{p} (no row of the import table provides it)" for p in sorted(set(want) - covered)]
-    return _nest(flat)
-
-
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-    params: dict = {}
-    for path, value in flat.items():
-        node = params
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return params
+    return unflatten(flat)
 
 
 def _rotary_inv_freq(config: DiTConfig) -> np.ndarray:

@@ -12,7 +12,8 @@ import re
 import jax
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, flat_shapes, mismatch_report, unflatten
+from sa_jax.checkpoints.io import CheckpointError, mismatch_report
+from sa_jax.tree import flat_shapes, unflatten
 from sa_jax.models.unet import UNet1d, UNetConfig
 
 # (pattern, replacement) applied in order to a reference key (without its outer prefix).

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from sa_jax.config import ConfigError
+from sa_jax.tree import flat_shapes
 
 Dtype = Any
 
@@ -158,8 +159,7 @@ def init_params(config: ConditioningConfig, key: jax.Array) -> dict:
 
 def param_shapes(config: ConditioningConfig) -> dict[str, tuple[int, ...]]:
     tree = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
-    return {"/".join(p.key for p in path): tuple(v.shape)
-            for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return flat_shapes(tree)
 
 
 def cfg_dropout(key: jax.Array, cross_attn_cond: jax.Array, prob: float = 0.1) -> jax.Array:

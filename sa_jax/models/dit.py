@@ -36,6 +36,7 @@ import flax.linen as nn
 
 from sa_jax.config import ConfigError
 from sa_jax.nn.attention import apply_rotary, attention, layer_norm, rotary_cos_sin
+from sa_jax.tree import flat_shapes
 
 Dtype = Any
 
@@ -255,8 +256,7 @@ def init_params(config: DiTConfig, key: jax.Array, frames: int = 8, tokens: int 
 def param_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
     """Flat `a/b/c -> shape` of the parameters of a DiT with `config` (no compute)."""
     tree = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
-    return {"/".join(p.key for p in path): tuple(v.shape)
-            for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return flat_shapes(tree)
 
 
 def make_denoiser(config: DiTConfig, dtype: Dtype = jnp.float32, remat: bool = False):

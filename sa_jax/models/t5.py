@@ -28,6 +28,7 @@ import numpy as np
 
 from sa_jax.config import ConfigError
 from sa_jax.nn.attention import attention
+from sa_jax.tree import flat_shapes
 
 Dtype = Any
 
@@ -181,8 +182,7 @@ def param_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
     """Flat `a/b -> shape` of the encoder's parameters (no compute)."""
     ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
     tree = jax.eval_shape(lambda k, i: T5Encoder(config).init(k, i)["params"], jax.random.key(0), ids)
-    return {"/".join(p.key for p in path): tuple(v.shape)
-            for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return flat_shapes(tree)
 
 
 # --------------------------------------------------------------------------------------------
