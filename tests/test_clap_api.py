@@ -12,7 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from sa_jax.models.clap import Clap, ClapAudioFeatures, ClapConfig, HTSATConfig, audio_features, log_mel, mel_filters
+from sa_jax.models.clap import (Clap, ClapAudioFeatures, ClapConfig, HTSATConfig, audio_features,
+                                load_clap_text_encoder, log_mel, mel_filters)
 from sat_ref import randomize, rel_err
 
 torch = pytest.importorskip("torch")
@@ -117,6 +118,10 @@ def test_text_features_for_the_conditioner(clap_dir):
     print(f"Clap.text_features(layer=-2) vs transformers through the tokenizer: {err:.2e}; embedding {err_emb:.2e}")
     assert err < TOL and err_emb < TOL
     assert rel_err(clap.text_features(SENTENCES, layer=0)[0], ref[0].numpy()) < TOL
+    # the text tower alone (what Stable Audio 1.0's conditioner loads) gives the same features
+    alone = load_clap_text_encoder(folder, folder)
+    states, mask2 = alone(SENTENCES)
+    assert rel_err(states[-2], ref[-2].numpy()) < TOL and np.array_equal(np.asarray(mask2), np.asarray(mask))
     with pytest.raises(ValueError, match="layer 5 is not in -4..3"):
         clap.text_features(SENTENCES, layer=5)
 

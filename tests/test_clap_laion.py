@@ -196,3 +196,25 @@ def test_laion_wrong_config_is_one_error(laion):
     assert str(path) in msg and "shape mismatches" in msg
     assert "audio_branch.patch_embed.proj.weight: file (8, 1, 4, 4)" in msg
     assert ("fusion_model" in msg)        # fusion layers unmatched (or missing), named
+
+
+def test_text_tower_alone_for_the_conditioner(laion, tmp_path):
+    # Stable Audio 1.0 reads only CLAP's text branch from the LAION file (hidden_states[-2] + mask)
+    from sa_jax.checkpoints.clap import load_clap_text
+    from sa_jax.models.bert import BertEncoder
+
+    model, path = laion
+    state = torch.load(path, weights_only=True)["state_dict"]
+    text_only = tmp_path / "text_only.pt"     # no audio branch at all: still loads
+    torch.save({"state_dict": {k: v for k, v in state.items() if "audio_branch" not in k}}, text_only)
+    config, params = load_clap_text(text_only, text_heads=4)
+    ids = np.array([[0, 5, 17, 42, 9, 2, 1, 1], [0, 33, 2, 1, 1, 1, 1, 1]])
+    mask = ids != 1
+    mask[:, 0] = True
+    states, _ = jax.jit(lambda p, i, m: BertEncoder(config).apply({"params": p}, i, m))(params, ids, mask)
+    with torch.no_grad():
+        ref = model.text_branch(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                                output_hidden_states=True).hidden_states
+    err = rel_err(states[-2], ref[-2].numpy())
+    print(f"LAION text branch alone, layer -2: {err:.2e}")
+    assert err < TOL

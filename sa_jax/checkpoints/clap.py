@@ -296,19 +296,7 @@ def laion_config(state: dict[str, np.ndarray], spec_size: int = 256, text_heads:
     lacking = [k for k in need if k not in state]
     if lacking:
         raise CheckpointError(f"not a LAION-CLAP (HTSAT + BERT/RoBERTa) state dict: missing {', '.join(lacking)}")
-    word = state["text_branch.embeddings.word_embeddings.weight"]
-    layers = 1 + max(int(m.group(1)) for k in state
-                     if (m := re.match(r"text_branch\.encoder\.layer\.(\d+)\.", k)))
-    types = state["text_branch.embeddings.token_type_embeddings.weight"].shape[0]
-    roberta = types == 1
-    text = BertConfig(
-        vocab_size=word.shape[0], hidden_size=word.shape[1], num_layers=layers,
-        num_heads=text_heads or word.shape[1] // 64,
-        intermediate_size=state["text_branch.encoder.layer.0.intermediate.dense.weight"].shape[0],
-        max_position_embeddings=state["text_branch.embeddings.position_embeddings.weight"].shape[0],
-        type_vocab_size=types, layer_norm_eps=1e-5 if roberta else 1e-12,
-        pad_token_id=1 if roberta else 0, positions="roberta" if roberta else "absolute",
-        pooler="text_branch.pooler.dense.weight" in state)
+    text = laion_text_config(state, text_heads)
     blocks: dict[int, int] = {}
     heads: dict[int, int] = {}
     for k, v in state.items():
@@ -335,8 +323,54 @@ def laion_config(state: dict[str, np.ndarray], spec_size: int = 256, text_heads:
     return config
 
 
+def laion_text_config(state: dict[str, np.ndarray], text_heads: int | None = None) -> BertConfig:
+    """The text branch's BertConfig, from the shapes under `text_branch.` (heads: hidden / 64
+    unless given; RoBERTa positions and LayerNorm eps 1e-5 unless the branch has 2 token types,
+    i.e. BERT)."""
+    state = unwrap_laion(state)
+    key = "text_branch.embeddings.word_embeddings.weight"
+    if key not in state:
+        raise CheckpointError(f"not a LAION-CLAP state dict: no {key}")
+    word = state[key]
+    layers = 1 + max(int(m.group(1)) for k in state
+                     if (m := re.match(r"text_branch\.encoder\.layer\.(\d+)\.", k)))
+    types = state["text_branch.embeddings.token_type_embeddings.weight"].shape[0]
+    roberta = types == 1
+    config = BertConfig(
+        vocab_size=word.shape[0], hidden_size=word.shape[1], num_layers=layers,
+        num_heads=text_heads or word.shape[1] // 64,
+        intermediate_size=state["text_branch.encoder.layer.0.intermediate.dense.weight"].shape[0],
+        max_position_embeddings=state["text_branch.embeddings.position_embeddings.weight"].shape[0],
+        type_vocab_size=types, layer_norm_eps=1e-5 if roberta else 1e-12,
+        pad_token_id=1 if roberta else 0, positions="roberta" if roberta else "absolute",
+        pooler="text_branch.pooler.dense.weight" in state)
+    config.validate()
+    return config
+
+
 # --------------------------------------------------------------------------------------------
 # Files and folders
+
+def load_clap_text(path: str | Path, text_heads: int | None = None) -> tuple[BertConfig, dict]:
+    """(config, params) of the text tower alone, from a transformers ClapModel folder or a LAION-CLAP
+    checkpoint; the audio side of the file is not read (any HTSAT variant or fusion type will do)."""
+    from sa_jax.models.bert import read_bert_config
+
+    path = Path(path)
+    if path.is_dir():
+        weights = next((path / f for f in _HF_WEIGHTS if (path / f).is_file()), None)
+        if weights is None or not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a transformers ClapModel folder; need config.json and one "
+                                    f"of {', '.join(_HF_WEIGHTS)}")
+        state = read_state_dict(weights)
+        config = with_pooler(read_bert_config(path), state, "text_model.")
+        return config, import_bert(state, config, source=str(weights), prefix="text_model.")
+    if not path.is_file():
+        raise FileNotFoundError(f"CLAP checkpoint {path} does not exist")
+    state = unwrap_laion(read_state_dict(path))
+    config = laion_text_config(state, text_heads)
+    return config, import_bert(state, config, source=str(path), prefix="text_branch.")
+
 
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 

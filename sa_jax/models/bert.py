@@ -263,9 +263,9 @@ class TextEncoder:
     """
 
     def __init__(self, config: BertConfig, params: dict, tokenizer, max_length: int | None = None,
-                 dtype: Dtype = jnp.float32):
+                 dtype: Dtype = jnp.float32, what: str = "text encoder"):
         config.validate()
-        self.config, self.params, self.tokenizer = config, params, tokenizer
+        self.config, self.params, self.tokenizer, self.what = config, params, tokenizer, what
         self.max_length = config.max_tokens if max_length is None else int(max_length)
         if not 0 < self.max_length <= config.max_tokens:
             raise ValueError(f"max_length {self.max_length} must be in 1..{config.max_tokens} "
@@ -300,7 +300,9 @@ class TextEncoder:
         return cls(config, params, tokenizer, max_length, dtype)
 
     def tokenize(self, prompts: Sequence[str] | str) -> tuple[np.ndarray, np.ndarray]:
-        return tokenize(self.tokenizer, prompts, self.max_length)
+        if self.tokenizer is None:
+            raise ValueError(f"this {self.what} has no tokenizer; load it with a tokenizer folder")
+        return tokenize(self.tokenizer, prompts, self.max_length, what=self.what)
 
     def __call__(self, prompts: Sequence[str] | str):
         ids, mask = self.tokenize(prompts)

@@ -644,6 +644,13 @@ class Clap:
         tokenizer = load_tokenizer(tokenizer_folder) if tokenizer_folder is not None else None
         return cls(config, variables, tokenizer, max_length, dtype)
 
+    def text_encoder(self):
+        """The text tower alone as a `sa_jax.models.bert.TextEncoder` (same weights and tokenizer)."""
+        from sa_jax.models.bert import TextEncoder
+
+        return TextEncoder(self.config.text, self.variables["params"]["text_model"], self.tokenizer,
+                           self.max_length, self.model.dtype, what="CLAP text encoder")
+
     def tokenize(self, prompts: Sequence[str] | str) -> tuple[np.ndarray, np.ndarray]:
         from sa_jax.models.bert import tokenize
 
@@ -672,3 +679,16 @@ class Clap:
         if len(t) != len(a):
             raise ValueError(f"{len(t)} prompts but {len(a)} clips; the CLAP score pairs them one to one")
         return np.sum(t * a, axis=-1)
+
+
+def load_clap_text_encoder(path, tokenizer_folder, max_length: int = 77, dtype: Dtype = jnp.float32,
+                           text_heads: int | None = None):
+    """CLAP's text tower alone with its tokenizer, as Stable Audio 1.0's CLAP conditioner uses it:
+    `encoder(prompts)` -> (hidden states, mask); take `[-2]` for the penultimate layer. `path` is a
+    transformers ClapModel folder or a LAION-CLAP `.pt`; `tokenizer_folder` a local RoBERTa
+    tokenizer (for a folder that holds its tokenizer, pass the folder itself)."""
+    from sa_jax.checkpoints.clap import load_clap_text
+    from sa_jax.models.bert import TextEncoder, load_tokenizer
+
+    config, params = load_clap_text(path, text_heads)
+    return TextEncoder(config, params, load_tokenizer(tokenizer_folder), max_length, dtype, what="CLAP text encoder")
