@@ -170,3 +170,20 @@ def test_missing_tokenizer_files_are_named(clap_dir, tmp_path):
     assert str(empty) in msg and "vocab.json + merges.txt" in msg and "tokenizer.json" in msg
     with pytest.raises(FileNotFoundError, match="do not exist"):
         Clap.load(tmp_path / "nothing.pt")
+
+
+def test_bad_audio_input_is_explained(clap_dir):
+    from sa_jax.config import ConfigError
+
+    clap = Clap.load(clap_dir[2])
+    with pytest.raises(ValueError, match="2 prompts but 1 clips"):
+        clap.score(SENTENCES[:2], [np.zeros(4000)], sample_rate=16000)
+    with pytest.raises(ValueError, match=r"mono waveforms \(1-D\), got shape \(2, 100\)"):
+        clap.audio_embedding([np.zeros((2, 100))], sample_rate=16000)
+    variables = clap.variables
+    with pytest.raises(ValueError, match=r"features of shape \(batch, 1, frames, 16\), got \(1, 4, 20, 16\)"):
+        clap.model.apply(variables, np.zeros((1, 4, 20, 16), np.float32), method=clap.model.get_audio_embedding)
+    with pytest.raises(ValueError, match="at most 64 x 16"):
+        clap.model.apply(variables, np.zeros((1, 1, 80, 16), np.float32), method=clap.model.get_audio_embedding)
+    with pytest.raises(ConfigError, match="fusion_type 'iaff_2d' is not supported"):
+        ClapConfig.from_hf(transformers.ClapConfig(audio_config=dict(enable_fusion=True, fusion_type="iaff_2d")).to_dict())
