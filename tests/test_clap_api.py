@@ -185,5 +185,6 @@ def test_bad_audio_input_is_explained(clap_dir):
         clap.model.apply(variables, np.zeros((1, 4, 20, 16), np.float32), method=clap.model.get_audio_embedding)
     with pytest.raises(ValueError, match="at most 64 x 16"):
         clap.model.apply(variables, np.zeros((1, 1, 80, 16), np.float32), method=clap.model.get_audio_embedding)
+    hf = transformers.ClapConfig(audio_config=dict(enable_fusion=True, fusion_type="iaff_2d"))
     with pytest.raises(ConfigError, match="fusion_type 'iaff_2d' is not supported"):
-        ClapConfig.from_hf(transformers.ClapConfig(audio_config=dict(enable_fusion=True, fusion_type="iaff_2d")).to_dict())
+        ClapConfig.from_hf(hf.to_dict())
