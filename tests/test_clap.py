@@ -224,3 +224,24 @@ def test_bfloat16_compute():
         variables, ids, mask, feats, longer)
     for r, h in zip(ref[:2], half[:2]):
         assert h.dtype == np.float32 and rel_err(h, r) < 5e-2
+
+
+def test_padded_shifted_windows_match_transformers():
+    # a 12 x 12 patch grid with 8 x 8 windows: padded to 16 x 16 after the norm, shifted by 4,
+    # masked across the cyclic-shift seams and cropped back (HTSAT variants whose grid is not a
+    # multiple of the window take this path)
+    hf = transformers.ClapConfig(
+        text_config=dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=20),
+        audio_config=dict(window_size=8, num_mel_bins=16, spec_size=48, patch_embeds_hidden_size=8, depths=[2],
+                          num_attention_heads=[2], hidden_size=8),
+        projection_dim=12)
+    model = randomize(transformers.ClapModel(hf), seed=6)
+    config = ClapConfig.from_hf(hf.to_dict())
+    variables = import_hf_clap(state_dict(model), config)
+    feats = np.random.default_rng(0).normal(size=(2, 1, 100, 16)).astype(np.float32)
+    with torch.no_grad():
+        ref = model.get_audio_features(input_features=torch.from_numpy(feats)).pooler_output.numpy()
+    err = rel_err(jitted(config, "get_audio_embedding")(variables, feats), ref)
+    print(f"CLAP audio, padded 12x12 grid with shifted 8x8 windows, vs transformers: {err:.2e}")
+    assert err < TOL
