@@ -245,3 +245,29 @@ def test_padded_shifted_windows_match_transformers():
     err = rel_err(jitted(config, "get_audio_embedding")(variables, feats), ref)
     print(f"CLAP audio, padded 12x12 grid with shifted 8x8 windows, vs transformers: {err:.2e}")
     assert err < TOL
+
+
+def test_training_mode():
+    # BatchNorm statistics update, dropout and stochastic depth act only with train=True
+    import dataclasses
+
+    _, plain_config, variables = converted(True)
+    config = dataclasses.replace(plain_config, text=dataclasses.replace(plain_config.text, dropout=0.1),
+                                 audio=dataclasses.replace(plain_config.audio, drop_path_rate=0.2))
+    ids, mask = ids_and_mask()
+    feats = np.random.default_rng(1).normal(size=(2, 4, 25, 16)).astype(np.float32)
+    longer = np.array([True, False])
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def run(v, key, train):
+        return ClapModel(config).apply(v, ids, mask, feats, longer, train, rngs={"dropout": key},
+                                       mutable=["batch_stats"])
+
+    (t0, a0, _, _), _ = run(variables, jax.random.key(0), False)
+    (t1, a1, _, _), stats = run(variables, jax.random.key(0), True)
+    (t2, _, _, _), _ = run(variables, jax.random.key(1), True)
+    ref = jitted(plain_config, "__call__")(variables, ids, mask, feats, longer)   # compiled by the bfloat16 test
+    assert rel_err(t0, ref[0]) < 1e-6 and rel_err(a0, ref[1]) < 1e-6      # eval: deterministic
+    assert np.abs(np.asarray(t1) - np.asarray(t2)).max() > 1e-3             # dropout draws differ
+    moved = stats["batch_stats"]["audio_model"]["bn0"]["mean"] - variables["batch_stats"]["audio_model"]["bn0"]["mean"]
+    assert np.abs(np.asarray(moved)).max() > 0

@@ -58,6 +58,7 @@ class BertConfig:
     pad_token_id: int = 1
     positions: Literal["roberta", "absolute"] = "roberta"   # how position ids are numbered
     pooler: bool = True
+    dropout: float = 0.0          # hidden-state dropout in training (deterministic=False); 0.1 in BERT/RoBERTa
 
     def validate(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -70,6 +71,8 @@ class BertConfig:
         if self.hidden_act not in _ACTIVATIONS:
             raise ConfigError(f"text encoder config: hidden_act {self.hidden_act!r} is not supported; "
                               f"choose one of {sorted(_ACTIVATIONS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"text encoder config: dropout {self.dropout} must be in [0, 1)")
         if self.positions not in ("roberta", "absolute"):
             raise ConfigError(f"text encoder config: positions {self.positions!r} is not 'roberta' or 'absolute'")
 
@@ -101,6 +104,7 @@ class BertConfig:
             hidden_act=data.get("hidden_act", "gelu"),
             pad_token_id=(1 if roberta else 0) if pad is None else int(pad),
             positions="roberta" if roberta else "absolute",
+            dropout=float(data.get("hidden_dropout_prob", 0.1)),
         )
         config.validate()
         return config
@@ -141,15 +145,16 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, h, mask, deterministic: bool = True):
         c = self.config
+        drop = nn.Dropout(c.dropout)
         b, n, _ = h.shape
         head_dim = c.hidden_size // c.num_heads
         q, k, v = (_dense(c.hidden_size, self.dtype, f"attention_{name}")(h).reshape(b, n, c.num_heads, head_dim)
                    for name in ("query", "key", "value"))
         att = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
-        att = _dense(c.hidden_size, self.dtype, "attention_out")(att.reshape(b, n, c.hidden_size))
+        att = drop(_dense(c.hidden_size, self.dtype, "attention_out")(att.reshape(b, n, c.hidden_size)), deterministic)
         h = _layer_norm(c.layer_norm_eps, self.dtype, "attention_norm")(h + att)
         ff = _ACTIVATIONS[c.hidden_act](_dense(c.intermediate_size, self.dtype, "intermediate")(h))
-        ff = _dense(c.hidden_size, self.dtype, "output")(ff)
+        ff = drop(_dense(c.hidden_size, self.dtype, "output")(ff), deterministic)
         return _layer_norm(c.layer_norm_eps, self.dtype, "output_norm")(h + ff)
 
 
@@ -159,6 +164,8 @@ class BertEncoder(nn.Module):
     `hidden_states` is a tuple of num_layers + 1 arrays (batch, len, hidden): the embedding
     output, then every layer's output (as transformers' `output_hidden_states=True`); `pooled`
     is tanh(dense(last[:, 0])) or None when the config has no pooler. Outputs are float32.
+    `deterministic=False` applies the config's hidden dropout (needs a 'dropout' rng); attention
+    probabilities are not dropped (the fused attention kernel has no dropout).
     """
 
     config: BertConfig
@@ -166,7 +173,7 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 token_type_ids: jax.Array | None = None):
+                 token_type_ids: jax.Array | None = None, deterministic: bool = True):
         c = self.config
         init = nn.initializers.normal(0.02)
         word = self.param("word_embeddings", init, (c.vocab_size, c.hidden_size), jnp.float32)
@@ -177,12 +184,13 @@ class BertEncoder(nn.Module):
         h = (jnp.take(word, input_ids, axis=0) + jnp.take(types, token_type_ids, axis=0)
              + jnp.take(pos, position_ids(input_ids, c), axis=0))
         h = _layer_norm(c.layer_norm_eps, self.dtype, "embeddings_norm")(h.astype(self.dtype))
+        h = nn.Dropout(c.dropout)(h, deterministic)
         mask = None
         if attention_mask is not None:
             mask = attention_mask.astype(bool)[:, None, None, :]   # (batch, heads=1, queries=1, keys)
         states = [h]
         for i in range(c.num_layers):
-            h = BertLayer(c, self.dtype, name=f"layer_{i}")(h, mask)
+            h = BertLayer(c, self.dtype, name=f"layer_{i}")(h, mask, deterministic)
             states.append(h)
         pooled = None
         if c.pooler:

@@ -20,7 +20,8 @@ merged into the global patch map by attentional feature fusion (AFF: sigmoid gat
 Layout: channels-last inside (patch maps are (batch, height, width, channels)); the input
 features keep the feature extractor's (batch, spectrograms, frames, mel bins) layout.
 Parameters are float32; `dtype` sets the compute dtype. BatchNorm statistics live in the
-`batch_stats` collection (`train=True` updates them).
+`batch_stats` collection. `train=True` updates them (apply with mutable=["batch_stats"]) and turns
+on the configured dropout and stochastic depth (needs a 'dropout' rng).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class HTSATConfig:
     hidden_act: str = "gelu"
     enable_fusion: bool = False
     aff_block_r: int = 4                        # channel reduction inside the fusion gate
+    drop_path_rate: float = 0.0                 # stochastic depth in training, rising linearly over the blocks
 
     @property
     def num_features(self) -> int:
@@ -112,7 +114,8 @@ class HTSATConfig:
             mlp_ratio=float(data.get("mlp_ratio", 4.0)), qkv_bias=data.get("qkv_bias", True),
             patch_norm=data.get("enable_patch_layer_norm", True),
             layer_norm_eps=float(data.get("layer_norm_eps", 1e-5)), hidden_act=data.get("hidden_act", "gelu"),
-            enable_fusion=bool(data.get("enable_fusion", False)), aff_block_r=data.get("aff_block_r", 4))
+            enable_fusion=bool(data.get("enable_fusion", False)), aff_block_r=data.get("aff_block_r", 4),
+            drop_path_rate=float(data.get("drop_path_rate", 0.0)))
         hidden = data.get("hidden_size", config.num_features)
         if hidden != config.num_features:
             raise ConfigError(f"HTSAT config: hidden_size {hidden} differs from the last stage's width "
@@ -250,6 +253,14 @@ def window_merge(x: jax.Array, window: int, b: int, h: int, w: int) -> jax.Array
     return x.reshape(b, h, w, c)
 
 
+def _drop_path(module: nn.Module, x, rate: float, deterministic: bool):
+    """Stochastic depth: zero a residual branch for whole samples with probability `rate`."""
+    if deterministic or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
 class SwinBlock(nn.Module):
     dim: int
     num_heads: int
@@ -257,9 +268,10 @@ class SwinBlock(nn.Module):
     shift: int
     config: HTSATConfig
     dtype: Dtype = jnp.float32
+    drop_path: float = 0.0
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, deterministic: bool = True):
         c = self.config
         b, h, w, ch = x.shape
         window, shift = self.window, self.shift
@@ -288,10 +300,10 @@ class SwinBlock(nn.Module):
         out = window_merge(out, window, b, hp, wp)
         if shift:
             out = jnp.roll(out, (shift, shift), axis=(1, 2))
-        x = x + out[:, :h, :w]
+        x = x + _drop_path(self, out[:, :h, :w], self.drop_path, deterministic)
         y = _ln(c.layer_norm_eps, self.dtype, "norm2")(x)
         y = _act(c.hidden_act)(_dense(int(self.dim * c.mlp_ratio), self.dtype, "fc1")(y))
-        return x + _dense(self.dim, self.dtype, "fc2")(y)
+        return x + _drop_path(self, _dense(self.dim, self.dtype, "fc2")(y), self.drop_path, deterministic)
 
 
 class PatchMerging(nn.Module):
@@ -399,11 +411,12 @@ class HTSAT(nn.Module):
                          param_dtype=jnp.float32, name="bn0")(features.astype(jnp.float32))
         img = spectrogram_to_image(x, c).astype(self.dtype)
         x = PatchEmbed(c, self.dtype, name="patch_embed")(img, is_longer, train)
+        rates = np.linspace(0.0, c.drop_path_rate, sum(c.depths)).tolist()
         for i, (depth, heads) in enumerate(zip(c.depths, c.num_heads)):
             dim = c.embed_dim * 2 ** i
             for j in range(depth):
                 x = SwinBlock(dim, heads, c.window_size, 0 if j % 2 == 0 else c.window_size // 2, c, self.dtype,
-                              name=f"stage_{i}_block_{j}")(x)
+                              rates[sum(c.depths[:i]) + j], name=f"stage_{i}_block_{j}")(x, not train)
             if i < len(c.depths) - 1:
                 x = PatchMerging(dim, self.dtype, name=f"stage_{i}_merge")(x)
         x = _ln(1e-5, self.dtype, "norm")(x)
@@ -457,8 +470,8 @@ class ClapModel(nn.Module):
     def text_hidden_states(self, input_ids, attention_mask=None):
         return self.text_model(input_ids, attention_mask)[0]
 
-    def get_text_embedding(self, input_ids, attention_mask=None):
-        _, pooled = self.text_model(input_ids, attention_mask)
+    def get_text_embedding(self, input_ids, attention_mask=None, train: bool = False):
+        _, pooled = self.text_model(input_ids, attention_mask, deterministic=not train)
         return _normalize(self.text_projection(pooled))
 
     def get_audio_embedding(self, features, is_longer=None, train: bool = False):
@@ -466,7 +479,7 @@ class ClapModel(nn.Module):
         return _normalize(self.audio_projection(pooled))
 
     def __call__(self, input_ids, attention_mask, features, is_longer=None, train: bool = False):
-        return (self.get_text_embedding(input_ids, attention_mask),
+        return (self.get_text_embedding(input_ids, attention_mask, train),
                 self.get_audio_embedding(features, is_longer, train), self.logit_scale_a, self.logit_scale_t)
 
 
