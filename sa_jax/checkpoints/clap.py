@@ -24,9 +24,10 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, mismatch_report, read_state_dict, unflatten
+from sa_jax.checkpoints.io import CheckpointError, mismatch_report, read_state_dict
 from sa_jax.models.bert import BertConfig, BertEncoder
 from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, HTSATConfig, variable_shapes
+from sa_jax.tree import flat_shapes, unflatten
 
 # One leaf of a table: foreign key -> list of (our flat path, transform of the tensor).
 Entry = tuple[str, list[tuple[str, Callable[[np.ndarray], np.ndarray] | None]]]
@@ -247,7 +248,7 @@ def import_bert(state: dict[str, np.ndarray], config: BertConfig, source: str = 
     state = _strip(state, prefix)
     ids = jax.ShapeDtypeStruct((1, 4), np.int32)
     tree = jax.eval_shape(lambda k, i: BertEncoder(config).init(k, i)["params"], jax.random.key(0), ids)
-    want = {"/".join(p.key for p in path): tuple(v.shape) for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+    want = flat_shapes(tree)
     entries = ((k, [(p.removeprefix("params/"), f) for p, f in t]) for k, t in bert_entries(config))
     where = source + (f" (keys under {prefix!r})" if prefix else "")
     return convert(state, entries, want, _describe_text(config), where)

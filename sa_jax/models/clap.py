@@ -37,6 +37,7 @@ import numpy as np
 
 from sa_jax.config import ConfigError
 from sa_jax.models.bert import BertConfig, BertEncoder
+from sa_jax.tree import flat_shapes
 
 Dtype = Any
 
@@ -506,7 +507,7 @@ def variable_shapes(config: ClapConfig) -> dict[str, tuple[int, ...]]:
     ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
     feats = jax.ShapeDtypeStruct((1, c.audio.input_channels, 8, c.audio.num_mel_bins), jnp.float32)
     tree = jax.eval_shape(lambda k, i, f: ClapModel(c).init(k, i, None, f), jax.random.key(0), ids, feats)
-    return {"/".join(p.key for p in path): tuple(v.shape) for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return flat_shapes(tree)
 
 
 # --------------------------------------------------------------------------------------------
