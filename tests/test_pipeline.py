@@ -350,3 +350,26 @@ def test_stable_audio_tools_folder_matches_generate_diffusion_cond(sat_folder):
     print(f"stable-audio-tools folder ({STEPS} steps dpmpp-2m, cfg 7) vs generate_diffusion_cond: "
           f"waveform relative error {err:.2e}")
     assert err < TOL
+
+
+def test_stable_audio_tools_folder_converts_with_t5_flag(sat_folder, tmp_path):
+    import jax
+
+    from sa_jax import StableAudio
+    from sa_jax.cli import main as cli
+
+    root, _ = sat_folder
+    bare = tmp_path / "bare"            # the weights alone; T5 given with --t5
+    bare.mkdir()
+    for name in ("model_config.json", "model.safetensors"):
+        shutil.copy(root / name, bare / name)
+    out = tmp_path / "converted"
+    assert cli(["convert", str(bare), str(out)]) == 2          # no T5 anywhere: an error, not a checkpoint
+    assert not out.exists()
+    assert cli(["convert", str(bare), str(out), "--t5", str(root / "t5")]) == 0
+    direct, converted = StableAudio.load(root), StableAudio.load(out)
+    assert converted.window_frames == FRAMES and converted.defaults == direct.defaults
+    same = jax.tree_util.tree_map(np.array_equal, direct.family.params(), converted.family.params())
+    assert all(jax.tree_util.tree_leaves(same))
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        np.array_equal, direct.autoencoder.params, converted.autoencoder.params)))
