@@ -247,8 +247,10 @@ def test_padded_shifted_windows_match_transformers():
     assert err < TOL
 
 
+@pytest.mark.slow
 def test_training_mode():
-    # BatchNorm statistics update, dropout and stochastic depth act only with train=True
+    # BatchNorm statistics update, dropout and stochastic depth act only with train=True (slow: two
+    # more compiles of the whole model)
     import dataclasses
 
     _, plain_config, variables = converted(True)

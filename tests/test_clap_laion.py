@@ -198,12 +198,12 @@ def test_laion_wrong_config_is_one_error(laion):
     assert ("fusion_model" in msg)        # fusion layers unmatched (or missing), named
 
 
-def test_text_tower_alone_for_the_conditioner(laion, tmp_path):
+def test_text_tower_alone_for_the_conditioner(tmp_path_factory, tmp_path):
     # Stable Audio 1.0 reads only CLAP's text branch from the LAION file (hidden_states[-2] + mask)
     from sa_jax.checkpoints.clap import load_clap_text
     from sa_jax.models.bert import BertEncoder
 
-    model, path = laion
+    model, path = laion_checkpoint(False, str(tmp_path_factory.getbasetemp()))
     state = torch.load(path, weights_only=True)["state_dict"]
     text_only = tmp_path / "text_only.pt"     # no audio branch at all: still loads
     torch.save({"state_dict": {k: v for k, v in state.items() if "audio_branch" not in k}}, text_only)
