@@ -1,0 +1,194 @@
+"""`TrainConfig`: the typed schema of a diffusion training run (one YAML in configs/ + dotted overrides).
+
+    from sa_jax.config import load
+    from sa_jax.training import TrainConfig
+    cfg = load(TrainConfig, "configs/train_dit_tiny.yaml", ["steps=100", "optim.lr=1e-4"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from sa_jax.config import ConfigError
+from sa_jax.data.config import DataConfig
+from sa_jax.models.conditioners import ConditioningConfig
+from sa_jax.models.dit import DiTConfig
+from sa_jax.models.sa1_conditioning import IntConditionerConfig
+from sa_jax.models.unet import UNetConfig
+
+
+@dataclass
+class ModelConfig:
+    """The denoiser and its conditioners. `family: dit` is Stable Audio Open (DiT + number
+    conditioners), `family: unet` the paper (U-Net + integer timing tokens)."""
+
+    family: Literal["dit", "unet"] = "dit"
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)   # dit only
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    timing: IntConditionerConfig = field(default_factory=IntConditionerConfig)     # unet only
+    text_tokens: int = 77          # unet only: text tokens before the two timing tokens
+    text_dim: int = 768            # unet only: width of the text features
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: bool = False            # dit only: recompute each block in the backward pass
+
+    def validate(self) -> None:
+        if self.family == "unet":
+            if self.text_tokens + 2 > self.unet.context_embedding_max_length:
+                raise ConfigError(f"model: text_tokens {self.text_tokens} + 2 timing tokens exceed the U-Net's "
+                                  f"context_embedding_max_length {self.unet.context_embedding_max_length}")
+            if self.text_dim != self.unet.context_embedding_features:
+                raise ConfigError(f"model: text_dim {self.text_dim} must equal unet.context_embedding_features "
+                                  f"{self.unet.context_embedding_features}")
+            if self.remat:
+                raise ConfigError("model: remat is implemented for the DiT only")
+        else:
+            c, d = self.conditioning, self.dit
+            if c.cond_dim != d.cond_token_dim:
+                raise ConfigError(f"model: conditioning.cond_dim {c.cond_dim} != dit.cond_token_dim {d.cond_token_dim}")
+            if c.global_dim != d.global_cond_dim:
+                raise ConfigError(f"model: the conditioners give a global vector of {c.global_dim}, "
+                                  f"dit.global_cond_dim is {d.global_cond_dim}")
+
+    @property
+    def latent_dim(self) -> int:
+        return self.dit.io_channels if self.family == "dit" else self.unet.in_channels
+
+
+@dataclass
+class TextConfig:
+    """Where the text features come from. `hash`: a fixed pseudo-random embedding per prompt string
+    (a stand-in for a frozen encoder, enough to test conditioning); `zeros`: no text."""
+
+    source: Literal["hash", "zeros"] = "hash"
+    tokens: int = 8                # non-zero (real) tokens per prompt for `hash`
+
+
+@dataclass
+class DiffusionConfig:
+    objective: Literal["v", "rectified_flow"] = "v"
+    timesteps: Literal["uniform", "low-discrepancy", "logit-normal"] = "uniform"
+    cfg_dropout: float = 0.1
+
+    def validate(self) -> None:
+        if not 0.0 <= self.cfg_dropout <= 1.0:
+            raise ConfigError(f"diffusion: cfg_dropout must be in [0, 1], got {self.cfg_dropout}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a learning-rate schedule. `inverse`: stable-audio-tools' InverseLR,
+    lr * (1 - warmup**(step+1)) * (1 + step/inv_gamma)**-power, floored at final_lr;
+    `cosine`: linear warm-up over warmup_steps then cosine to final_lr; `constant`."""
+
+    lr: float = 5e-5
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 1e-3
+    schedule: Literal["inverse", "cosine", "constant"] = "inverse"
+    inv_gamma: float = 1e6
+    power: float = 0.5
+    warmup: float = 0.99           # inverse only: the exponential warm-up factor
+    warmup_steps: int = 0          # cosine only
+    final_lr: float = 0.0
+    clip_norm: Optional[float] = None   # global-norm gradient clipping; None: off
+
+    def validate(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim: lr must be positive, got {self.lr}")
+        if not (0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0):
+            raise ConfigError(f"optim: betas must be in [0, 1), got ({self.b1}, {self.b2})")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ConfigError(f"optim: warmup must be in [0, 1), got {self.warmup}")
+        if self.inv_gamma <= 0:
+            raise ConfigError(f"optim: inv_gamma must be positive, got {self.inv_gamma}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ConfigError(f"optim: clip_norm must be positive or null, got {self.clip_norm}")
+        if self.warmup_steps < 0 or self.final_lr < 0:
+            raise ConfigError("optim: warmup_steps and final_lr must be >= 0")
+
+
+@dataclass
+class EMAConfig:
+    """EMA of the parameters. decay(step) = min(decay, 1 - (1 + step / inv_gamma) ** -power)
+    (the k-diffusion/stable-audio-tools warm-up; power 3/4 reaches 0.999 after ~10k steps);
+    `warmup: false` uses the constant decay."""
+
+    enabled: bool = True
+    decay: float = 0.9999
+    warmup: bool = True
+    inv_gamma: float = 1.0
+    power: float = 0.75
+
+    def validate(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise ConfigError(f"ema: decay must be in [0, 1), got {self.decay}")
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh: axis names and sizes (-1 at most once: the rest of the devices). Parameters are
+    sharded over `fsdp_axis` by the first `fsdp_rules` regex that matches their path ("a/b/kernel");
+    the batch over `batch_axes`."""
+
+    axes: tuple[str, ...] = ("data", "fsdp")
+    shape: tuple[int, ...] = (1, -1)
+    batch_axes: tuple[str, ...] = ("data", "fsdp")
+    fsdp_axis: Optional[str] = "fsdp"
+    fsdp_min_size: int = 2 ** 12   # smaller arrays stay replicated
+    fsdp_rules: tuple[str, ...] = (".*",)
+
+    def validate(self) -> None:
+        if len(self.axes) != len(self.shape):
+            raise ConfigError(f"mesh: axes {list(self.axes)} and shape {list(self.shape)} differ in length")
+        if list(self.shape).count(-1) > 1 or any(s == 0 or s < -1 for s in self.shape):
+            raise ConfigError(f"mesh: sizes must be positive, with at most one -1; got {list(self.shape)}")
+        unknown = [a for a in (*self.batch_axes, *([self.fsdp_axis] if self.fsdp_axis else [])) if a not in self.axes]
+        if unknown:
+            raise ConfigError(f"mesh: axis name(s) {unknown} are not among axes {list(self.axes)}")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "runs/default"     # the run directory: checkpoints/, config.yaml, export/
+    every: int = 1000             # save every this many steps (and at the end, and on SIGTERM)
+    keep: int = 3                 # keep the last N
+    async_save: bool = True
+    resume: bool = True           # continue from the latest checkpoint in dir when there is one
+
+    def validate(self) -> None:
+        if self.every <= 0 or self.keep <= 0:
+            raise ConfigError(f"checkpoint: every and keep must be positive, got {self.every}, {self.keep}")
+
+
+@dataclass
+class LogConfig:
+    every: int = 10               # console line every N steps
+    memory_analysis: bool = True  # print the compiled step's memory analysis at start
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(kind="latents"))
+    text: TextConfig = field(default_factory=TextConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    steps: int = 1000
+    seed: int = 0
+    max_bad_steps: int = 10       # stop after this many non-finite steps in a row
+
+    def validate(self) -> None:
+        if self.steps <= 0:
+            raise ConfigError(f"steps must be positive, got {self.steps}")
+        if self.data.kind != "latents":
+            raise ConfigError(f"data.kind must be 'latents' (pre-encoded with `sa-jax encode`); got "
+                              f"{self.data.kind!r}: on-the-fly VAE encoding is not implemented yet")
+        if self.max_bad_steps <= 0:
+            raise ConfigError("max_bad_steps must be positive")
