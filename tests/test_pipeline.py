@@ -254,6 +254,10 @@ def test_sample_command_writes_wavs_and_spectrograms(tiny, tmp_path, capsys):
     one = tmp_path / "one.wav"
     assert cli(["sample", "rain", "--model", str(root), "--steps", "4", "--out", str(one)]) == 0
     assert one.is_file() and one.with_suffix(".png").is_file()
+    varied = tmp_path / "varied"
+    assert cli(["sample", "rain", "--model", str(root), "--steps", "4", "--batch-size", "2", "--init-audio",
+                str(wavs[0]), "--init-noise-level", "0.5", "--negative-prompt", "noise", "--out", str(varied)]) == 0
+    assert len(list(varied.glob("*.wav"))) == 2
     assert cli(["sample", "rain", "--model", str(root), "--seconds-total", "9"]) == 2
     assert "window of 1.00 s" in capsys.readouterr().err
 
