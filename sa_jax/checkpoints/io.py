@@ -77,6 +77,3 @@ def mismatch_report(what: str, source: str, unmatched: Iterable[str], missing: I
             lines += [f"    {k}" for k in items]
     return "\n".join(lines)
 
-
-
-from sa_jax.tree import unflatten  # noqa: E402,F401  (TODO: importers take it from sa_jax.tree)
