@@ -15,6 +15,7 @@ COMMANDS = [
     "params",
     "sample",  # text-to-audio generation (sa_jax/pipeline.py)
     "synth",  # synthetic corpus (sa_jax/data/synth.py)
+    "train",  # diffusion training (sa_jax/training)
 ]
 
 
