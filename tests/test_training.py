@@ -104,7 +104,7 @@ def test_sigterm_saves_and_stops(reference, tmp_path):
 def test_nonfinite_step_is_skipped(reference, tmp_path):
     """A batch with NaN latents: the update is skipped and counted; params stay finite."""
     from sa_jax.parallel import batch_sharding, global_batch, make_mesh
-    from sa_jax.training.step import create_state, make_train_step
+    from sa_jax.training.step import compiled_train_step, create_state
 
     latents, _, _ = reference
     cfg = config(latents, tmp_path / "run")
@@ -115,7 +115,8 @@ def test_nonfinite_step_is_skipped(reference, tmp_path):
     batch = {"latents": np.full((8, 8, 32), np.nan, np.float32), "text": np.zeros((8, n, d), np.float32),
              "text_mask": np.ones((8, n), bool), "seconds_start": np.zeros(8, np.int32),
              "seconds_total": np.ones(8, np.int32)}
-    state, metrics = make_train_step(cfg, mesh)(state, global_batch(batch, batch_sharding(mesh, cfg.mesh)))
+    batch = global_batch(batch, batch_sharding(mesh, cfg.mesh))
+    state, metrics = compiled_train_step(cfg, mesh, state, batch)(state, batch)   # compiled by the fixture
     assert not bool(metrics["finite"]) and int(state.bad_steps) == 1 and int(state.bad_in_a_row) == 1
     assert int(state.step) == 1
     for a, b in zip(leaves(state.params), before):

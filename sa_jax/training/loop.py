@@ -28,7 +28,7 @@ import numpy as np
 from sa_jax.config import ConfigError, save_yaml, to_dict
 from sa_jax.parallel import batch_divisor, batch_sharding, describe, global_batch, make_mesh
 from sa_jax.training import model as tm
-from sa_jax.training.step import create_state, make_train_step, state_shardings
+from sa_jax.training.step import compiled_train_step, create_state, state_shardings
 
 log = logging.getLogger("sa_jax.training")
 
@@ -184,9 +184,8 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
              f"state {describe(state)}; global batch {global_bs}")
 
     bs = batch_sharding(mesh, cfg.mesh)
-    step_fn = make_train_step(cfg, mesh, shardings)
     first = global_batch(prepare_batch(cfg, next(iterator)), bs)
-    compiled = step_fn.lower(state, first).compile()
+    compiled = compiled_train_step(cfg, mesh, state, first)
     if cfg.log.memory_analysis:
         print_fn(memory_report(compiled))
 

@@ -1,7 +1,7 @@
 """The train state and the jitted diffusion train step (sharded, donated state).
 
     state = create_state(cfg, key, mesh)              # params, optimiser state, EMA, step, key (sharded)
-    step_fn = make_train_step(cfg, mesh, state)       # jit with in/out shardings, state donated
+    step_fn = make_train_step(cfg, mesh)              # jit with in/out shardings, state donated
     state, metrics = step_fn(state, batch)            # batch: global arrays (see `BATCH_KEYS`)
 
 One step: draw t, noise and CFG-dropout decisions from fold_in(state.key, state.step) (so a resumed
@@ -56,11 +56,22 @@ def state_shardings(cfg, mesh):
     return abstract, tree_shardings(abstract, mesh, cfg.mesh)
 
 
+# Jitted and compiled functions per (the config sections they depend on, mesh, shapes): a second
+# run with the same model in one process (a resume, a test) does not compile again.
+_CACHE: dict = {}
+
+
+def _fingerprint(cfg, mesh, *extra):
+    return (repr((cfg.model, cfg.diffusion, cfg.optim, cfg.ema, cfg.mesh, cfg.steps)), mesh, *extra)
+
+
 def create_state(cfg, mesh) -> TrainState:
     """A fresh state from cfg.seed, initialised directly into its shardings (no full copy on one device)."""
-    _, shardings = state_shardings(cfg, mesh)
-    key_data = jax.random.key_data(jax.random.key(cfg.seed))
-    return jax.jit(lambda k: _init_state(cfg, k), out_shardings=shardings)(key_data)
+    key = _fingerprint(cfg, mesh, "init")
+    if key not in _CACHE:
+        _, shardings = state_shardings(cfg, mesh)
+        _CACHE[key] = jax.jit(lambda k: _init_state(cfg, k), out_shardings=shardings)
+    return _CACHE[key](jax.random.key_data(jax.random.key(cfg.seed)))
 
 
 def loss_and_aux(cfg, params, batch, key):
@@ -98,13 +109,24 @@ def train_step(cfg, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     return new_state, metrics
 
 
-def make_train_step(cfg, mesh, state_shard=None):
+def make_train_step(cfg, mesh):
     """`step(state, batch) -> (state, metrics)` jitted with the state's shardings in and out (state
     donated) and the batch split over the mesh's batch axes."""
-    if state_shard is None:
+    key = _fingerprint(cfg, mesh, "step")
+    if key not in _CACHE:
         _, state_shard = state_shardings(cfg, mesh)
-    bs = batch_sharding(mesh, cfg.mesh)
-    batch_shard = {k: bs for k in BATCH_KEYS}
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(lambda s, b: train_step(cfg, s, b), in_shardings=(state_shard, batch_shard),
-                   out_shardings=(state_shard, replicated), donate_argnums=0)
+        bs = batch_sharding(mesh, cfg.mesh)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        _CACHE[key] = jax.jit(lambda s, b: train_step(cfg, s, b), in_shardings=(state_shard, {k: bs for k in BATCH_KEYS}),
+                              out_shardings=(state_shard, replicated), donate_argnums=0)
+    return _CACHE[key]
+
+
+def compiled_train_step(cfg, mesh, state, batch):
+    """The train step compiled ahead of time for these state and batch shapes (`.memory_analysis()`
+    works on it); cached like `make_train_step`."""
+    shapes = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+    key = _fingerprint(cfg, mesh, "compiled", shapes)
+    if key not in _CACHE:
+        _CACHE[key] = make_train_step(cfg, mesh).lower(state, batch).compile()
+    return _CACHE[key]
