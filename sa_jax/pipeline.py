@@ -84,6 +84,7 @@ class SAOFamily:
 
     name = "sao"
     objective = "v"
+    cfg_rescale = 0.0  # the DiT wrapper's scale_phi: guidance is not rescaled
 
     def __init__(self, dit_config, dit_params, cond_config, cond_params, text_encoder, dtype: str = "float32"):
         if text_encoder.config.d_model != cond_config.text_dim:
@@ -173,7 +174,13 @@ def _sao_conditioner(cond_config):
     return jax.jit(make_conditioner(cond_config))
 
 
-FAMILIES = {"sao": SAOFamily}
+def _families() -> dict:
+    from sa_jax.sa1 import SA1Family
+
+    return {"sao": SAOFamily, "sa1": SA1Family}
+
+
+FAMILIES = _families()
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,14 +243,17 @@ class StableAudio:
 
     # --- loading and saving --------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, t5: str | Path | None = None, dtype: str = "float32") -> "StableAudio":
+    def load(cls, path: str | Path, t5: str | Path | None = None, dtype: str = "float32",
+             clap: str | Path | None = None, clap_tokenizer: str | Path | None = None) -> "StableAudio":
         """Load a model from
         * an sa-jax checkpoint directory (`sa-jax convert` output: config.yaml, params/, tokenizer/);
         * a diffusers `StableAudioPipeline` folder (transformer/, projection_model/, text_encoder/,
           tokenizer/, vae/; scheduler/ is read only for sigma_min / sigma_max);
         * a stable-audio-tools folder (model_config.json + model.safetensors or .ckpt); its T5 is
           not in that file and comes from `t5` (a local Hugging Face T5 folder with config.json,
-          weights and tokenizer files), or from a `t5/` folder inside it.
+          weights and tokenizer files), or from a `t5/` folder inside it. A Stable Audio 1.0
+          (paper, `adp_cfg_1d`) folder takes its CLAP model from `clap` (a LAION `.pt`, with a local
+          RoBERTa tokenizer folder as `clap_tokenizer`, or a transformers ClapModel folder).
         `dtype` is the compute dtype of the denoiser and autoencoder ("float32" or "bfloat16").
         """
         if dtype not in DTYPES:
@@ -261,7 +271,7 @@ class StableAudio:
         elif (path / "model_index.json").is_file() or (path / "transformer").is_dir():
             model = _load_diffusers(path, dtype)
         elif (path / "model_config.json").is_file():
-            model = _load_sat(path, t5, dtype)
+            model = _load_sat(path, t5, dtype, clap, clap_tokenizer)
         else:
             raise CheckpointError(f"{path} is not a model folder sa-jax knows: expected an sa-jax checkpoint "
                                   "(config.yaml + params/), a diffusers StableAudioPipeline folder (transformer/, "
@@ -382,7 +392,9 @@ class StableAudio:
         sigmas = get_sigmas("polyexponential", steps, sigma_min, sigma_max, rho)
         x = start_latents(noise, sigmas[0], init)
         network, (x, cond, uncond) = _place(self.family.network(), (x, cond, uncond), batch)
-        denoiser = v_denoiser(cfg_model(network, cond, uncond, cfg_scale, objective=self.family.objective))
+        guided = cfg_model(network, cond, uncond, cfg_scale, rescale=self.family.cfg_rescale, rescale_axis=1,
+                           objective=self.family.objective)
+        denoiser = v_denoiser(guided)
         t0 = time.perf_counter()
         latents = sample(denoiser, x, sigmas, name, key=k_sampler)
         latents = np.asarray(jax.device_get(latents))
@@ -477,8 +489,12 @@ def _load_diffusers(path: Path, dtype: str) -> StableAudio:
     return StableAudio(family, autoencoder, frames * autoencoder.downsampling_ratio, defaults)
 
 
-def _load_sat(path: Path, t5: str | Path | None, dtype: str) -> StableAudio:
-    from sa_jax import sat_config
+def _load_sat(path: Path, t5: str | Path | None, dtype: str, clap=None, clap_tokenizer=None) -> StableAudio:
+    from sa_jax import sa1, sat_config
+
+    if sat_config.read(path / "model_config.json")["model"].get("diffusion", {}).get("type") == "adp_cfg_1d":
+        family, autoencoder, sample_size = sa1.load_sat(path, clap, clap_tokenizer, dtype)
+        return StableAudio(family, autoencoder, sample_size, SamplingDefaults(**sa1.SAMPLING_DEFAULTS))
     from sa_jax.autoencoder import _find_sat_weights
     from sa_jax.checkpoints import autoencoder as ae_importer
     from sa_jax.checkpoints import sao
