@@ -125,3 +125,14 @@ def test_convert_round_trip_and_timing_range(sa1_model, tmp_path):
     (moved / "model_config.json").write_text(json.dumps(config))
     with pytest.raises(FileNotFoundError, match="pass clap="):
         StableAudio.load(moved)
+
+
+def test_command_line_converts_and_samples(sa1_model, tmp_path):
+    from sa_jax.cli import main
+
+    folder, clap_dir, _ = sa1_model
+    out = tmp_path / "sa1-jax"
+    assert main(["convert", str(folder), str(out), "--clap", str(clap_dir)]) == 0
+    assert main(["sample", "soft rain", "--model", str(out), "--seconds-total", "1", "--steps", "2",
+                 "--out", str(tmp_path / "wav")]) == 0
+    assert sorted(p.suffix for p in (tmp_path / "wav").iterdir()) == [".png", ".wav"]

@@ -34,12 +34,12 @@ def run(args) -> int:
     if is_whole_model(source):
         from sa_jax.pipeline import StableAudio
 
-        model = StableAudio.load(source, t5=args.t5)
+        model = StableAudio.load(source, t5=args.t5, clap=args.clap, clap_tokenizer=args.clap_tokenizer)
         out = model.save(args.output, overwrite=args.overwrite)
         print(f"{args.source} -> {out} (text-to-audio, {model.family.name}, window {model.window_seconds:.2f} s)")
         return 0
-    if args.t5 is not None:
-        raise ValueError(f"--t5 is for whole stable-audio-tools models; {source} is read as an autoencoder")
+    if args.t5 is not None or args.clap is not None:
+        raise ValueError(f"--t5 and --clap are for whole stable-audio-tools models; {source} is read as an autoencoder")
     from sa_jax import Autoencoder
 
     model = Autoencoder.load(args.source, config=args.model_config)
@@ -58,5 +58,8 @@ def register(sub) -> None:
     p.add_argument("--t5", default=None,
                    help="local Hugging Face T5 folder (weights + tokenizer) for a stable-audio-tools "
                         "Stable Audio Open checkpoint, whose T5 is not in its weights")
+    p.add_argument("--clap", default=None,
+                   help="CLAP model (LAION .pt or transformers ClapModel folder) for a Stable Audio 1.0 checkpoint")
+    p.add_argument("--clap-tokenizer", default=None, help="local RoBERTa tokenizer folder for a LAION .pt")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=run)

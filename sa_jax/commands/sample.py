@@ -109,7 +109,8 @@ def _sample(args) -> int:
     items = [(i, p, k) for i, p in enumerate(prompts) for k in range(args.batch_size)]
     paths = output_paths(args.out, items, args.batch_size)
     print(f"loading {args.model}", file=sys.stderr)
-    model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype)
+    model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
+                             clap_tokenizer=args.clap_tokenizer)
     init_audio = None
     if args.init_audio:
         init_audio = load_audio(args.init_audio, model.sample_rate, model.autoencoder.io_channels)
@@ -138,6 +139,9 @@ def register(sub) -> None:
     p.add_argument("--model", required=True,
                    help="sa-jax checkpoint, diffusers StableAudioPipeline folder, or stable-audio-tools folder")
     p.add_argument("--t5", default=None, help="local T5 folder for a stable-audio-tools checkpoint")
+    p.add_argument("--clap", default=None,
+                   help="CLAP model (LAION .pt or transformers ClapModel folder) for a Stable Audio 1.0 checkpoint")
+    p.add_argument("--clap-tokenizer", default=None, help="local RoBERTa tokenizer folder for a LAION .pt")
     p.add_argument("--prompts-file", default=None, help="text file with one prompt per line (# comments)")
     p.add_argument("--out", default="out", help="output folder, or a .wav path (default: out/)")
     p.add_argument("--seconds-start", type=float, default=0.0, help="timing conditioning: start (default 0)")
