@@ -28,9 +28,7 @@ import json
 import logging
 import math
 import numbers
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -282,31 +280,13 @@ class StableAudio:
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write an sa-jax checkpoint directory that `StableAudio.load` reads without the source."""
-        path = Path(path).absolute()
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; choose a new path or pass overwrite=True "
-                                  "(--overwrite) to replace it")
         config = {"model_type": MODEL_TYPE, "family": self.family.name, "sample_rate": self.sample_rate,
                   "sample_size": self.window_samples, "sampling": to_dict(self.defaults),
                   "autoencoder": to_dict(self.autoencoder.config), **self.family.config_sections()}
         params = jax.device_get({"autoencoder": self.autoencoder.params, **self.family.params()})
-        # Build it complete under a temporary name (store.save is atomic, the tokenizer goes in
-        # before the final rename), so an interrupted save leaves nothing that looks finished.
-        tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
-        try:
-            store.save(tmp, config, params)
-            self.family.save_files(tmp)
-            if path.exists():
-                old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return path
+        # The tokenizer goes into the new folder before store.save moves it into place, so an
+        # interrupted save leaves nothing that looks finished.
+        return store.save(path, config, params, overwrite=overwrite, extra=self.family.save_files)
 
     # --- generation ----------------------------------------------------------------------------
     def generate(self, prompts: str | Sequence[str], seconds_start: float = 0, seconds_total: float | None = None,

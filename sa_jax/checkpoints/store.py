@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -29,8 +29,10 @@ def is_checkpoint(path: str | Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
 
 
-def save(path: str | Path, config: dict, params: Any, overwrite: bool = False) -> Path:
-    """Write `config` (plain data) and `params` (a pytree of arrays) as a checkpoint at `path`."""
+def save(path: str | Path, config: dict, params: Any, overwrite: bool = False,
+         extra: Callable[[Path], None] | None = None) -> Path:
+    """Write `config` (plain data) and `params` (a pytree of arrays) as a checkpoint at `path`.
+    `extra(folder)` may add files (a tokenizer, say) before the checkpoint is moved into place."""
     import orbax.checkpoint as ocp
     from sa_jax import __version__
 
@@ -47,6 +49,8 @@ def save(path: str | Path, config: dict, params: Any, overwrite: bool = False) -
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, params)
             ckptr.wait_until_finished()
+        if extra is not None:
+            extra(tmp)
         if path.exists():  # overwrite: move the old one aside only once the new one is complete
             old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             path.rename(old)
