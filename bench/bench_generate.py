@@ -20,21 +20,13 @@ import argparse
 import logging
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from timing import timed
 
-
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def tokenizer():

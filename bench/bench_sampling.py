@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from timing import timed
 
 # name -> (k-diffusion function, denoiser evaluations per step; the last step may use fewer)
 SAMPLERS = {
@@ -34,14 +34,6 @@ SAMPLERS = {
     "lms": ("sample_lms", 1),
 }
 
-
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cpu_name():
