@@ -121,3 +121,15 @@ def test_nonfinite_step_is_skipped(reference, tmp_path):
     assert int(state.step) == 1
     for a, b in zip(leaves(state.params), before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_repeated_nonfinite_steps_stop_the_run(reference, tmp_path):
+    """An absurd learning rate blows the parameters up after one update; every later step is
+    non-finite, skipped and counted, and the run stops with a clear error before any checkpoint."""
+    from sa_jax.training import TrainingError
+
+    latents, _, _ = reference
+    cfg = config(latents, tmp_path / "run", **{"optim.lr": "1.0e+30", "optim.clip_norm": "null", "max_bad_steps": 3})
+    with pytest.raises(TrainingError, match="non-finite steps in a row"):
+        train(cfg, print_fn=lambda line: None)
+    assert not os.listdir(tmp_path / "run" / "checkpoints")
