@@ -133,3 +133,19 @@ def test_repeated_nonfinite_steps_stop_the_run(reference, tmp_path):
     with pytest.raises(TrainingError, match="non-finite steps in a row"):
         train(cfg, print_fn=lambda line: None)
     assert not os.listdir(tmp_path / "run" / "checkpoints")
+
+
+def test_async_checkpoints_hold_the_saved_step(reference, tmp_path):
+    """Async saves while the next steps run on donated buffers: the checkpoint of step 20 equals the
+    uninterrupted run's final state, and the manager keeps the last `keep` steps."""
+    import orbax.checkpoint as ocp
+
+    latents, full, _ = reference
+    run = tmp_path / "run"
+    train(config(latents, run, **{"checkpoint.async_save": "true", "checkpoint.every": 2, "checkpoint.keep": 3}),
+          print_fn=lambda line: None)
+    assert sorted(os.listdir(run / "checkpoints"), key=int) == ["16", "18", "20"]
+    with ocp.CheckpointManager((run / "checkpoints").absolute()) as manager:
+        saved = manager.restore(20, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    for a, b in zip(leaves(saved["params"]), leaves(full.params)):
+        np.testing.assert_array_equal(a, b)
