@@ -49,7 +49,8 @@ SCRIPT = textwrap.dedent("""
     one = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, shape=(1, 1)))
     l1, p1, _, _ = run(one, jax.devices()[:1])
     l8, p8, sharded, total = run(cfg, jax.devices())
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p8)))
+    diff = max(float(np.max(np.abs(a - b)))
+               for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p8)))
     print("RESULT " + json.dumps({"single": l1, "mesh": l8, "param_diff": diff, "sharded": sharded, "leaves": total}))
 """)
 

@@ -117,7 +117,8 @@ def make_train_step(cfg, mesh):
         _, state_shard = state_shardings(cfg, mesh)
         bs = batch_sharding(mesh, cfg.mesh)
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        _CACHE[key] = jax.jit(lambda s, b: train_step(cfg, s, b), in_shardings=(state_shard, {k: bs for k in BATCH_KEYS}),
+        _CACHE[key] = jax.jit(lambda s, b: train_step(cfg, s, b),
+                              in_shardings=(state_shard, {k: bs for k in BATCH_KEYS}),
                               out_shardings=(state_shard, replicated), donate_argnums=0)
     return _CACHE[key]
 
