@@ -32,7 +32,7 @@ def main() -> int:
     from sa_jax.parallel import batch_sharding, make_mesh
     from sa_jax.training import TrainConfig
     from sa_jax.training import model as tm
-    from sa_jax.training.loop import memory_report
+    from sa_jax.training.loop import memory_report, step_flops
     from sa_jax.training.step import make_train_step, state_shardings
 
     cfg = load(TrainConfig, args.config, ["mesh.shape=[1,-1]", *args.overrides])
@@ -54,9 +54,7 @@ def main() -> int:
     t_lower = time.time() - t
     compiled = lowered.compile()
     t_compile = time.time() - t - t_lower
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    flops = step_flops(compiled)
     report = {"config": args.config, "family": cfg.model.family, "params": int(n_params),
               "mesh": dict(mesh.shape), "global_batch": B, "frames": frames, "dtype": cfg.model.compute_dtype,
               "lower_s": round(t_lower, 1), "compile_s": round(t_compile, 1), "flops_per_device_per_step": flops,

@@ -116,6 +116,16 @@ def memory_report(compiled) -> str:
             f"aliased {mib(m.alias_size_in_bytes)}")
 
 
+def step_flops(compiled) -> float:
+    """FLOPs of one step per device, as XLA counts them in the compiled program (0 when unknown)."""
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", 0.0)) if cost else 0.0
+    except Exception:  # not every backend reports costs
+        return 0.0
+
+
 def export_inference(cfg, state, path) -> Path:
     """Write the EMA weights as an sa-jax checkpoint (config.yaml with the model section, params/)."""
     from sa_jax.checkpoints import store
@@ -188,6 +198,7 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
     compiled = compiled_train_step(cfg, mesh, state, first)
     if cfg.log.memory_analysis:
         print_fn(memory_report(compiled))
+    flops = step_flops(compiled)
 
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     batch = first
@@ -210,6 +221,7 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
                 print_fn(f"step {step}/{cfg.steps}  loss {np.mean(losses) if losses else float('nan'):.4f}  "
                          f"grad_norm {float(m[-1]['grad_norm']):.3f}  lr {float(m[-1]['lr']):.3e}  "
                          f"{n / dt:.2f} steps/s  {n * global_bs / dt:.1f} examples/s  "
+                         f"{flops * n / dt / 1e12:.3f} TFLOP/s/device  "
                          f"skipped {int(state.bad_steps)}")
                 window, t_last, s_last = [], time.time(), step
                 if bad_row >= cfg.max_bad_steps:
