@@ -12,7 +12,7 @@ from sa_jax.training.optim import ema_decay, learning_rate, make_optimizer
 
 
 @pytest.mark.parametrize("path", ["configs/train_dit_tiny.yaml", "configs/train_dit_sao.yaml",
-                                  "configs/train_unet_sa1.yaml"])
+                                  "configs/train_unet_sa1.yaml", "configs/train_unet_tiny.yaml"])
 def test_shipped_configs_load(path):
     cfg = load(TrainConfig, path, ["steps=7"])
     assert cfg.steps == 7 and cfg.data.kind == "latents"
