@@ -193,50 +193,52 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
     print_fn(f"mesh {dict(mesh.shape)} on {jax.device_count()} devices ({jax.process_count()} processes); "
              f"state {describe(state)}; global batch {global_bs}")
 
-    bs = batch_sharding(mesh, cfg.mesh)
-    first = global_batch(prepare_batch(cfg, next(iterator)), bs)
-    compiled = compiled_train_step(cfg, mesh, state, first)
-    if cfg.log.memory_analysis:
-        print_fn(memory_report(compiled))
-    flops = step_flops(compiled)
+    try:
+        bs = batch_sharding(mesh, cfg.mesh)
+        first = global_batch(prepare_batch(cfg, next(iterator)), bs)
+        compiled = compiled_train_step(cfg, mesh, state, first)
+        if cfg.log.memory_analysis:
+            print_fn(memory_report(compiled))
+        flops = step_flops(compiled)
 
-    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    batch = first
-    window, t_last, s_last = [], time.time(), int(state.step)
-    with _Preemption() as preempt:
-        step = int(state.step)
-        while step < end:
-            if batch is None:
-                batch = global_batch(prepare_batch(cfg, next(iterator)), bs)
-            state, metrics = compiled(state, batch)   # dispatched asynchronously
-            batch = None
-            step += 1
-            window.append(metrics)
-            if step % cfg.log.every == 0 or step == end:
-                m = jax.device_get(window)
-                dt = time.time() - t_last
-                n = step - s_last
-                bad_row = int(state.bad_in_a_row)
-                losses = [float(x["loss"]) for x in m if x["finite"]]
-                print_fn(f"step {step}/{cfg.steps}  loss {np.mean(losses) if losses else float('nan'):.4f}  "
-                         f"grad_norm {float(m[-1]['grad_norm']):.3f}  lr {float(m[-1]['lr']):.3e}  "
-                         f"{n / dt:.2f} steps/s  {n * global_bs / dt:.1f} examples/s  "
-                         f"{flops * n / dt / 1e12:.3f} TFLOP/s/device  "
-                         f"skipped {int(state.bad_steps)}")
-                window, t_last, s_last = [], time.time(), step
-                if bad_row >= cfg.max_bad_steps:
-                    raise TrainingError(f"{bad_row} non-finite steps in a row (limit max_bad_steps="
-                                        f"{cfg.max_bad_steps}); the last checkpoint is still the good one. "
-                                        "Lower optim.lr, set optim.clip_norm, or check the data.")
-            preempted = preempt.agreed()
-            if step % cfg.checkpoint.every == 0 or step == end or preempted:
-                # The iterator has given exactly the batches of steps 1..step: its state pairs with `state`.
-                ckpt.save(state, iterator)
-                if preempted:
-                    print_fn(f"SIGTERM: saved step {step}, exiting")
-                    break
-    ckpt.wait()
-    ckpt.close()
+        end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        batch = first
+        window, t_last, s_last = [], time.time(), int(state.step)
+        with _Preemption() as preempt:
+            step = int(state.step)
+            while step < end:
+                if batch is None:
+                    batch = global_batch(prepare_batch(cfg, next(iterator)), bs)
+                state, metrics = compiled(state, batch)   # dispatched asynchronously
+                batch = None
+                step += 1
+                window.append(metrics)
+                if step % cfg.log.every == 0 or step == end:
+                    m = jax.device_get(window)
+                    dt = time.time() - t_last
+                    n = step - s_last
+                    bad_row = int(state.bad_in_a_row)
+                    losses = [float(x["loss"]) for x in m if x["finite"]]
+                    print_fn(f"step {step}/{cfg.steps}  loss {np.mean(losses) if losses else float('nan'):.4f}  "
+                             f"grad_norm {float(m[-1]['grad_norm']):.3f}  lr {float(m[-1]['lr']):.3e}  "
+                             f"{n / dt:.2f} steps/s  {n * global_bs / dt:.1f} examples/s  "
+                             f"{flops * n / dt / 1e12:.3f} TFLOP/s/device  "
+                             f"skipped {int(state.bad_steps)}")
+                    window, t_last, s_last = [], time.time(), step
+                    if bad_row >= cfg.max_bad_steps:
+                        raise TrainingError(f"{bad_row} non-finite steps in a row (limit max_bad_steps="
+                                            f"{cfg.max_bad_steps}); the last checkpoint is still the good one. "
+                                            "Lower optim.lr, set optim.clip_norm, or check the data.")
+                preempted = preempt.agreed()
+                if step % cfg.checkpoint.every == 0 or step == end or preempted:
+                    # The iterator has given exactly the batches of steps 1..step: its state pairs with `state`.
+                    ckpt.save(state, iterator)
+                    if preempted:
+                        print_fn(f"SIGTERM: saved step {step}, exiting")
+                        break
+    finally:
+        ckpt.wait()   # an async save in flight completes even when the run stops with an error
+        ckpt.close()
     if int(state.step) >= cfg.steps and jax.process_count() == 1:
         path = export_inference(cfg, state, run_dir / "export")
         print_fn(f"exported the EMA weights to {path}")
