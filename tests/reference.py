@@ -21,7 +21,7 @@ _OPTIONAL = [
     "alias_free_torch",
     "audiotools", "audiotools.ml", "audiotools.core",
     "k_diffusion", "k_diffusion.sampling", "k_diffusion.external",
-    "einops_exts", "x_transformers", "local_attention", "vector_quantize_pytorch",
+    "x_transformers", "local_attention", "vector_quantize_pytorch",
     "encodec", "encodec.modules", "laion_clap", "transformers.models.t5",
     "pytorch_lightning", "wandb", "auraloss", "nnAudio", "torchsde", "tqdm.auto",
 ]
