@@ -9,6 +9,7 @@ sys.modules, then imports the module asked for. A stand-in raises if anything ac
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -61,6 +62,10 @@ def _stub_missing():
         except (ImportError, ValueError):
             pass
         stub = sys.modules[name] = _Stub(name)
+        # A spec, so that importlib.util.find_spec(name) (which libraries such as transformers call
+        # to probe for optional packages) answers instead of raising; with no installed
+        # distribution behind it the probes still find the package absent.
+        stub.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
         parent, _, child = name.rpartition(".")
         if parent in sys.modules:
             setattr(sys.modules[parent], child, stub)
