@@ -28,6 +28,7 @@ def test_yaml_with_dotted_overrides(tmp_path):
     path.write_text("name: base\noptim:\n  lr: 0.001\n")
     run = load(Run, path, ["steps=500", "optim.betas=[0.8, 0.99]", "name=ablation"])
     assert run == Run(name="ablation", steps=500, optim=Optim(lr=0.001, betas=(0.8, 0.99)))
+    assert load(Run, path, ["optim.lr=5e-5"]).optim.lr == 5e-5  # YAML 1.1 reads 5e-5 as a string
     assert from_dict(Run, to_dict(run)) == run
 
 

@@ -35,6 +35,6 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a diffusion model from a config (resumes automatically)")
     p.add_argument("--config", required=True, help="a TrainConfig YAML (configs/train_*.yaml)")
     p.add_argument("overrides", nargs="*",
-                   help="dotted overrides, e.g. steps=1000 optim.lr=1.0e-4 (YAML 1.1 floats need the dot)")
+                   help="dotted overrides, e.g. steps=1000 optim.lr=1e-4")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
