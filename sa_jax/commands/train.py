@@ -1,6 +1,35 @@
-"""`sa-jax train --config configs/X.yaml key=value ...`: train a diffusion model (sa_jax/training)."""
+"""`sa-jax train --config configs/X.yaml key=value ...`: train a model from a config.
+
+The YAML's top-level `trainer:` picks the trainer: `diffusion` (the default; sa_jax.training),
+`vae` (the autoencoder with its adversarial losses; sa_jax.training.vae) or `clap` (the
+contrastive text/audio encoders; sa_jax.training.clap). Every trainer resumes automatically
+from its run directory.
+"""
 
 from __future__ import annotations
+
+import importlib
+
+# trainer name -> (module, config class, train function)
+TRAINERS = {
+    "diffusion": ("sa_jax.training", "TrainConfig", "train"),
+    "vae": ("sa_jax.training.vae", "VAETrainConfig", "train_vae"),
+    "clap": ("sa_jax.training.clap", "ClapTrainConfig", "train_clap"),
+}
+
+
+def trainer_of(path) -> str:
+    """The `trainer:` of a config YAML (default `diffusion`), checked against TRAINERS."""
+    import yaml
+
+    from sa_jax.config import ConfigError
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    name = data.get("trainer", "diffusion") if isinstance(data, dict) else "diffusion"
+    if name not in TRAINERS:
+        raise ConfigError(f"{path}: trainer {name!r} is not known; valid trainers: {', '.join(TRAINERS)}")
+    return name
 
 
 def run(args) -> int:
@@ -10,10 +39,12 @@ def run(args) -> int:
     import logging
 
     from sa_jax.config import load
-    from sa_jax.training import TrainConfig, TrainingError, train
+    from sa_jax.training import TrainingError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load(TrainConfig, args.config, args.overrides)
+    module, config_class, train_fn = TRAINERS[trainer_of(args.config)]
+    module = importlib.import_module(module)
+    cfg = load(getattr(module, config_class), args.config, args.overrides)
     if args.print_config:
         import sys
 
@@ -24,7 +55,7 @@ def run(args) -> int:
         yaml.safe_dump(to_dict(cfg), sys.stdout, sort_keys=False)
         return 0
     try:
-        train(cfg)
+        getattr(module, train_fn)(cfg)
     except TrainingError as e:
         print(f"sa-jax train: {e}")
         return 3
@@ -32,9 +63,10 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a diffusion model from a config (resumes automatically)")
-    p.add_argument("--config", required=True, help="a TrainConfig YAML (configs/train_*.yaml)")
+    p = sub.add_parser("train", help="train a model from a config: diffusion, VAE or CLAP (resumes automatically)")
+    p.add_argument("--config", required=True,
+                   help="a training YAML (configs/train_*.yaml); its `trainer:` key picks diffusion, vae or clap")
     p.add_argument("overrides", nargs="*",
-                   help="dotted overrides, e.g. steps=1000 optim.lr=1e-4")
+                   help="dotted overrides, e.g. steps=1000 optim.lr=1.0e-4")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)

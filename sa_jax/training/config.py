@@ -171,6 +171,7 @@ class LogConfig:
 
 @dataclass
 class TrainConfig:
+    trainer: Literal["diffusion"] = "diffusion"   # picks this schema in `sa-jax train` (see commands/train.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="latents"))
     text: TextConfig = field(default_factory=TextConfig)
