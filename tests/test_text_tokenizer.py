@@ -14,7 +14,8 @@ TEXTS = ["A bell, loud at 120 BPM.", "sine flute | quiet", "bell", "Bell chime; 
 def test_special_tokens_in_roberta_places():
     tok = build_word_tokenizer(TEXTS)
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
-    assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, tok.mask_token_id) == (0, 1, 2, 3, 4)
+    ids = (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, tok.mask_token_id)
+    assert ids == (0, 1, 2, 3, 4)
     ids = tok("bell loud")["input_ids"]
     assert ids[0] == 0 and ids[-1] == 2 and len(ids) == 4
 
