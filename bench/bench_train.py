@@ -50,7 +50,7 @@ def main() -> int:
              "text_mask": sds((B, n), jnp.bool_), "seconds_start": sds((B,), jnp.int32),
              "seconds_total": sds((B,), jnp.int32)}
     t = time.time()
-    lowered = make_train_step(cfg, mesh).lower(state, batch)
+    lowered = make_train_step(cfg, mesh).lower(state, {}, batch)   # no frozen encoders: features given
     t_lower = time.time() - t
     compiled = lowered.compile()
     t_compile = time.time() - t - t_lower

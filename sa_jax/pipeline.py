@@ -293,9 +293,10 @@ class StableAudio:
                  steps: int | None = None, cfg_scale: float | None = None, sampler: str | None = None,
                  seed: int = 0, negative_prompt: str | None = None, init_audio: np.ndarray | None = None,
                  init_noise_level: float = 1.0, sigma_min: float | None = None, sigma_max: float | None = None,
-                 rho: float | None = None, init_noise: np.ndarray | None = None) -> np.ndarray:
+                 rho: float | None = None, init_noise: np.ndarray | None = None, trim: bool = True) -> np.ndarray:
         """Audio for `prompts`: float32 (batch, channels, samples) at `sample_rate`, trimmed to
-        `seconds_total` (None: the whole window).
+        `seconds_total` (None: the whole window; trim=False: the whole window whatever
+        seconds_total, to see where the model fell silent, as the paper's timing analysis does).
 
         seconds_start / seconds_total: the timing conditioning (the clip's offset in, and the total
         length of, the audio it imitates); seconds_total may not exceed the model's window.
@@ -387,7 +388,7 @@ class StableAudio:
         t0 = time.perf_counter()
         audio = self.autoencoder.decode(latents)
         log.info("decoded in %.2f s", time.perf_counter() - t0)
-        samples = min(int(round(seconds_total * self.sample_rate)), audio.shape[-1])
+        samples = min(int(round(seconds_total * self.sample_rate)), audio.shape[-1]) if trim else audio.shape[-1]
         return np.ascontiguousarray(audio[:, :, :samples], dtype=np.float32)
 
     def _init_latents(self, init_audio, batch: int, seed: int) -> jax.Array:

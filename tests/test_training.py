@@ -116,7 +116,7 @@ def test_nonfinite_step_is_skipped(reference, tmp_path):
              "text_mask": np.ones((8, n), bool), "seconds_start": np.zeros(8, np.int32),
              "seconds_total": np.ones(8, np.int32)}
     batch = global_batch(batch, batch_sharding(mesh, cfg.mesh))
-    state, metrics = compiled_train_step(cfg, mesh, state, batch)(state, batch)   # compiled by the fixture
+    state, metrics = compiled_train_step(cfg, mesh, state, {}, batch)(state, {}, batch)   # compiled by the fixture
     assert not bool(metrics["finite"]) and int(state.bad_steps) == 1 and int(state.bad_in_a_row) == 1
     assert int(state.step) == 1
     for a, b in zip(leaves(state.params), before):

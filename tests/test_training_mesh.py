@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent("""
         step = make_train_step(c, mesh)
         losses = []
         for b in batches:
-            state, m = step(state, global_batch(b, batch_sharding(mesh, c.mesh)))
+            state, m = step(state, {}, global_batch(b, batch_sharding(mesh, c.mesh)))
             losses.append(float(m["loss"]))
         sharded = sum("fsdp" in str(x.sharding.spec) for x in jax.tree_util.tree_leaves(state.params))
         return losses, jax.device_get(state.params), sharded, len(jax.tree_util.tree_leaves(state.params))

@@ -31,7 +31,7 @@ class ModelConfig:
     text_tokens: int = 77          # unet only: text tokens before the two timing tokens
     text_dim: int = 768            # unet only: width of the text features
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: bool = False            # dit only: recompute each block in the backward pass
+    remat: bool = False            # recompute each block in the backward pass (less memory, more compute)
 
     def validate(self) -> None:
         if self.family == "unet":
@@ -41,8 +41,6 @@ class ModelConfig:
             if self.text_dim != self.unet.context_embedding_features:
                 raise ConfigError(f"model: text_dim {self.text_dim} must equal unet.context_embedding_features "
                                   f"{self.unet.context_embedding_features}")
-            if self.remat:
-                raise ConfigError("model: remat is implemented for the DiT only")
         else:
             c, d = self.conditioning, self.dit
             if c.cond_dim != d.cond_token_dim:
@@ -58,11 +56,48 @@ class ModelConfig:
 
 @dataclass
 class TextConfig:
-    """Where the text features come from. `hash`: a fixed pseudo-random embedding per prompt string
-    (a stand-in for a frozen encoder, enough to test conditioning); `zeros`: no text."""
+    """Where the text features come from. `t5`: a frozen T5 encoder (a local Hugging Face folder at
+    `path`), as Stable Audio Open; `clap`: a frozen CLAP text tower (a transformers ClapModel folder,
+    a LAION `.pt` with a `tokenizer` folder, or an sa-jax CLAP export), hidden states of `layer`,
+    as the paper. Both run inside the train step. `hash`: a fixed pseudo-random embedding per
+    prompt string (a stand-in for an encoder, enough to test conditioning); `zeros`: no text."""
 
-    source: Literal["hash", "zeros"] = "hash"
-    tokens: int = 8                # non-zero (real) tokens per prompt for `hash`
+    source: Literal["hash", "zeros", "t5", "clap"] = "hash"
+    tokens: int = 8                # hash only: non-zero (real) tokens per prompt
+    path: Optional[str] = None     # t5 / clap: where the encoder is
+    tokenizer: Optional[str] = None   # its tokenizer folder when not inside `path`
+    layer: int = -2                # clap only: which hidden state (-2: the penultimate layer)
+
+    def validate(self) -> None:
+        if self.source in ("t5", "clap") and not self.path:
+            raise ConfigError(f"text.source {self.source} needs text.path (a local {self.source} encoder)")
+
+
+@dataclass
+class AutoencoderSource:
+    """The frozen autoencoder (any path `sa_jax.Autoencoder.load` reads). Needed to train on audio
+    (data.kind folder or tfds: the step encodes each batch), for demo audio, and for an export that
+    `StableAudio.load` reads."""
+
+    path: Optional[str] = None
+
+
+@dataclass
+class DemoConfig:
+    """Demo audio for fixed prompts every `every` steps (0: off), from the EMA weights, written to
+    run_dir/demo/<step>/ and TensorBoard. Needs a real text encoder and the autoencoder."""
+
+    every: int = 0
+    prompts: tuple[str, ...] = ("a piano melody",)
+    seconds_total: Optional[float] = None    # None: the whole window
+    steps: int = 50
+    cfg_scale: float = 6.0
+    sampler: str = "dpmpp-3m-sde"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.every < 0 or self.steps < 1 or not self.prompts:
+            raise ConfigError("demo: every must be >= 0, steps >= 1, and prompts non-empty")
 
 
 @dataclass
@@ -157,6 +192,8 @@ class CheckpointConfig:
     keep: int = 3                 # keep the last N
     async_save: bool = True
     resume: bool = True           # continue from the latest checkpoint in dir when there is one
+    keep_best: bool = True        # export the EMA weights to dir/best when a checkpoint interval's
+                                  # mean training loss is the lowest so far
 
     def validate(self) -> None:
         if self.every <= 0 or self.keep <= 0:
@@ -175,6 +212,8 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="latents"))
     text: TextConfig = field(default_factory=TextConfig)
+    autoencoder: AutoencoderSource = field(default_factory=AutoencoderSource)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -188,8 +227,14 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps <= 0:
             raise ConfigError(f"steps must be positive, got {self.steps}")
-        if self.data.kind != "latents":
-            raise ConfigError(f"data.kind must be 'latents' (pre-encoded with `sa-jax encode`); got "
-                              f"{self.data.kind!r}: on-the-fly VAE encoding is not implemented yet")
+        if self.data.kind != "latents" and not self.autoencoder.path:
+            raise ConfigError(f"data.kind {self.data.kind!r} is audio: set autoencoder.path (a frozen VAE encodes "
+                              "each batch), or pre-encode with `sa-jax encode` and use data.kind latents")
+        if self.demo.every and (self.text.source not in ("t5", "clap") or not self.autoencoder.path):
+            raise ConfigError("demo.every needs a real text encoder (text.source t5 or clap) and autoencoder.path")
+        want = {"dit": "t5", "unet": "clap"}[self.model.family]
+        if self.text.source in ("t5", "clap") and self.text.source != want:
+            raise ConfigError(f"text.source {self.text.source} does not fit model.family {self.model.family} "
+                              f"(which takes {want} features)")
         if self.max_bad_steps <= 0:
             raise ConfigError("max_bad_steps must be positive")

@@ -7,7 +7,11 @@ Run directory (`checkpoint.dir`):
     config.yaml              the TrainConfig of the run
     checkpoints/<step>/      Orbax: state/ (params, optimiser state, EMA, step, RNG, counters),
                              data/ (the grain iterator state, one JSON per process), config/
-    export/                  the inference checkpoint (EMA weights, sa_jax.checkpoints.store layout)
+    export/                  the inference checkpoint (EMA weights): with a real text encoder and the
+                             autoencoder a whole model for `StableAudio.load`, else the denoiser alone
+    best/, best.json         the export of the checkpoint with the lowest interval mean loss so far
+    tensorboard/             TensorBoard events (scalars; demo audio)
+    demo/<step>/             demo audio for fixed prompts (`demo.every`)
 
 Checkpoints are written under a temporary name and committed by Orbax only when complete, so a
 kill during a save leaves the previous checkpoint as the latest; a state with non-finite
@@ -16,7 +20,9 @@ parameters is never saved. SIGTERM (preemption) makes the loop save at the next 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -28,7 +34,9 @@ import numpy as np
 from sa_jax.config import ConfigError, save_yaml, to_dict
 from sa_jax.parallel import batch_divisor, batch_sharding, describe, global_batch, make_mesh
 from sa_jax.training import model as tm
-from sa_jax.training.step import compiled_train_step, create_state, state_shardings
+from sa_jax.training.frozen import FrozenModels, load_frozen
+from sa_jax.training.step import NO_FROZEN, compiled_train_step, create_state, place_frozen, state_shardings
+from sa_jax.training.telemetry import Telemetry
 
 log = logging.getLogger("sa_jax.training")
 
@@ -37,17 +45,24 @@ class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many non-finite steps in a row)."""
 
 
-def prepare_batch(cfg, raw: dict) -> dict:
-    """A data-pipeline batch (latents kind) -> the numpy arrays the train step takes."""
-    b = raw["latents"].shape[0]
+def prepare_batch(cfg, raw: dict, frozen: FrozenModels = NO_FROZEN) -> dict:
+    """A data-pipeline batch -> the numpy arrays the train step takes (`step.batch_keys`)."""
+    b = len(raw["prompt"])
     n, d = tm.text_shape(cfg.model)
-    if cfg.text.source == "hash":
-        text, mask = tm.hash_text_features(list(raw["prompt"]), n, d, cfg.text.tokens)
+    out = {}
+    if cfg.data.kind == "latents":
+        out["latents"] = np.asarray(raw["latents"], np.float32)
     else:
-        text, mask = tm.zero_text_features(b, n, d)
-    return {"latents": np.asarray(raw["latents"], np.float32), "text": text, "text_mask": mask,
-            "seconds_start": np.asarray(raw["seconds_start"], np.int32),
-            "seconds_total": np.asarray(raw["seconds_total"], np.int32)}
+        out["audio"] = np.asarray(raw["audio"], np.float32)
+    if cfg.text.source in ("t5", "clap"):
+        out["text_ids"], out["text_mask"] = frozen.tokenize(raw["prompt"])
+    elif cfg.text.source == "hash":
+        out["text"], out["text_mask"] = tm.hash_text_features(list(raw["prompt"]), n, d, cfg.text.tokens)
+    else:
+        out["text"], out["text_mask"] = tm.zero_text_features(b, n, d)
+    out["seconds_start"] = np.asarray(raw["seconds_start"], np.int32)
+    out["seconds_total"] = np.asarray(raw["seconds_total"], np.int32)
+    return out
 
 
 class Checkpoints:
@@ -126,13 +141,84 @@ def step_flops(compiled) -> float:
         return 0.0
 
 
-def export_inference(cfg, state, path) -> Path:
-    """Write the EMA weights as an sa-jax checkpoint (config.yaml with the model section, params/)."""
+def inference_model(cfg, params, frozen: FrozenModels):
+    """A `StableAudio` from trained parameters ({"conditioner", "denoiser"}) and the frozen text
+    encoder and autoencoder; None when the run has no real text encoder or no autoencoder."""
+    if frozen.text_encoder is None or frozen.autoencoder is None:
+        return None
+    from sa_jax.pipeline import SamplingDefaults, SAOFamily, StableAudio
+
+    m = cfg.model
+    params = jax.device_get(params)
+    if m.family == "dit":
+        family = SAOFamily(m.dit, params["denoiser"], m.conditioning, params["conditioner"], frozen.text_encoder,
+                           m.compute_dtype)
+        defaults = SamplingDefaults()
+    else:
+        from sa_jax.sa1 import SAMPLING_DEFAULTS, SA1Family
+
+        family = SA1Family(m.unet, params["denoiser"], params["conditioner"], frozen.text_encoder, cfg.text.layer,
+                           (m.timing, m.timing), m.compute_dtype)
+        defaults = SamplingDefaults(**SAMPLING_DEFAULTS)
+    ratio = frozen.autoencoder.downsampling_ratio
+    frames = (cfg.data.latent_window or cfg.data.window // ratio) if cfg.data.kind == "latents" \
+        else cfg.data.window // ratio
+    return StableAudio(family, frozen.autoencoder, frames * ratio, defaults)
+
+
+def export_inference(cfg, state, path, frozen: FrozenModels = NO_FROZEN) -> Path:
+    """Write the EMA weights as an sa-jax checkpoint. With a real text encoder and the autoencoder
+    it is a whole text-to-audio model (`StableAudio.load(path)` reads it); otherwise the
+    conditioner and denoiser alone (config.yaml with the model section, params/)."""
+    model = inference_model(cfg, state.ema, frozen)
+    if model is not None:
+        return model.save(path, overwrite=True)
     from sa_jax.checkpoints import store
 
     config = {"model_type": "diffusion_denoiser", "family": cfg.model.family, "model": to_dict(cfg.model),
               "step": int(state.step)}
-    return store.save(path, config, state.ema, overwrite=True)
+    return store.save(path, config, jax.device_get(state.ema), overwrite=True)
+
+
+def write_demos(cfg, state, frozen: FrozenModels, run_dir: Path, telemetry) -> Path:
+    """Demo audio for cfg.demo.prompts from the EMA weights: WAVs in run_dir/demo/<step>/ and TensorBoard."""
+    from sa_jax.audio import write_audio
+
+    d = cfg.demo
+    model = inference_model(cfg, state.ema, frozen)
+    step = int(state.step)
+    audio = model.generate(list(d.prompts), seconds_total=d.seconds_total, steps=d.steps, cfg_scale=d.cfg_scale,
+                           sampler=d.sampler, seed=d.seed)
+    folder = run_dir / "demo" / f"{step:08d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, clip in enumerate(audio):
+        write_audio(folder / f"{i}.wav", clip, model.sample_rate)
+        telemetry.audio(step, f"demo/{i}", clip, model.sample_rate)
+    return folder
+
+
+class BestExport:
+    """Keeps run_dir/best: the EMA export of the checkpoint whose interval had the lowest mean
+    training loss so far (best.json beside it says which step and loss, and survives restarts)."""
+
+    def __init__(self, run_dir: Path):
+        self.dir, self.record = run_dir / "best", run_dir / "best.json"
+        self.loss = json.loads(self.record.read_text())["loss"] if self.record.is_file() else float("inf")
+        self.losses: list[float] = []
+
+    def add(self, losses) -> None:
+        self.losses.extend(losses)
+
+    def update(self, cfg, state, frozen) -> bool:
+        losses, self.losses = self.losses, []
+        if not losses or not np.mean(losses) < self.loss:
+            return False
+        self.loss = float(np.mean(losses))
+        export_inference(cfg, state, self.dir, frozen)
+        tmp = self.record.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"step": int(state.step), "loss": self.loss}))
+        os.replace(tmp, self.record)
+        return True
 
 
 class _Preemption:
@@ -180,6 +266,8 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
         raise ConfigError(f"the global batch {global_bs} (data.batch_size {per_host} x {jax.process_count()} "
                           f"processes) is not divisible by the {batch_divisor(mesh, cfg.mesh)} devices of the "
                           f"batch axes {list(cfg.mesh.batch_axes)}")
+    frozen = load_frozen(cfg)
+    frozen_params = place_frozen(cfg, mesh, frozen)
     pipe = DataPipeline(cfg.data)
     iterator = pipe.iterator()
     abstract, shardings = state_shardings(cfg, mesh)
@@ -192,26 +280,30 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
         state = create_state(cfg, mesh)
     print_fn(f"mesh {dict(mesh.shape)} on {jax.device_count()} devices ({jax.process_count()} processes); "
              f"state {describe(state)}; global batch {global_bs}")
+    single = jax.process_count() == 1   # exports and demos gather the EMA weights on one process
+    best = BestExport(run_dir) if cfg.checkpoint.keep_best and single else None
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    tel = Telemetry(run_dir, cfg.steps, int(state.step), print_fn=print_fn)
 
     try:
         bs = batch_sharding(mesh, cfg.mesh)
-        first = global_batch(prepare_batch(cfg, next(iterator)), bs)
-        compiled = compiled_train_step(cfg, mesh, state, first)
+        first = global_batch(prepare_batch(cfg, next(iterator), frozen), bs)
+        compiled = compiled_train_step(cfg, mesh, state, frozen_params, first, frozen)
         if cfg.log.memory_analysis:
-            print_fn(memory_report(compiled))
+            tel.print(memory_report(compiled))
         flops = step_flops(compiled)
 
-        end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
         batch = first
         window, t_last, s_last = [], time.time(), int(state.step)
         with _Preemption() as preempt:
             step = int(state.step)
             while step < end:
                 if batch is None:
-                    batch = global_batch(prepare_batch(cfg, next(iterator)), bs)
-                state, metrics = compiled(state, batch)   # dispatched asynchronously
+                    batch = global_batch(prepare_batch(cfg, next(iterator), frozen), bs)
+                state, metrics = compiled(state, frozen_params, batch)   # dispatched asynchronously
                 batch = None
                 step += 1
+                tel.step()
                 window.append(metrics)
                 if step % cfg.log.every == 0 or step == end:
                     m = jax.device_get(window)
@@ -219,11 +311,17 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
                     n = step - s_last
                     bad_row = int(state.bad_in_a_row)
                     losses = [float(x["loss"]) for x in m if x["finite"]]
-                    print_fn(f"step {step}/{cfg.steps}  loss {np.mean(losses) if losses else float('nan'):.4f}  "
-                             f"grad_norm {float(m[-1]['grad_norm']):.3f}  lr {float(m[-1]['lr']):.3e}  "
-                             f"{n / dt:.2f} steps/s  {n * global_bs / dt:.1f} examples/s  "
-                             f"{flops * n / dt / 1e12:.3f} TFLOP/s/device  "
-                             f"skipped {int(state.bad_steps)}")
+                    if best is not None:
+                        best.add(losses)
+                    scalars = {"loss": np.mean(losses) if losses else float("nan"),
+                               "grad_norm": float(m[-1]["grad_norm"]), "lr": float(m[-1]["lr"]),
+                               "steps_per_s": n / dt, "examples_per_s": n * global_bs / dt,
+                               "tflops_per_device": flops * n / dt / 1e12, "skipped": int(state.bad_steps)}
+                    tel.scalars(step, scalars, line=(
+                        f"step {step}/{cfg.steps}  loss {scalars['loss']:.4f}  grad_norm {scalars['grad_norm']:.3f}  "
+                        f"lr {scalars['lr']:.3e}  {scalars['steps_per_s']:.2f} steps/s  "
+                        f"{scalars['examples_per_s']:.1f} examples/s  "
+                        f"{scalars['tflops_per_device']:.3f} TFLOP/s/device  skipped {scalars['skipped']}"))
                     window, t_last, s_last = [], time.time(), step
                     if bad_row >= cfg.max_bad_steps:
                         raise TrainingError(f"{bad_row} non-finite steps in a row (limit max_bad_steps="
@@ -232,14 +330,19 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
                 preempted = preempt.agreed()
                 if step % cfg.checkpoint.every == 0 or step == end or preempted:
                     # The iterator has given exactly the batches of steps 1..step: its state pairs with `state`.
-                    ckpt.save(state, iterator)
+                    saved = ckpt.save(state, iterator)
+                    if saved and best is not None and best.update(cfg, state, frozen):
+                        tel.print(f"best: mean loss {best.loss:.4f} up to step {step}; exported to {best.dir}")
                     if preempted:
-                        print_fn(f"SIGTERM: saved step {step}, exiting")
+                        tel.print(f"SIGTERM: saved step {step}, exiting")
                         break
+                if cfg.demo.every and step % cfg.demo.every == 0 and single:
+                    tel.print(f"demo: step {step} audio in {write_demos(cfg, state, frozen, run_dir, tel)}")
     finally:
         ckpt.wait()   # an async save in flight completes even when the run stops with an error
         ckpt.close()
-    if int(state.step) >= cfg.steps and jax.process_count() == 1:
-        path = export_inference(cfg, state, run_dir / "export")
+        tel.close()
+    if int(state.step) >= cfg.steps and single:
+        path = export_inference(cfg, state, run_dir / "export", frozen)
         print_fn(f"exported the EMA weights to {path}")
     return state
