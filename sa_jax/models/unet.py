@@ -213,6 +213,7 @@ class Transformer(nn.Module):
     layers: int
     config: UNetConfig
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x, context, context_mask):
@@ -222,8 +223,9 @@ class Transformer(nn.Module):
         heads = c.attention_heads or channels // c.attention_features
         x = nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=self.dtype, name="norm_in")(x)
         x = PaddedConv(channels, 1, dtype=self.dtype, name="proj_in")(x)
+        block = nn.remat(TransformerBlock) if self.remat else TransformerBlock
         for i in range(self.layers):
-            x = TransformerBlock(heads, head_features, c.attention_multiplier, self.dtype,
+            x = block(heads, head_features, c.attention_multiplier, self.dtype,
                                  name=f"blocks_{i}")(x, context, context_mask)
         return PaddedConv(channels, 1, dtype=self.dtype, name="proj_out")(x)
 
@@ -254,10 +256,15 @@ class UNet1d(nn.Module):
     in [0, 1]; embedding: (B, N, context_embedding_features) conditioning tokens, N at most
     `context_embedding_max_length`; embedding_mask: (B, N), True/1 = keep; features: (B, F)
     global conditioning when `context_features` is set. Returns (B, T, out_channels).
+
+    `remat` recomputes the activations of every resnet block and transformer block in the backward
+    pass instead of keeping them (less training memory, more compute); the parameters and the
+    output are the same either way.
     """
 
     config: UNetConfig
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x, t, embedding, embedding_mask=None, features=None):
@@ -269,6 +276,7 @@ class UNet1d(nn.Module):
         widths = [c.channels * m for m in c.multipliers]
         groups = c.resnet_groups
         dt = self.dtype
+        resnet = nn.remat(ResnetBlock) if self.remat else ResnetBlock
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
 
         if c.use_xattn_time:
@@ -295,10 +303,10 @@ class UNet1d(nn.Module):
         mapping = _gelu(nn.Dense(c.mapping_features, dtype=dt, name="mapping_1")(mapping))
 
         def transformer(h, layers, name):
-            return Transformer(layers, c, dt, name=name)(h, context, embedding_mask)
+            return Transformer(layers, c, dt, self.remat, name=name)(h, context, embedding_mask)
 
         # In: a resnet block (GroupNorm with one group), then fold patches into channels.
-        h = ResnetBlock(widths[0] // c.patch_size, 1, dt, name="to_in")(x.astype(dt), mapping)
+        h = resnet(widths[0] // c.patch_size, 1, dt, name="to_in")(x.astype(dt), mapping)
         h = _patch(h, c.patch_size)
         skips = [[h]]
         for i in range(levels):
@@ -306,31 +314,31 @@ class UNet1d(nn.Module):
             h = PaddedConv(widths[i + 1], k, stride=c.factors[i], dtype=dt, name=f"downsamples_{i}_down")(h)
             level = []
             for j in range(c.num_blocks[i]):
-                h = ResnetBlock(widths[i + 1], groups, dt, name=f"downsamples_{i}_blocks_{j}")(h, mapping)
+                h = resnet(widths[i + 1], groups, dt, name=f"downsamples_{i}_blocks_{j}")(h, mapping)
                 level.append(h)
             if c.attentions[i]:
                 h = transformer(h, c.attentions[i], f"downsamples_{i}_transformer")
                 level.append(h)
             skips.append(level)
 
-        h = ResnetBlock(widths[-1], groups, dt, name="bottleneck_pre")(h, mapping)
+        h = resnet(widths[-1], groups, dt, name="bottleneck_pre")(h, mapping)
         if c.attentions[levels]:
             h = transformer(h, c.attentions[levels], "bottleneck_transformer")
-        h = ResnetBlock(widths[-1], groups, dt, name="bottleneck_post")(h, mapping)
+        h = resnet(widths[-1], groups, dt, name="bottleneck_post")(h, mapping)
 
         skip_scale = 2 ** -0.5 if c.use_skip_scale else 1.0
         for u, i in enumerate(reversed(range(levels))):  # upsamples are numbered from the bottom
             level = skips.pop()
             for j in range(c.num_blocks[i] + (1 if c.attentions[i] else 0)):
                 h = jnp.concatenate([h, level.pop() * skip_scale], axis=-1)
-                h = ResnetBlock(widths[i + 1], groups, dt, name=f"upsamples_{u}_blocks_{j}")(h, mapping)
+                h = resnet(widths[i + 1], groups, dt, name=f"upsamples_{u}_blocks_{j}")(h, mapping)
             if c.attentions[i]:
                 h = transformer(h, c.attentions[i], f"upsamples_{u}_transformer")
             h = self._upsample(h, widths[i], c.factors[i], f"upsamples_{u}")
         h = h + skips.pop()[0]
 
         h = _unpatch(h, c.patch_size)
-        out = ResnetBlock(c.out_channels or c.in_channels, 1, dt, name="to_out")(h, mapping)
+        out = resnet(c.out_channels or c.in_channels, 1, dt, name="to_out")(h, mapping)
         return out.astype(jnp.float32)
 
     def _upsample(self, h, features, factor, prefix):
