@@ -61,7 +61,8 @@ def run_config(root: Path, clap_dir: Path, steps: int, **extra) -> TrainConfig:
              "data.sample_rate": SR, "data.batch_size": 3, "data.shard_index": 0, "data.shard_count": 1,
              "data.num_threads": 1, "data.random_crop": False, "data.prompt_keys": "[description]",
              "data.p_key_value": 0.0, "text.source": "clap", "text.path": str(clap_dir),
-             "autoencoder.path": str(root / "vae"), "model.text_tokens": 16, "checkpoint.dir": str(root / "run"),
+             "autoencoder.path": str(root / "vae"), "model.text_tokens": 16,
+             "model.unet.context_embedding_max_length": 18, "checkpoint.dir": str(root / "run"),
              "checkpoint.every": steps, "checkpoint.async_save": False, "log.every": 25,
              "ema.decay": 0.99, "optim.lr": 3.0e-3, "optim.clip_norm": 1.0, "diffusion.cfg_dropout": 0.1,
              "steps": steps}
@@ -110,3 +111,27 @@ def test_overfit_then_the_export_keeps_the_clip_timing(setup):
         head = np.sqrt(np.mean(audio[:, :cut] ** 2))
         tail = np.sqrt(np.mean(audio[:, cut + RATIO:] ** 2))   # one frame of slack at the edge
         assert head > 10 * tail, (i, head, tail)   # audio, then silence at seconds_total
+
+
+def test_training_on_audio_encodes_in_the_step(setup, tmp_path):
+    """data.kind folder: the frozen VAE encodes each audio batch inside the step; the export loads."""
+    import soundfile as sf
+
+    root, clap_dir = setup
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    t = np.arange(5 * SR) / SR
+    rows = []
+    for i, freq in enumerate((3.0, 7.0, 11.0)):
+        sf.write(audio / f"tone{i}.wav", np.stack([np.sin(2 * np.pi * freq * t)] * 2, 1) * 0.5, SR)
+        rows.append(json.dumps({"path": f"tone{i}.wav", "description": f"a tone at {freq:g} hertz"}))
+    (audio / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = run_config(root, clap_dir, 4, **{"data.kind": "folder", "data.path": str(audio), "data.random_crop": True,
+                                           "data.silence_db": -100, "checkpoint.dir": str(tmp_path / "run"),
+                                           "log.every": 2})
+    lines = []
+    state = train(cfg, print_fn=lines.append)
+    curve = [float(x.split("loss ")[1].split()[0]) for x in lines if x.startswith("step ")]
+    assert len(curve) == 2 and all(np.isfinite(curve)) and int(state.bad_steps) == 0
+    sa = StableAudio.load(tmp_path / "run" / "export")
+    assert sa.family.name == "sa1" and sa.sample_rate == SR

@@ -60,3 +60,15 @@ def test_dit_cfg_dropout_zeroes_cross_attention():
         assert norm(dropped["denoiser"][f"layers_{i}"]["cross_attn"]["out"]) == 0.0
     # (The global token, never dropped, reaches the output only through zero-initialised projections,
     # so at initialisation no gradient shows whether it is kept; conditioners.cfg_dropout's own tests cover it.)
+
+
+@pytest.mark.slow   # two U-Net compiles
+def test_unet_remat_gives_the_same_gradients():
+    """model.remat reaches the U-Net through the training model: same loss gradients (recomputed
+    activations), to float32 rounding."""
+    cfg = load(TrainConfig, ROOT / "configs/train_unet_tiny.yaml")
+    plain = grads(cfg, 0.0)
+    cfg.model.remat = True
+    remat = grads(cfg, 0.0)
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(remat)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -38,7 +38,7 @@ def _modules(model):
     dt = DTYPES[model.compute_dtype]
     if model.family == "dit":
         return sao_cond.SAOConditioner(model.conditioning), DiT(model.dit, dt, model.remat)
-    return (SA1Conditioner(model.text_dim, model.timing, model.timing), UNet1d(model.unet, dt))
+    return (SA1Conditioner(model.text_dim, model.timing, model.timing), UNet1d(model.unet, dt, model.remat))
 
 
 def init_params(model, key: jax.Array, frames: int = 16) -> dict:
