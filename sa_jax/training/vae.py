@@ -1,0 +1,532 @@
+"""VAE training with adversarial losses, as stable-audio-tools' AutoencoderTrainingWrapper does it.
+
+    from sa_jax.config import load
+    from sa_jax.training.vae import VAETrainConfig, train_vae
+    state = train_vae(load(VAETrainConfig, "configs/train_vae_tiny.yaml", ["data.path=data/synth"]))
+
+or `sa-jax train --config configs/train_vae_sa1.yaml data.path=... checkpoint.dir=runs/vae` (the
+YAML's `trainer: vae` picks this trainer).
+
+Each batch of audio crops is one step, alternating as the reference does: even steps update the
+generator (encoder + decoder), odd steps the discriminator. The generator loss is
+
+    mrstft * [SD-STFT(reals, decoded) + (STFT(L) + STFT(R)) / 2]     A-weighted, FFT 2048..32, hop 1/4
+    + kl * KL + adversarial * hinge_G + feature_matching * FM + l1 * |reals - decoded|
+
+(adversarial and feature-matching terms from step `losses.disc_start` on); the discriminator's is
+the hinge loss on reals against the (fixed) reconstructions. Two AdamW optimisers, betas (0.8, 0.99)
+by default; an EMA of the generator (updated on generator steps). `freeze_encoder: true` is the
+paper's second stage: the encoder gets no gradient and no update, the decoder is fine-tuned (resume
+the stage-1 run directory with it set, or start from scratch with it).
+
+Run directory (`checkpoint.dir`): config.yaml, checkpoints/<step>/ (Orbax: generator and
+discriminator parameters, both optimiser states, EMA, counters, RNG; the grain iterator; the
+config), tensorboard/ (losses, learning rates, demo audio), demos/recon_<step>.wav (reals and EMA
+reconstructions interleaved, as the reference's demo callback), export/ (the EMA generator as an
+sa-jax autoencoder checkpoint: `sa_jax.Autoencoder.load(run_dir / "export")`). A kill -9 run
+resumes bitwise equal to an uninterrupted one; SIGTERM saves and stops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sa_jax.config import ConfigError, save_yaml
+from sa_jax.data.config import DataConfig
+from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
+from sa_jax.models.discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
+from sa_jax.parallel import batch_divisor, batch_sharding, describe, global_batch, make_mesh, tree_shardings
+from sa_jax.training import losses as L
+from sa_jax.training.config import CheckpointConfig, EMAConfig, MeshConfig
+from sa_jax.training.loop import Checkpoints, TrainingError, _Preemption, memory_report
+from sa_jax.training.optim import ema_decay
+
+log = logging.getLogger("sa_jax.training.vae")
+
+# The paper's VAE (configs/vae_sa1.yaml): the default model when a config gives none.
+_SA1_VAE = {
+    "encoder": {"type": "dac", "config": {"in_channels": 2, "latent_dim": 128, "d_model": 128,
+                                          "strides": [4, 4, 8, 8]}},
+    "decoder": {"type": "dac", "config": {"out_channels": 2, "latent_dim": 64, "channels": 1536,
+                                          "rates": [8, 8, 4, 4]}},
+    "bottleneck": {"type": "vae"}, "latent_dim": 64, "downsampling_ratio": 1024, "io_channels": 2,
+    "sample_rate": 44100,
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclass
+class VAELossConfig:
+    """Loss weights (stable-audio-tools' `loss_configs`; defaults are its trainer's)."""
+
+    stft: L.STFTLossConfig = field(default_factory=L.STFTLossConfig)
+    mrstft: float = 1.0            # sum/difference STFT loss; each of L and R gets mrstft / 2
+    channel_terms: bool = True     # the per-channel L/R STFT terms (stereo only)
+    kl: float = 1e-6               # SA 1.0 recipe; Stable Audio Open used 1e-4
+    adversarial: float = 0.1
+    feature_matching: float = 5.0
+    l1: float = 0.0                # time-domain L1
+    disc_start: int = 0            # the reference's warmup_steps: adversarial terms from this step on
+
+    def validate(self) -> None:
+        for name in ("mrstft", "kl", "adversarial", "feature_matching", "l1"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"losses: {name} weight must be >= 0, got {getattr(self, name)}")
+        if self.disc_start < 0:
+            raise ConfigError(f"losses: disc_start must be >= 0, got {self.disc_start}")
+
+
+@dataclass
+class VAEOptimConfig:
+    """AdamW for the generator or the discriminator. `exponential`: lr * gamma ** updates (torch's
+    ExponentialLR stepped per update, the SA 1.0 recipe); `constant` (the reference trainer's default)."""
+
+    lr: float = 1e-4
+    b1: float = 0.8
+    b2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 1e-2     # torch AdamW's default, which the reference leaves in place
+    schedule: Literal["constant", "exponential"] = "constant"
+    gamma: float = 0.999996
+    clip_norm: Optional[float] = None
+
+    def validate(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim: lr must be positive, got {self.lr}")
+        if not (0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0):
+            raise ConfigError(f"optim: betas must be in [0, 1), got ({self.b1}, {self.b2})")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"optim: gamma must be in (0, 1], got {self.gamma}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ConfigError(f"optim: clip_norm must be positive or null, got {self.clip_norm}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim: weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class VAELogConfig:
+    every: int = 10                # console line + TensorBoard scalars every N steps
+    memory_analysis: bool = True   # print the compiled generator step's memory analysis at start
+    tensorboard: bool = True
+    demo_every: int = 2000         # demo reconstructions (EMA weights) every N steps; 0: only at the end
+    demo_count: int = 4            # clips per demo (from the first batch of the run)
+
+    def validate(self) -> None:
+        if self.every <= 0 or self.demo_every < 0 or self.demo_count < 0:
+            raise ConfigError("log: every must be positive, demo_every and demo_count >= 0")
+
+
+@dataclass
+class VAETrainConfig:
+    trainer: Literal["vae"] = "vae"   # picks this schema in `sa-jax train` (see commands/train.py)
+    model: AutoencoderConfig = field(default_factory=lambda: config_from_dict(_SA1_VAE))
+    data: DataConfig = field(default_factory=lambda: DataConfig(kind="folder", window=65536, batch_size=8))
+    losses: VAELossConfig = field(default_factory=VAELossConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    optim: VAEOptimConfig = field(default_factory=VAEOptimConfig)        # the generator's
+    disc_optim: VAEOptimConfig = field(default_factory=VAEOptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: VAELogConfig = field(default_factory=VAELogConfig)
+    steps: int = 1000
+    seed: int = 0
+    freeze_encoder: bool = False     # the paper's stage 2: train the decoder only
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    max_bad_steps: int = 10          # stop after this many non-finite steps in a row
+
+    def validate(self) -> None:
+        m, d = self.model, self.data
+        if self.steps <= 0:
+            raise ConfigError(f"steps must be positive, got {self.steps}")
+        if self.max_bad_steps <= 0:
+            raise ConfigError("max_bad_steps must be positive")
+        if d.kind == "latents":
+            raise ConfigError("data.kind must be 'folder' or 'tfds' (audio crops) to train a VAE, got 'latents'")
+        if d.window % m.downsampling_ratio:
+            raise ConfigError(f"data.window {d.window} must be a multiple of the model's downsampling_ratio "
+                              f"{m.downsampling_ratio}")
+        if d.channels != m.io_channels:
+            raise ConfigError(f"data.channels {d.channels} != model.io_channels {m.io_channels}")
+        if d.sample_rate != m.sample_rate:
+            raise ConfigError(f"data.sample_rate {d.sample_rate} != model.sample_rate {m.sample_rate}")
+        if self.discriminator.in_channels != m.io_channels:
+            raise ConfigError(f"discriminator.in_channels {self.discriminator.in_channels} must equal "
+                              f"model.io_channels {m.io_channels}")
+        need = max(max(self.losses.stft.fft_sizes) // 2 + 1, self.discriminator.min_samples())
+        if d.window < need:
+            raise ConfigError(f"data.window {d.window} is too short for the largest STFT (losses.stft.fft_sizes "
+                              f"{list(self.losses.stft.fft_sizes)}, discriminator.n_ffts "
+                              f"{list(self.discriminator.n_ffts)}); it needs at least {need} samples")
+
+
+# ---------------------------------------------------------------------------------------------
+# State and steps
+
+
+@flax.struct.dataclass
+class VAETrainState:
+    step: jax.Array          # int32: batches consumed (generator + discriminator steps)
+    params: Any              # generator (autoencoder) parameters, float32
+    opt_state: Any
+    ema: Any                 # EMA of the generator (a copy of params when EMA is off)
+    disc_params: Any
+    disc_opt_state: Any
+    g_steps: jax.Array       # int32: generator updates attempted
+    d_steps: jax.Array       # int32: discriminator updates attempted
+    key: jax.Array           # base PRNG key data
+    bad_steps: jax.Array     # int32: non-finite steps skipped in total
+    bad_in_a_row: jax.Array  # int32
+
+
+def _modules(cfg):
+    dtype = DTYPES[cfg.compute_dtype]
+    return AudioAutoencoder(cfg.model, dtype=dtype), MultiScaleSTFTDiscriminator(cfg.discriminator, dtype=dtype)
+
+
+def make_optimizer(c: VAEOptimConfig):
+    """(AdamW with optional clipping, schedule(updates) -> lr)."""
+    if c.schedule == "exponential":
+        schedule = lambda n: c.lr * jnp.power(jnp.float32(c.gamma), jnp.asarray(n, jnp.float32))
+    else:
+        schedule = lambda n: jnp.asarray(c.lr, jnp.float32)
+    adamw = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
+    return (optax.chain(optax.clip_by_global_norm(c.clip_norm), adamw) if c.clip_norm else adamw), schedule
+
+
+def _init_state(cfg, key_data):
+    key = jax.random.wrap_key_data(key_data)
+    k_g, k_d, k_train = jax.random.split(key, 3)
+    gen, disc = _modules(cfg)
+    n = max(cfg.model.downsampling_ratio, cfg.discriminator.min_samples())
+    n = -(-n // cfg.model.downsampling_ratio) * cfg.model.downsampling_ratio
+    x = jnp.zeros((1, n, cfg.model.io_channels), jnp.float32)
+    params = gen.init(k_g, x, jax.random.key(0))["params"]
+    disc_params = disc.init(k_d, x)["params"]
+    g_opt, _ = make_optimizer(cfg.optim)
+    d_opt, _ = make_optimizer(cfg.disc_optim)
+    zero = jnp.zeros((), jnp.int32)
+    return VAETrainState(step=zero, params=params, opt_state=g_opt.init(params), ema=params,
+                         disc_params=disc_params, disc_opt_state=d_opt.init(disc_params), g_steps=zero,
+                         d_steps=zero, key=jax.random.key_data(k_train), bad_steps=zero, bad_in_a_row=zero)
+
+
+def state_shardings(cfg, mesh):
+    key_data = jax.random.key_data(jax.random.key(cfg.seed))
+    abstract = jax.eval_shape(lambda k: _init_state(cfg, k), key_data)
+    return abstract, tree_shardings(abstract, mesh, cfg.mesh)
+
+
+def create_state(cfg, mesh) -> VAETrainState:
+    _, shardings = state_shardings(cfg, mesh)
+    init = jax.jit(lambda k: _init_state(cfg, k), out_shardings=shardings)
+    return init(jax.random.key_data(jax.random.key(cfg.seed)))
+
+
+def _reconstruct(cfg, gen, params, audio, key, frozen_encoder: bool):
+    """(decoded, latents, kl): posterior sample -> decoder, trimmed to the input length."""
+    enc = {"params": params}
+    mean, std = gen.apply(enc, audio, method=gen.encode_stats)
+    if frozen_encoder:
+        mean, std = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(std)
+    z = mean + std * jax.random.normal(key, mean.shape, mean.dtype)
+    decoded = gen.apply(enc, z, method=gen.decode)[:, :audio.shape[1]]
+    return decoded, z, L.kl_loss(mean, std)
+
+
+def _keep_if(ok, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def generator_step(cfg, state: VAETrainState, batch: dict):
+    gen, disc = _modules(cfg)
+    opt, schedule = make_optimizer(cfg.optim)
+    w = cfg.losses
+    audio = batch["audio"]
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    adv_on = (state.step >= w.disc_start).astype(jnp.float32)
+
+    def loss_fn(params):
+        decoded, z, kl = _reconstruct(cfg, gen, params, audio, key, cfg.freeze_encoder)
+        rec = L.reconstruction_losses(audio, decoded, w.stft, cfg.model.sample_rate)
+        terms = {"mrstft": w.mrstft * rec["mrstft"], "kl": w.kl * kl}
+        if w.channel_terms and "stft_left" in rec:
+            terms["stft_left"] = w.mrstft * rec["stft_left"]
+            terms["stft_right"] = w.mrstft * rec["stft_right"]
+        if w.l1:
+            terms["l1"] = w.l1 * jnp.mean(jnp.abs(audio - decoded))
+        if w.adversarial or w.feature_matching:
+            dp = {"params": state.disc_params}
+            _, adv, fm = L.discriminator_losses(disc.apply(dp, audio), disc.apply(dp, decoded),
+                                                cfg.discriminator.normalize_losses)
+            terms["adversarial"] = adv_on * w.adversarial * adv
+            terms["feature_matching"] = adv_on * w.feature_matching * fm
+        total = sum(terms.values())
+        return total, (terms, jnp.std(z))
+
+    (loss, (terms, latent_std)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = opt.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    if cfg.freeze_encoder:   # no update at all (AdamW's weight decay would still move it)
+        new_params = {**new_params, "encoder": state.params["encoder"]}
+    g_steps = state.g_steps + 1
+    if cfg.ema.enabled:
+        d = ema_decay(cfg.ema, g_steps)
+        new_ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema, new_params)
+    else:
+        new_ema = new_params
+    bad = (~ok).astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1, params=_keep_if(ok, new_params, state.params),
+        opt_state=_keep_if(ok, new_opt, state.opt_state), ema=_keep_if(ok, new_ema, state.ema), g_steps=g_steps,
+        bad_steps=state.bad_steps + bad, bad_in_a_row=jnp.where(ok, 0, state.bad_in_a_row + 1))
+    metrics = {"loss": loss, **terms, "grad_norm": grad_norm, "lr": schedule(state.g_steps),
+               "latent_std": latent_std, "finite": ok}
+    return new_state, metrics
+
+
+def discriminator_step(cfg, state: VAETrainState, batch: dict):
+    gen, disc = _modules(cfg)
+    opt, schedule = make_optimizer(cfg.disc_optim)
+    audio = batch["audio"]
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    decoded, _, _ = _reconstruct(cfg, gen, state.params, audio, key, True)
+    decoded = jax.lax.stop_gradient(decoded)
+
+    def loss_fn(dparams):
+        dp = {"params": dparams}
+        dis, _, _ = L.discriminator_losses(disc.apply(dp, audio), disc.apply(dp, decoded))
+        return dis
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.disc_params)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = opt.update(grads, state.disc_opt_state, state.disc_params)
+    new_dp = optax.apply_updates(state.disc_params, updates)
+    bad = (~ok).astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1, disc_params=_keep_if(ok, new_dp, state.disc_params),
+        disc_opt_state=_keep_if(ok, new_opt, state.disc_opt_state), d_steps=state.d_steps + 1,
+        bad_steps=state.bad_steps + bad, bad_in_a_row=jnp.where(ok, 0, state.bad_in_a_row + 1))
+    return new_state, {"disc_loss": loss, "disc_grad_norm": grad_norm, "disc_lr": schedule(state.d_steps),
+                       "finite": ok}
+
+
+def uses_discriminator(cfg) -> bool:
+    return bool(cfg.losses.adversarial or cfg.losses.feature_matching)
+
+
+def is_discriminator_step(cfg, step: int) -> bool:
+    """The reference's schedule: odd steps train the discriminator (when there is one)."""
+    return uses_discriminator(cfg) and step % 2 == 1
+
+
+_CACHE: dict = {}
+
+
+def _fingerprint(cfg, mesh, *extra):
+    return (repr((cfg.model, cfg.losses, cfg.discriminator, cfg.optim, cfg.disc_optim, cfg.ema, cfg.mesh,
+                  cfg.freeze_encoder, cfg.compute_dtype)), mesh, *extra)
+
+
+def compiled_steps(cfg, mesh, state, batch):
+    """(generator step, discriminator step), each jitted with the state's shardings (donated) and
+    compiled ahead of time for these shapes; cached per config, mesh and shapes."""
+    shapes = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+    key = _fingerprint(cfg, mesh, shapes)
+    if key not in _CACHE:
+        _, shard = state_shardings(cfg, mesh)
+        bs = batch_sharding(mesh, cfg.mesh)
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        out = []
+        for fn in (generator_step, discriminator_step):
+            jitted = jax.jit(lambda s, b, fn=fn: fn(cfg, s, b), in_shardings=(shard, {k: bs for k in batch}),
+                             out_shardings=(shard, rep), donate_argnums=0)
+            out.append(jitted.lower(state, batch).compile() if fn is generator_step or uses_discriminator(cfg)
+                       else None)
+        _CACHE[key] = tuple(out)
+    return _CACHE[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation, demos, export
+
+
+def stft_distance(cfg, params, audio: np.ndarray, stft: L.STFTLossConfig | None = None) -> float:
+    """The multi-resolution STFT distance of reconstructions (posterior mean) of `audio`
+    (batch, channels, samples): the sum/difference A-weighted loss (`losses.stft`, the reference's
+    resolutions by default), with the reals as input and reconstructions as target, as in training."""
+    stft = stft or cfg.losses.stft
+    key = ("eval", repr((cfg.model, stft, cfg.compute_dtype)), audio.shape)
+    if key not in _CACHE:
+        gen, _ = _modules(cfg)
+
+        def dist(p, x):
+            mean, _ = gen.apply({"params": p}, x, method=gen.encode_stats)
+            y = gen.apply({"params": p}, mean, method=gen.decode)[:, :x.shape[1]]
+            return L.reconstruction_losses(x, y, stft, cfg.model.sample_rate)["mrstft"]
+        _CACHE[key] = jax.jit(dist)
+    x = jnp.asarray(np.swapaxes(np.asarray(audio, np.float32), 1, 2))
+    return float(_CACHE[key](params, x))
+
+
+def reconstruct(cfg, params, audio: np.ndarray) -> np.ndarray:
+    """Posterior-mean reconstructions of (batch, channels, samples) audio, same layout."""
+    key = ("recon", repr((cfg.model, cfg.compute_dtype)), audio.shape)
+    if key not in _CACHE:
+        gen, _ = _modules(cfg)
+
+        def rec(p, x):
+            mean, _ = gen.apply({"params": p}, x, method=gen.encode_stats)
+            return gen.apply({"params": p}, mean, method=gen.decode)[:, :x.shape[1]]
+        _CACHE[key] = jax.jit(rec)
+    x = jnp.asarray(np.swapaxes(np.asarray(audio, np.float32), 1, 2))
+    return np.swapaxes(np.asarray(_CACHE[key](params, x)), 1, 2)
+
+
+def _demo(cfg, state, demo: np.ndarray, run_dir: Path, telemetry) -> float:
+    """Reconstruct the demo clips with the EMA weights; write demos/recon_<step>.wav (reals and
+    reconstructions interleaved, one after another) and log them. Returns their STFT distance."""
+    from sa_jax.audio import write_audio
+
+    step = int(state.step)
+    ema = jax.device_get(state.ema)
+    fakes = reconstruct(cfg, ema, demo)
+    pieces = [a for pair in zip(demo, fakes) for a in pair]
+    write_audio(run_dir / "demos" / f"recon_{step:08d}.wav", np.clip(np.concatenate(pieces, axis=-1), -1, 1),
+                cfg.model.sample_rate)
+    for i, fake in enumerate(fakes):
+        telemetry.audio(step, f"demo/recon_{i}", fake, cfg.model.sample_rate)
+    return stft_distance(cfg, ema, demo)
+
+
+def export_autoencoder(cfg, state, path) -> Path:
+    """The EMA generator as an sa-jax autoencoder checkpoint (`sa_jax.Autoencoder.load(path)`)."""
+    from sa_jax.autoencoder import Autoencoder
+
+    return Autoencoder(cfg.model, jax.device_get(state.ema)).save(path, overwrite=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+_G_KEYS = ("loss", "mrstft", "stft_left", "stft_right", "kl", "adversarial", "feature_matching", "l1")
+
+
+def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None, print_fn=print) -> VAETrainState:
+    """Train until cfg.steps (or `stop_at`, for tests), checkpointing into cfg.checkpoint.dir and
+    resuming from it. Returns the final VAETrainState."""
+    from sa_jax.data import DataPipeline
+    from sa_jax.training.telemetry import Telemetry
+
+    run_dir = Path(cfg.checkpoint.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        save_yaml(cfg, run_dir / "config.yaml")
+    mesh = make_mesh(cfg.mesh)
+    global_bs = cfg.data.batch_size * jax.process_count()
+    if global_bs % batch_divisor(mesh, cfg.mesh):
+        raise ConfigError(f"the global batch {global_bs} is not divisible by the {batch_divisor(mesh, cfg.mesh)} "
+                          f"devices of the batch axes {list(cfg.mesh.batch_axes)}")
+    pipe = DataPipeline(cfg.data)
+    iterator = pipe.iterator()
+    abstract, shardings = state_shardings(cfg, mesh)
+    ckpt = Checkpoints(cfg, run_dir)
+    latest = ckpt.latest() if cfg.checkpoint.resume else None
+    if latest is not None:
+        state = ckpt.restore(latest, abstract, shardings, iterator)
+        print_fn(f"resumed from {run_dir}/checkpoints/{latest}")
+    else:
+        state = create_state(cfg, mesh)
+    n_gen = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+    n_disc = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.disc_params))
+    print_fn(f"VAE {n_gen:,} params, discriminator {n_disc:,}; mesh {dict(mesh.shape)} on {jax.device_count()} "
+             f"devices; state {describe(state)}; global batch {global_bs}"
+             + ("; encoder frozen" if cfg.freeze_encoder else ""))
+    bs = batch_sharding(mesh, cfg.mesh)
+
+    def next_batch():
+        raw = next(iterator)
+        return global_batch({"audio": np.swapaxes(np.asarray(raw["audio"], np.float32), 1, 2)}, bs)
+
+    telemetry = Telemetry(run_dir, cfg.steps, int(state.step), print_fn=print_fn, tensorboard=cfg.log.tensorboard)
+    try:
+        batch = next_batch()
+        demo = np.swapaxes(np.asarray(jax.device_get(batch["audio"])[:cfg.log.demo_count]), 1, 2)
+        g_step, d_step = compiled_steps(cfg, mesh, state, batch)
+        if cfg.log.memory_analysis:
+            print_fn(memory_report(g_step))
+        end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        g_window, d_window, t_last, s_last = [], [], time.time(), int(state.step)
+        with _Preemption() as preempt:
+            step = int(state.step)
+            while step < end:
+                if batch is None:
+                    batch = next_batch()
+                if is_discriminator_step(cfg, step):
+                    state, m = d_step(state, batch)
+                    d_window.append(m)
+                else:
+                    state, m = g_step(state, batch)
+                    g_window.append(m)
+                batch = None
+                step += 1
+                telemetry.step()
+                if step % cfg.log.every == 0 or step == end:
+                    g, d = jax.device_get(g_window), jax.device_get(d_window)
+                    dt = max(time.time() - t_last, 1e-9)
+                    mean = lambda ms, k: float(np.mean([x[k] for x in ms if x["finite"]])) if ms else float("nan")
+                    values = {f"train/{k}": mean(g, k) for k in _G_KEYS if g and k in g[0]}
+                    if g:
+                        values.update({"train/gen_lr": float(g[-1]["lr"]), "train/latent_std": mean(g, "latent_std"),
+                                       "train/grad_norm": float(g[-1]["grad_norm"])})
+                    if d:
+                        values.update({"train/disc_loss": mean(d, "disc_loss"), "train/disc_lr": float(d[-1]["disc_lr"])})
+                    values["perf/steps_per_s"] = (step - s_last) / dt
+                    line = (f"step {step}/{cfg.steps}  loss {values.get('train/loss', float('nan')):.4f}  "
+                            f"mrstft {values.get('train/mrstft', float('nan')):.4f}  "
+                            f"kl {values.get('train/kl', float('nan')):.3e}  "
+                            f"adv {values.get('train/adversarial', float('nan')):.4f}  "
+                            f"fm {values.get('train/feature_matching', float('nan')):.4f}  "
+                            f"disc {values.get('train/disc_loss', float('nan')):.4f}  "
+                            f"{values['perf/steps_per_s']:.2f} steps/s  skipped {int(state.bad_steps)}")
+                    telemetry.scalars(step, values, line=line)
+                    g_window, d_window, t_last, s_last = [], [], time.time(), step
+                    bad_row = int(state.bad_in_a_row)
+                    if bad_row >= cfg.max_bad_steps:
+                        raise TrainingError(f"{bad_row} non-finite steps in a row (limit max_bad_steps="
+                                            f"{cfg.max_bad_steps}); the last checkpoint is still the good one. "
+                                            "Lower optim.lr, set optim.clip_norm, or check the data.")
+                if cfg.log.demo_every and step % cfg.log.demo_every == 0 and cfg.log.demo_count:
+                    dist = _demo(cfg, state, demo, run_dir, telemetry)
+                    telemetry.scalars(step, {"demo/stft_distance": dist}, line=f"step {step}: demo STFT distance "
+                                      f"(EMA) {dist:.4f}")
+                preempted = preempt.agreed()
+                if step % cfg.checkpoint.every == 0 or step == end or preempted:
+                    ckpt.save(state, iterator)   # the iterator has given exactly the batches of steps 1..step
+                    if preempted:
+                        print_fn(f"SIGTERM: saved step {step}, exiting")
+                        break
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        telemetry.close()
+    if int(state.step) >= cfg.steps and jax.process_count() == 1:
+        if cfg.log.demo_count and not (cfg.log.demo_every and cfg.steps % cfg.log.demo_every == 0):
+            _demo(cfg, state, demo, run_dir, telemetry)
+        path = export_autoencoder(cfg, state, run_dir / "export")
+        print_fn(f"exported the EMA autoencoder to {path}")
+    return state
