@@ -210,7 +210,8 @@ def main() -> int:
         print(f"{name}: sa-jax {1 / j_s:.2f} steps/s (warm-up losses {', '.join(f'{v:.3f}' for v in j_loss)}), "
               f"torch {1 / t_s:.2f} steps/s (warm-up losses {', '.join(f'{v:.3f}' for v in t_loss)})", flush=True)
 
-    print(f"\nCPU, {threads} cores (torch threads = {threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}); jax {jax.__version__}, torch {torch.__version__}; "
+    print(f"\nCPU, {threads} cores (torch threads = {threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}); "
+          f"jax {jax.__version__}, torch {torch.__version__}; "
           f"median of {args.steps} steps after {args.warmup} warm-up steps\n")
     print("| case | denoiser params (sa-jax / torch) | batch x frames | sa-jax steps/s | torch steps/s | ratio |")
     print("|---|---|---|---|---|---|")
