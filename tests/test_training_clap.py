@@ -152,6 +152,7 @@ def test_loss_falls_micro(data, tmp_path):
                  "log.memory_analysis=false", "optim.lr=3.0e-3", *MICRO)
     state = train_clap(cfg, print_fn=lines.append)
     curve = losses(lines)
+    print(f"\nmicro CLAP, 40 steps: loss every 10 steps {curve}")
     assert len(curve) == 4 and int(state.step) == 40 and int(state.bad_steps) == 0
     # ln(16) = 2.77 is the loss of an untrained model on a batch of 16; prompts name 5 instruments
     assert curve[0] > 2.4 and curve[-1] < 0.85 * curve[0], curve
@@ -164,7 +165,7 @@ def test_loss_falls_micro(data, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Slow: retrieval accuracy and kill -9 resume (tiny config, child processes)
 
-STEPS, EVERY, KILL = 120, 60, 90
+STEPS, EVERY, KILL = 200, 100, 150
 
 CHILD = textwrap.dedent("""
     import json, os, signal, sys, time
@@ -217,10 +218,10 @@ def test_retrieval_far_above_chance(full_run):
     curve = losses(lines)
     result = json.loads((root / "out.json").read_text())
     acc, chance, n = result["held"]
-    print(f"loss {curve[0]:.3f} -> {curve[-1]:.3f}; held-out text->audio top-1 {acc:.3f} vs chance {chance:.3f} "
+    print(f"\nloss {curve[0]:.3f} -> {curve[-1]:.3f}; held-out text->audio top-1 {acc:.3f} vs chance {chance:.3f} "
           f"({n} clips); training clips {result['train'][0]:.3f}")
-    assert n == 40 and curve[-1] < 0.7 * curve[0], curve
-    assert acc >= 0.6 and acc >= 2.5 * chance, result
+    assert n == 40 and curve[-1] < 0.6 * curve[0], curve
+    assert acc >= 0.8 and acc >= 3 * chance, result
 
 
 @pytest.mark.slow
