@@ -132,7 +132,9 @@ def test_training_improves_held_out_stft_distance_and_exports(corpus):
     d1 = stft_distance(cfg, jax.device_get(state.ema), audio, metric)
     print(f"\nheld-out multi-resolution STFT distance: init {d0:.4f}, after {STEPS} steps {d1:.4f} "
           f"(factor {d0 / d1:.2f})\n" + "\n".join(lines))
-    assert d1 < d0 / 1.5, (d0, d1)
+    # Measured (2-core VM): init 196.8 (the untrained decoder is near silent, and the SC term is normalised
+    # by the reconstruction, as in the reference), 2.63 after 160 steps: a factor of 75.
+    assert d1 < d0 / 20 and d1 < 4.0, (d0, d1)
     assert int(state.step) == STEPS and int(state.bad_steps) == 0
     assert int(state.g_steps) == int(state.d_steps) == STEPS // 2
     assert (root / "run" / "demos" / f"recon_{STEPS:08d}.wav").is_file()

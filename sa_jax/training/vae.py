@@ -402,6 +402,8 @@ def _demo(cfg, state, demo: np.ndarray, run_dir: Path, telemetry) -> float:
     reconstructions interleaved, one after another) and log them. Returns their STFT distance."""
     from sa_jax.audio import write_audio
 
+    if jax.process_count() > 1:   # the EMA is sharded across hosts; demos are a single-host feature for now
+        return float("nan")
     step = int(state.step)
     ema = jax.device_get(state.ema)
     fakes = reconstruct(cfg, ema, demo)
@@ -494,7 +496,8 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None, print_fn=print
                         values.update({"train/gen_lr": float(g[-1]["lr"]), "train/latent_std": mean(g, "latent_std"),
                                        "train/grad_norm": float(g[-1]["grad_norm"])})
                     if d:
-                        values.update({"train/disc_loss": mean(d, "disc_loss"), "train/disc_lr": float(d[-1]["disc_lr"])})
+                        values.update({"train/disc_loss": mean(d, "disc_loss"),
+                                       "train/disc_lr": float(d[-1]["disc_lr"])})
                     values["perf/steps_per_s"] = (step - s_last) / dt
                     line = (f"step {step}/{cfg.steps}  loss {values.get('train/loss', float('nan')):.4f}  "
                             f"mrstft {values.get('train/mrstft', float('nan')):.4f}  "
@@ -520,13 +523,14 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None, print_fn=print
                     if preempted:
                         print_fn(f"SIGTERM: saved step {step}, exiting")
                         break
+        finished = int(state.step) >= cfg.steps
+        if finished and cfg.log.demo_count and not (cfg.log.demo_every and cfg.steps % cfg.log.demo_every == 0):
+            _demo(cfg, state, demo, run_dir, telemetry)   # the final demo, unless the loop just made it
     finally:
         ckpt.wait()
         ckpt.close()
         telemetry.close()
-    if int(state.step) >= cfg.steps and jax.process_count() == 1:
-        if cfg.log.demo_count and not (cfg.log.demo_every and cfg.steps % cfg.log.demo_every == 0):
-            _demo(cfg, state, demo, run_dir, telemetry)
+    if finished and jax.process_count() == 1:
         path = export_autoencoder(cfg, state, run_dir / "export")
         print_fn(f"exported the EMA autoencoder to {path}")
     return state
