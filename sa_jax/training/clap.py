@@ -572,10 +572,18 @@ def hf_state_dict(config: ClapConfig, variables: dict) -> dict[str, np.ndarray]:
     left = sorted(set(flat) - used)
     if left:
         raise ValueError(f"variables not in the transformers layout: {left[:5]}")
-    # Buffers transformers keeps in the state dict (BatchNorm step counts); values carry no state.
+    # Buffers transformers keeps in the state dict, with the values it computes for them (no learned state).
+    from sa_jax.models.clap import relative_position_index
+
     for k in list(state):
         if k.endswith("running_mean"):
             state[k[: -len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+        elif k.endswith("attention.self.relative_position_bias_table"):
+            index = relative_position_index(config.audio.window_size)
+            state[k[: -len("bias_table")] + "index"] = index.astype(np.int64)
+    positions = config.text.max_position_embeddings
+    state["text_model.embeddings.position_ids"] = np.arange(positions, dtype=np.int64)[None]
+    state["text_model.embeddings.token_type_ids"] = np.zeros((1, positions), np.int64)
     return state
 
 
