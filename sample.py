@@ -1,4 +1,5 @@
-"""Text-to-audio from the command line: `python sample.py PROMPT... --model M [options]`.
+"""Text-to-audio from the command line: `python sample.py PROMPT... [--model M] [options]`
+(without --model: the small model shipped with sa-jax).
 
 The same as `sa-jax sample` (sa_jax/commands/sample.py); `python sample.py --help` lists the options.
 """

@@ -16,6 +16,8 @@ COMMANDS = [
     "sample",  # text-to-audio generation (sa_jax/pipeline.py)
     "synth",  # synthetic corpus (sa_jax/data/synth.py)
     "train",  # diffusion training (sa_jax/training)
+    "evaluate",  # timing accuracy, text adherence, reconstruction (sa_jax/eval)
+    "recipe",  # the small model end to end: synth, VAE, CLAP, encode, U-Net, evaluate
 ]
 
 

@@ -211,6 +211,19 @@ def _prompt_list(prompts, what: str = "prompts") -> list[str]:
     return prompts
 
 
+# The small model trained by `sa-jax recipe small` and shipped as package data: StableAudio.load()'s default.
+SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "small"
+
+
+def shipped_model() -> Path:
+    """The shipped model's folder, or FileNotFoundError saying how to make it when it is absent."""
+    if not (SHIPPED_MODEL / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"the shipped model is not in this checkout ({SHIPPED_MODEL} is missing): run the recipe, "
+            "`sa-jax recipe small --out runs/small`, and copy runs/small/unet/export there, or give a model path")
+    return SHIPPED_MODEL
+
+
 class StableAudio:
     """A loaded text-to-audio model: a family (conditioning + denoiser), its autoencoder, the
     sampling window and default sampling settings."""
@@ -241,9 +254,11 @@ class StableAudio:
 
     # --- loading and saving --------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, t5: str | Path | None = None, dtype: str = "float32",
+    def load(cls, path: str | Path | None = None, t5: str | Path | None = None, dtype: str = "float32",
              clap: str | Path | None = None, clap_tokenizer: str | Path | None = None) -> "StableAudio":
         """Load a model from
+        * nothing (`path=None`): the small model shipped with sa-jax (`SHIPPED_MODEL`, trained by
+          `sa-jax recipe small` on the synthetic corpus);
         * an sa-jax checkpoint directory (`sa-jax convert` output: config.yaml, params/, tokenizer/);
         * a diffusers `StableAudioPipeline` folder (transformer/, projection_model/, text_encoder/,
           tokenizer/, vae/; scheduler/ is read only for sigma_min / sigma_max);
@@ -256,7 +271,7 @@ class StableAudio:
         """
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
-        path = Path(path)
+        path = shipped_model() if path is None else Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
         if not path.is_dir():

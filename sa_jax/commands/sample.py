@@ -108,7 +108,7 @@ def _sample(args) -> int:
         raise ValueError(f"--batch-size and --max-batch must be >= 1, got {args.batch_size} and {args.max_batch}")
     items = [(i, p, k) for i, p in enumerate(prompts) for k in range(args.batch_size)]
     paths = output_paths(args.out, items, args.batch_size)
-    print(f"loading {args.model}", file=sys.stderr)
+    print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
     model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
                              clap_tokenizer=args.clap_tokenizer)
     init_audio = None
@@ -136,8 +136,9 @@ def register(sub) -> None:
                        description="Text-to-audio with a Stable Audio model. Unset sampling options take the "
                                    "model's defaults (Stable Audio Open: dpmpp-3m-sde, 100 steps, cfg 7).")
     p.add_argument("prompts", nargs="*", help="text prompt(s)")
-    p.add_argument("--model", required=True,
-                   help="sa-jax checkpoint, diffusers StableAudioPipeline folder, or stable-audio-tools folder")
+    p.add_argument("--model", default=None,
+                   help="sa-jax checkpoint, diffusers StableAudioPipeline folder, or stable-audio-tools folder "
+                        "(default: the small model shipped with sa-jax)")
     p.add_argument("--t5", default=None, help="local T5 folder for a stable-audio-tools checkpoint")
     p.add_argument("--clap", default=None,
                    help="CLAP model (LAION .pt or transformers ClapModel folder) for a Stable Audio 1.0 checkpoint")

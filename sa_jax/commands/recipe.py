@@ -1,0 +1,184 @@
+"""`sa-jax recipe small --out runs/small [--quick]`: the small model end to end, from an empty folder.
+
+Stages (each skips when its output exists, and a training stage that was interrupted resumes from its
+last checkpoint, so rerunning the command continues where it stopped):
+
+    corpus/        `sa-jax synth`: the training corpus (44.1 kHz stereo, 1-8 s clips)
+    heldout/       `sa-jax synth --seed 1`: clips no stage trains on (evaluation)
+    vae/           `sa-jax train --config configs/train_vae_small.yaml`   -> vae/export (an Autoencoder)
+    vae_silence/   the same autoencoder re-centred so that silence encodes to zero latents (below)
+    clap/          `sa-jax train --config configs/train_clap_small.yaml`  -> clap/export (a ClapModel folder)
+    latents/       `sa-jax encode corpus/ latents/ --model vae_silence`
+    unet/          `sa-jax train --config configs/train_unet_small.yaml` (text.source clap = clap/export,
+                   autoencoder.path = vae_silence) -> unet/export, a whole model: StableAudio.load(unet/export)
+    report.json    `sa-jax evaluate unet/export --corpus heldout/`
+
+Why re-centre: the latent data pipeline pads clips shorter than the window with zero latents, where the
+paper pads the audio with silence and encodes it. For a trained VAE the latent of silence is some
+z_sil != 0, so the model would learn to end clips with decode(0), which need not be silent. The
+re-centred autoencoder subtracts z_sil in the encoder's last layer (the posterior mean's bias) and adds
+it back in the decoder's first convolution (its bias gains W * z_sil), an exact reparametrisation away
+from the edges: decode'(encode'(x)) = decode(encode(x)), and zero latents decode to silence.
+
+`--quick` shrinks every stage to a smoke run (a few dozen clips, tens of steps, a 3 s window) that
+finishes in minutes; `stages.json` records each stage's wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+# Per-stage settings: the full recipe, and the --quick smoke run.
+FULL = {
+    "corpus": {"count": 800, "max_seconds": 8.0}, "heldout": {"count": 24, "max_seconds": 8.0},
+    "vae": [], "clap": [], "unet": [],
+    "eval": {"steps": 50, "timing_lengths": 5, "per_value": 2, "recon_clips": 16},
+}
+QUICK = {
+    "corpus": {"count": 32, "max_seconds": 3.0}, "heldout": {"count": 4, "max_seconds": 3.0},
+    "vae": ["steps=20", "data.window=16384", "data.batch_size=2", "losses.disc_start=0", "checkpoint.every=20",
+            "log.every=10", "log.demo_every=0", "log.demo_count=1"],
+    "clap": ["steps=10", "data.batch_size=8", "checkpoint.every=10", "log.every=5", "optim.warmup_steps=2"],
+    "unet": ["steps=20", "data.latent_window=128", "data.window=131072", "data.batch_size=4",
+             "checkpoint.every=20", "log.every=10", "optim.warmup_steps=2"],
+    "eval": {"steps": 4, "timing_lengths": 2, "per_value": 1, "recon_clips": 2},
+}
+
+
+def silence_latent(ae, frames: int = 64) -> "np.ndarray":
+    """The posterior mean of digital silence, per latent channel (the median over the middle frames)."""
+    import numpy as np
+
+    z = ae.encode(np.zeros((1, ae.io_channels, frames * ae.downsampling_ratio), np.float32), chunk_frames=None)[0]
+    return np.median(z[:, frames // 4: frames - frames // 4], axis=1).astype(np.float32)
+
+
+def centre_on_silence(ae, frames: int = 64):
+    """An Autoencoder equal to `ae` up to a latent shift: encode' = encode - z_sil, decode'(z) =
+    decode(z + z_sil), so silence encodes to ~0 and zero latents decode to (near) silence. Needs an
+    encoder whose last layer is `proj_out` (DAC-style with latent_dim) or `conv_out` (Oobleck) and a
+    decoder whose first layer is the weight-normed `conv_in`."""
+    import jax
+    import numpy as np
+
+    from sa_jax.autoencoder import Autoencoder
+
+    z_sil = silence_latent(ae, frames)
+    d = ae.latent_dim
+    params = jax.tree_util.tree_map(np.array, jax.device_get(ae.params))
+    enc = params["encoder"]
+    last = enc["proj_out"] if "proj_out" in enc else enc["conv_out"]
+    last["bias"][:d] -= z_sil   # the posterior mean is the first latent_dim channels
+    conv = params["decoder"]["conv_in"]
+    v = conv["weight_v"].astype(np.float64)
+    kernel = conv["weight_g"] * v / np.sqrt(np.sum(v * v, axis=(0, 1), keepdims=True))   # (k, in, out)
+    conv["bias"] = (conv["bias"] + np.einsum("kio,i->o", kernel, z_sil)).astype(np.float32)
+    return Autoencoder(ae.config, params), z_sil
+
+
+def _train(config: Path, overrides: list[str]) -> None:
+    from sa_jax.cli import main
+
+    code = main(["train", "--config", str(config), *overrides])
+    if code:
+        raise RuntimeError(f"sa-jax train --config {config} failed (exit code {code})")
+
+
+def run_recipe(out, quick: bool = False, log=print) -> dict:
+    """Run every stage into `out` (see the module docstring); returns {stage: seconds} of this run."""
+    import numpy as np
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = QUICK if quick else FULL
+    times: dict[str, float] = {}
+    stages_file = out / "stages.json"
+    recorded = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
+
+    def stage(name: str, done: Path, fn) -> None:
+        if done.exists():
+            log(f"[recipe] {name}: done ({done} exists), skipped")
+            return
+        log(f"[recipe] {name} ...")
+        t0 = time.time()
+        fn()
+        times[name] = round(time.time() - t0, 1)
+        recorded[name] = times[name]
+        stages_file.write_text(json.dumps(recorded, indent=2))
+        log(f"[recipe] {name}: {times[name]:.0f} s")
+
+    from sa_jax.data.synth import write_corpus
+
+    stage("corpus", out / "corpus" / "metadata.jsonl",
+          lambda: write_corpus(out / "corpus", s["corpus"]["count"], seed=0, workers=2,
+                               max_seconds=s["corpus"]["max_seconds"]))
+    stage("heldout", out / "heldout" / "metadata.jsonl",
+          lambda: write_corpus(out / "heldout", s["heldout"]["count"], seed=1, workers=1,
+                               max_seconds=s["heldout"]["max_seconds"]))
+    corpus = f"data.path={out / 'corpus'}"
+    stage("vae", out / "vae" / "export" / "config.yaml",
+          lambda: _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"]]))
+
+    def silence():
+        from sa_jax.autoencoder import Autoencoder
+
+        ae = Autoencoder.load(out / "vae" / "export")
+        centred, z_sil = centre_on_silence(ae)
+        x = np.zeros((1, ae.io_channels, 32 * ae.downsampling_ratio), np.float32)
+        residual = float(np.abs(centred.encode(x, chunk_frames=None)[0][:, 8:-8]).max())
+        tmp = out / "vae_silence.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        centred.save(tmp)
+        (tmp / "silence.json").write_text(json.dumps({"z_silence": z_sil.tolist(), "residual": residual}))
+        tmp.rename(out / "vae_silence")
+        log(f"[recipe] silence latent |z_sil| max {np.abs(z_sil).max():.3f}; after centring {residual:.2e}")
+    stage("vae_silence", out / "vae_silence", silence)
+    stage("clap", out / "clap" / "export" / "config.json",
+          lambda: _train(CONFIGS / "train_clap_small.yaml", [corpus, f"checkpoint.dir={out / 'clap'}", *s["clap"]]))
+
+    def encode():
+        from sa_jax.cli import main
+
+        if main(["encode", str(out / "corpus"), str(out / "latents"), "--model", str(out / "vae_silence")]):
+            raise RuntimeError("sa-jax encode failed")
+    stage("latents", out / "latents" / "info.json", encode)
+    stage("unet", out / "unet" / "export" / "config.yaml",
+          lambda: _train(CONFIGS / "train_unet_small.yaml", [
+              f"data.path={out / 'latents'}", f"checkpoint.dir={out / 'unet'}",
+              f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_silence'}", *s["unet"]]))
+
+    def evaluate():
+        from sa_jax.commands.evaluate import evaluate as run_eval, table
+        from sa_jax.pipeline import StableAudio
+
+        model = StableAudio.load(out / "unet" / "export")
+        report = run_eval(model, out / "heldout", **s["eval"], log=log)
+        report["model"]["path"] = str(out / "unet" / "export")
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        log(table(report))
+    stage("evaluate", out / "report.json", evaluate)
+    return times
+
+
+def run(args) -> int:
+    if args.name != "small":
+        raise ValueError(f"unknown recipe {args.name!r}; known: small")
+    t0 = time.time()
+    times = run_recipe(args.out, quick=args.quick, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"recipe {args.name} finished in {time.time() - t0:.0f} s; stages run now: {times}; "
+          f"the model: {Path(args.out) / 'unet' / 'export'}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("recipe", help="train the small model end to end (synth, VAE, CLAP, encode, U-Net, evaluate)")
+    p.add_argument("name", choices=["small"], help="the recipe (small: configs/train_*_small.yaml)")
+    p.add_argument("--out", required=True, help="run folder; rerun to resume (finished stages are skipped)")
+    p.add_argument("--quick", action="store_true", help="a smoke run of every stage (minutes)")
+    p.set_defaults(func=run)

@@ -1,0 +1,106 @@
+"""Timing accuracy as in the paper's appendix C: how long is what the model generated?
+
+The generated length of a clip is where its signal falls to silence under an energy threshold:
+
+- the clip (channels, samples) is mixed to mono and cut into frames of `frame_seconds` (50 ms,
+  no overlap; a last partial frame counts as a frame);
+- each frame's RMS level in dB is compared with a threshold `threshold_db` **relative to the
+  clip's loudest frame** (default -40 dB below it, so a quiet clip and a loud one are judged
+  alike; `reference="full_scale"` makes the threshold absolute, in dBFS);
+- the last frame above the threshold ends the audio: the generated length is the end of that
+  frame, (index + 1) x frame length, in seconds. A clip with no frame above the threshold (or
+  digital silence) has length 0.
+
+So a tone followed by silence measures the tone's length rounded up to a whole frame (exact within
+one frame). `timing_errors(requested, measured)` gives the median and 90th percentile of the
+absolute errors in seconds, the two numbers the paper reports.
+
+To measure a model (`timing_eval`): each prompt is generated at each requested length spread across
+the window with `trim=False` (the whole window comes back, so the model itself must fall silent).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+FRAME_SECONDS = 0.05
+THRESHOLD_DB = -40.0
+
+
+def frame_levels_db(audio: np.ndarray, sample_rate: int, frame_seconds: float = FRAME_SECONDS) -> np.ndarray:
+    """RMS level in dBFS of each `frame_seconds` frame of (channels, samples) or (samples,) audio,
+    channels averaged (a mono mix). Digital silence is -inf."""
+    x = np.asarray(audio, np.float64)
+    if x.ndim == 2:
+        x = x.mean(axis=0)
+    if x.ndim != 1:
+        raise ValueError(f"audio must be (channels, samples) or (samples,), got shape {np.shape(audio)}")
+    hop = max(1, int(round(frame_seconds * sample_rate)))
+    frames = -(-x.size // hop)
+    padded = np.zeros(frames * hop)
+    padded[:x.size] = x
+    counts = np.full(frames, hop, np.float64)
+    if frames:
+        counts[-1] = x.size - (frames - 1) * hop
+    ms = (padded.reshape(frames, hop) ** 2).sum(axis=1) / counts
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(ms)
+
+
+def generated_length(audio: np.ndarray, sample_rate: int, threshold_db: float = THRESHOLD_DB,
+                     frame_seconds: float = FRAME_SECONDS, reference: str = "peak") -> float:
+    """Seconds until the last frame whose RMS is above the threshold (see the module docstring).
+    `reference`: "peak" (threshold relative to the loudest frame) or "full_scale" (dBFS)."""
+    if reference not in ("peak", "full_scale"):
+        raise ValueError(f"reference must be 'peak' or 'full_scale', got {reference!r}")
+    db = frame_levels_db(audio, sample_rate, frame_seconds)
+    finite = db[np.isfinite(db)]
+    if finite.size == 0:
+        return 0.0
+    level = threshold_db + (float(finite.max()) if reference == "peak" else 0.0)
+    above = np.flatnonzero(db > level)
+    if above.size == 0:
+        return 0.0
+    hop = max(1, int(round(frame_seconds * sample_rate)))
+    n = np.asarray(audio).shape[-1]
+    return min((int(above[-1]) + 1) * hop, n) / sample_rate
+
+
+def timing_errors(requested: Sequence[float], measured: Sequence[float]) -> dict:
+    """Absolute errors |measured - requested| in seconds: {"median", "p90", "mean", "max", "count"}."""
+    r, m = np.asarray(requested, np.float64), np.asarray(measured, np.float64)
+    if r.shape != m.shape or r.ndim != 1 or r.size == 0:
+        raise ValueError(f"requested and measured must be equal-length non-empty lists, got {r.shape}, {m.shape}")
+    err = np.abs(m - r)
+    return {"median": float(np.median(err)), "p90": float(np.percentile(err, 90)), "mean": float(err.mean()),
+            "max": float(err.max()), "count": int(err.size)}
+
+
+def requested_lengths(window_seconds: float, count: int = 5, low: float = 1.0) -> list[float]:
+    """`count` whole-second lengths spread evenly over [low, the window] (whole seconds: the paper's
+    timing conditioning is integer, and training sees ceil(clip length))."""
+    high = max(low, float(np.floor(window_seconds)))
+    return sorted({float(round(s)) for s in np.linspace(low, high, count)})
+
+
+def timing_eval(model, prompts: Sequence[str], lengths: Sequence[float], *, steps: int | None = None,
+                cfg_scale: float | None = None, seed: int = 0, batch: int = 8, **measure) -> dict:
+    """Generate every prompt at every requested length (whole window, `trim=False`), measure the
+    generated lengths, and return {"median", "p90", ..., "items": [{prompt, requested, measured}]}."""
+    items = [(p, float(s)) for s in lengths for p in prompts]
+    if not items:
+        raise ValueError("timing_eval needs at least one prompt and one length")
+    out = []
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        # One seconds_total per call: group this chunk by length.
+        for s in sorted({s for _, s in chunk}):
+            ps = [p for p, t in chunk if t == s]
+            audio = model.generate(ps, seconds_total=s, steps=steps, cfg_scale=cfg_scale, seed=seed + i, trim=False)
+            for p, a in zip(ps, audio):
+                out.append({"prompt": p, "requested": s,
+                            "measured": generated_length(a, model.sample_rate, **measure)})
+    stats = timing_errors([x["requested"] for x in out], [x["measured"] for x in out])
+    return {**stats, "items": out}

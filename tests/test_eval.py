@@ -1,0 +1,156 @@
+"""sa_jax.eval: the timing measure on constructed signals, the attribute measurement on the synthetic
+corpus' own clips (the oracle), the reconstruction distance, and the silence re-centring of the recipe."""
+
+import numpy as np
+import pytest
+
+from sa_jax.data import synth
+from sa_jax.eval import adherence, timing
+
+SR = 44100
+
+
+def tone_then_silence(seconds: float, total: float, level_db: float = -20.0, sr: int = SR) -> np.ndarray:
+    t = np.arange(int(round(total * sr))) / sr
+    x = np.where(t < seconds, np.sin(2 * np.pi * 440 * t), 0.0) * 10 ** (level_db / 20) * np.sqrt(2)
+    return np.stack([x, 0.5 * x]).astype(np.float32)
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.23, 3.0, 4.975])
+@pytest.mark.parametrize("level_db", [-40.0, -6.0])
+def test_generated_length_of_a_tone_is_exact_within_one_frame(seconds, level_db):
+    audio = tone_then_silence(seconds, 6.0, level_db)
+    got = timing.generated_length(audio, SR)
+    assert seconds <= got <= seconds + timing.FRAME_SECONDS + 1e-9, got
+
+
+def test_generated_length_ignores_a_quiet_tail_and_handles_silence():
+    audio = tone_then_silence(2.0, 5.0, -10.0)
+    audio += (np.random.default_rng(0).standard_normal(audio.shape) * 10 ** (-70 / 20)).astype(np.float32)
+    assert 2.0 <= timing.generated_length(audio, SR) <= 2.05          # -60 dB below the peak: silence
+    assert timing.generated_length(audio, SR, reference="full_scale", threshold_db=-80) == pytest.approx(5.0)
+    assert timing.generated_length(np.zeros((2, SR), np.float32), SR) == 0.0
+    assert timing.generated_length(tone_then_silence(1.0, 1.0), SR) == pytest.approx(1.0)   # never past the end
+    with pytest.raises(ValueError, match="reference"):
+        timing.generated_length(audio, SR, reference="rms")
+
+
+def test_timing_errors_median_and_p90():
+    requested = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    measured = [1.0, 2.1, 3.2, 4.3, 5.4, 6.5, 7.6, 8.7, 9.8, 12.0]
+    e = timing.timing_errors(requested, measured)
+    assert e["median"] == pytest.approx(0.45)
+    assert e["p90"] == pytest.approx(np.percentile([0, .1, .2, .3, .4, .5, .6, .7, .8, 2.0], 90))
+    assert e["max"] == pytest.approx(2.0) and e["count"] == 10
+    with pytest.raises(ValueError):
+        timing.timing_errors([1, 2], [1])
+    assert timing.requested_lengths(8.9, 5) == [1.0, 3.0, 4.0, 6.0, 8.0]
+
+
+class FakeModel:
+    """Generates a tone exactly seconds_total long, then silence, over the whole window."""
+
+    sample_rate, window_seconds = SR, 6.0
+
+    def generate(self, prompts, seconds_total, trim=True, **_):
+        assert trim is False
+        return np.stack([tone_then_silence(seconds_total, self.window_seconds) for _ in prompts])
+
+
+def test_timing_eval_of_a_perfect_model():
+    r = timing.timing_eval(FakeModel(), ["a", "b"], [1.0, 2.5, 5.0])
+    assert r["count"] == 6 and r["p90"] <= timing.FRAME_SECONDS
+    assert {(x["prompt"], x["requested"]) for x in r["items"]} == {(p, s) for p in "ab" for s in (1.0, 2.5, 5.0)}
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return adherence.reference_classifier(100, seed=1)
+
+
+def test_oracle_measures_the_corpus_clips_attributes(classifier):
+    """The measurement recovers each clip's metadata (clips the classifier was not fitted on)."""
+    clips = [synth.synth_clip(2, i, max_seconds=4.0) for i in range(40)]
+    r = adherence.oracle(clips, SR, classifier)
+    # measured on 40 clips (seed 2): instrument 0.80, root 0.80, mode 0.85, tempo 0.85, stereo 1, loudness 1
+    bounds = {"instrument": 0.7, "root": 0.65, "mode": 0.75, "tempo": 0.7, "stereo": 1.0, "loudness": 1.0}
+    for a, lo in bounds.items():
+        assert r[a]["accuracy"] >= lo, (a, r[a])
+        assert r[a]["accuracy"] > r[a]["chance"] + 0.3, (a, r[a])
+    assert r["root"]["chance"] == pytest.approx(1 / 12) and r["instrument"]["chance"] == pytest.approx(1 / 5)
+
+
+def test_adherence_eval_with_an_oracle_generator_and_a_deaf_one(classifier):
+    """A 'model' that plays the prompted attribute scores far above chance; one that ignores the
+    prompt scores about chance."""
+    def obedient(prompts):
+        out = []
+        for p in prompts:
+            wanted = [x.split(": ")[-1] for x in p.replace(" | ", ", ").split(", ")]
+            for i in range(2000):   # the first corpus clip that has the prompted values
+                a, m = synth.synth_clip(7, i, max_seconds=3.0)
+                if all(w in (m["instrument"], m["stereo"], m["loudness"]) for w in wanted):
+                    out.append(np.pad(a, ((0, 0), (0, 3 * SR - a.shape[1]))))
+                    break
+            else:
+                raise AssertionError(p)
+        return np.stack(out)
+
+    attrs = ("stereo", "loudness", "instrument")
+    good = adherence.adherence_eval(obedient, SR, classifier, attributes=attrs, per_value=2, seed=0)
+    for a in attrs:
+        assert good[a]["accuracy"] >= 0.6, (a, good[a])
+    fixed, _ = synth.synth_clip(3, 0, max_seconds=3.0)
+    deaf = adherence.adherence_eval(lambda ps: np.stack([fixed] * len(ps)), SR, classifier, attributes=attrs,
+                                    per_value=2, seed=0)
+    for a in attrs:
+        assert deaf[a]["accuracy"] <= 0.5, (a, deaf[a])
+
+
+def test_prompts_name_the_value():
+    rng = np.random.default_rng(0)
+    for a in adherence.ATTRIBUTES:
+        for v in adherence.values_of(a):
+            p, ctx = adherence.prompt_for(a, v, rng)
+            if a == "tempo":
+                bpm = int([x for x in p.replace(" | ", ", ").split(", ") if x.split(": ")[-1].isdigit()][0]
+                          .split(": ")[-1])
+                assert adherence.tempo_class(bpm) == v and ctx["notes_per_beat"] in (1, 2, 4)
+            else:
+                assert v in p, (a, v, p)
+
+
+def test_reconstruction_distance_and_silence_centring():
+    """The trainer's STFT distance: 0 for a perfect reconstruction is not reachable by a random VAE,
+    but the re-centred autoencoder reconstructs exactly as the original and encodes silence to ~0."""
+    from sa_jax.autoencoder import Autoencoder
+    from sa_jax.commands.recipe import centre_on_silence
+    from sa_jax.eval.recon import reconstruction_distance
+
+    vae = {"encoder": {"type": "dac", "config": {"in_channels": 2, "latent_dim": 8, "d_model": 4,
+                                                 "strides": [2, 4]}},
+           "decoder": {"type": "dac", "config": {"out_channels": 2, "latent_dim": 4, "channels": 16, "rates": [4, 2]}},
+           "bottleneck": {"type": "vae"}, "latent_dim": 4, "downsampling_ratio": 8, "io_channels": 2,
+           "sample_rate": SR}
+    ae = Autoencoder.from_config(vae, seed=0)
+    # give every bias a non-zero value, so silence does not encode to zero by construction
+    import jax
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: np.asarray(x) + 0.3 if "bias" in jax.tree_util.keystr(p) else np.asarray(x), ae.params)
+    ae = Autoencoder(ae.config, params)
+    from sa_jax.training.losses import STFTLossConfig
+
+    clips = [synth.synth_clip(0, i, max_seconds=1.0)[0][:, :1024] for i in range(2)]
+    small = STFTLossConfig(fft_sizes=(256, 64), hop_sizes=(64, 16), win_lengths=(256, 64))
+    r = reconstruction_distance(ae, clips, seconds=1024 / SR, stft=small)
+    assert r["count"] == 2 and np.isfinite(r["stft_distance"]) and r["stft_distance"] > 0
+    centred, z_sil = centre_on_silence(ae, frames=128)
+    assert np.abs(z_sil).max() > 1e-2
+    inner = slice(24, -24)   # latent frames away from the encoder's and decoder's zero-padded edges
+    assert np.abs(centred.encode(np.zeros((1, 2, 1024), np.float32), chunk_frames=None)[0][:, inner]).max() < 1e-4
+    x = clips[0][None]
+    z, zc = ae.encode(x, chunk_frames=None), centred.encode(x, chunk_frames=None)
+    np.testing.assert_allclose(zc[..., inner], (z - z_sil[None, :, None])[..., inner], atol=1e-4)
+    y, yc = ae.decode(z, chunk_frames=None), centred.decode(zc, chunk_frames=None)
+    samples = slice(24 * 8, -24 * 8)
+    np.testing.assert_allclose(yc[..., samples], y[..., samples], atol=1e-4 * max(1.0, np.abs(y).max()))
