@@ -1,0 +1,43 @@
+"""`sa-jax recipe small --quick`: every stage of the small model's recipe end to end (synth, VAE, CLAP,
+silence re-centring, encode, U-Net, evaluate) into a temporary folder; the result loads with
+StableAudio.load and generates; a second run skips every stage."""
+
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.mark.slow
+def test_quick_recipe_end_to_end(tmp_path):
+    from sa_jax import StableAudio
+    from sa_jax.cli import main
+
+    out = tmp_path / "small"
+    assert main(["recipe", "small", "--out", str(out), "--quick"]) == 0
+    for done in ("corpus/metadata.jsonl", "heldout/metadata.jsonl", "vae/export/config.yaml", "vae_silence",
+                 "clap/export/config.json", "latents/info.json", "unet/export/config.yaml", "report.json"):
+        assert (out / done).exists(), done
+    stages = json.loads((out / "stages.json").read_text())
+    assert set(stages) == {"corpus", "heldout", "vae", "vae_silence", "clap", "latents", "unet", "evaluate"}
+
+    report = json.loads((out / "report.json").read_text())
+    assert np.isfinite(report["reconstruction"]["stft_distance"])
+    assert report["timing"]["count"] == 4 * len(report["timing"]["method"]["lengths"])
+    assert 0 <= report["timing"]["median"] <= report["timing"]["p90"]
+    for a in ("instrument", "root", "mode", "tempo", "stereo", "loudness"):
+        assert 0 <= report["adherence"][a]["accuracy"] <= 1 and report["adherence"][a]["count"] > 0
+    assert report["adherence_oracle"]["stereo"]["accuracy"] == 1.0
+    assert report["adherence_oracle"]["loudness"]["accuracy"] == 1.0
+
+    silence = json.loads((out / "vae_silence" / "silence.json").read_text())
+    assert silence["residual"] < 1e-3
+
+    model = StableAudio.load(out / "unet" / "export")
+    assert model.sample_rate == 44100 and model.window_seconds == pytest.approx(131072 / 44100)
+    audio = model.generate(["instrument: bell"], seconds_total=2, steps=4, seed=0)
+    assert audio.shape == (1, 2, 88200) and np.all(np.isfinite(audio))
+
+    # everything exists: a rerun skips every stage
+    assert main(["recipe", "small", "--out", str(out), "--quick"]) == 0
+    assert json.loads((out / "stages.json").read_text()) == stages
