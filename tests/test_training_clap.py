@@ -245,3 +245,43 @@ def test_kill9_then_resume_matches_uninterrupted(data, full_run, tmp_path):
     _, variables = load_hf_clap(run / "export")
     for k, v in flat(variables).items():
         np.testing.assert_array_equal(v, full[k], err_msg=k)
+
+
+SHARDED = textwrap.dedent("""
+    import sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_training_clap import MICRO, config, flat
+    from sa_jax.training.clap import train_clap
+    train_dir, run, out, devices = sys.argv[1:5]
+    cfg = config(train_dir, run, "steps=10", "log.every=5", "checkpoint.every=1000", f"mesh.shape=[{{devices}}, 1]",
+                 *MICRO)
+    state = train_clap(cfg)
+    np.savez(out, **flat({{"params": state.params, "batch_stats": state.batch_stats}}))
+""").format(tests=str(ROOT / "tests"))
+
+
+@pytest.mark.slow
+def test_sharded_over_two_devices_matches_one(data, tmp_path):
+    """The same 10 steps with the batch split over 2 (simulated CPU) devices: the contrastive loss and
+    BatchNorm statistics span the global batch, so losses and weights agree with one device."""
+    train, _ = data
+    out = {}
+    for n in (1, 2):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        proc = subprocess.run([sys.executable, "-c", SHARDED, str(train), str(tmp_path / f"run{n}"),
+                               str(tmp_path / f"out{n}.npz"), str(n)], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"mesh {{'data': {n}, 'fsdp': 1}} on {n} devices" in proc.stdout
+        out[n] = (losses(proc.stdout.splitlines()), np.load(tmp_path / f"out{n}.npz"))
+    (l1, w1), (l2, w2) = out[1], out[2]
+    print(f"\nlosses, 1 device {l1}, 2 devices {l2}")
+    np.testing.assert_allclose(l2, l1, rtol=1e-4)
+    # Attention key biases have an exactly zero gradient (q.b_k is the same for every key, softmax ignores
+    # it), so Adam turns rounding noise into +-lr steps there: their values say nothing about sharding.
+    keys = [k for k in w1.files if not ("key']['bias']" in k or "attention_key']['bias']" in k)]
+    assert len(keys) < len(w1.files)
+    worst = max(float(np.abs(w1[k] - w2[k]).max() / max(np.abs(w1[k]).max(), 1e-6)) for k in keys)
+    print(f"largest relative weight difference after 10 steps (key biases aside): {worst:.2e}")
+    assert worst < 1e-4
