@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from sa_jax.config import ConfigError, load
-from sa_jax.training.clap import (ClapTrainConfig, clap_text_conditioner, embed_dataset, export_clap,
-                                  hf_state_dict, text_to_audio_top1, train_clap)
+from sa_jax.training.clap import (ClapTrainConfig, clap_text_conditioner, export_clap, hf_state_dict,
+                                  text_to_audio_top1, train_clap)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/train_clap_tiny.yaml"
@@ -84,6 +84,14 @@ def test_train_command_picks_the_clap_trainer():
 def test_bad_configs_are_named(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         config(tmp_path, tmp_path / "run", *override)
+
+
+def test_retrieval_metric():
+    # 4 clips, labels a a b c; texts 0, 2, 3 find a clip of their label, text 1 finds clip 2 (label b)
+    audio = np.eye(4)
+    text = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0.9, 0.1], [0, 0, 0, 1]], float)
+    acc, chance = text_to_audio_top1(text, audio, ["a", "a", "b", "c"])
+    assert acc == 0.75 and chance == pytest.approx((0.5 + 0.5 + 0.25 + 0.25) / 4)
 
 
 # --------------------------------------------------------------------------------------------

@@ -186,6 +186,10 @@ def run_tokenizer(cfg: ClapTrainConfig, run_dir: Path, print_fn=print):
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)
         print_fn(f"tokenizer ({len(tok)} tokens) {what}, saved to {folder}")
+    if jax.process_count() > 1:   # every process reads the one process 0 wrote (a shared run directory)
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("sa_jax clap tokenizer")
     tok = load_tokenizer(folder)
     if len(tok) > cfg.model.text.vocab_size:
         raise ConfigError(f"the tokenizer in {folder} has {len(tok)} tokens but model.text.vocab_size is "
