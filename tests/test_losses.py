@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import jax
@@ -27,10 +28,16 @@ REF_CFG = L.STFTLossConfig()   # the reference's 7 resolutions, hop 1/4, A-weigh
 # copy (what its trainer runs) per signal, then the mean. Each reference is compared with its own.
 CFGS = {"auraloss": L.STFTLossConfig(sc_reduction="batch"), "stable-audio-tools": REF_CFG}
 
-# One jitted program per config gives every STFT term at once (sum/diff, left, right): the
-# compile (about 1 s per resolution on these CPUs) dominates the test time.
-recon_terms = jax.jit(L.reconstruction_losses, static_argnums=(2, 3))
+# Compiling (about 1 s per STFT resolution on these CPUs) dominates the test time: one jitted program
+# gives every STFT term (sum/diff, left, right) under both settings, sharing the spectrograms.
 one_loss = jax.jit(L.stft_loss, static_argnums=(2, 3, 4), static_argnames=("w_lin_mag", "sc_reduction"))
+
+
+@functools.lru_cache(maxsize=None)
+def _both_settings(seed, t):
+    reals, recon = _signals(seed=seed, t=t)
+    fn = jax.jit(lambda a, b: {k: L.reconstruction_losses(a, b, c, SR) for k, c in CFGS.items()})
+    return jax.device_get(fn(_cl(reals), _cl(recon)))
 
 
 def _vendored():
@@ -97,7 +104,8 @@ def test_sum_difference_and_per_channel_stft_loss_parity(ref):
     theirs_sd = mod.SumAndDifferenceSTFTLoss(**_kwargs())(r, d).item()
     mr = mod.MultiResolutionSTFTLoss(**_kwargs())
     theirs_lr = [mr(r[:, ch:ch + 1], d[:, ch:ch + 1]).item() for ch in (0, 1)]
-    got = recon_terms(_cl(reals), _cl(recon), CFGS[ref], SR)
+    both = _both_settings(3, 7000)
+    got = both[ref]
     ours_lr = [2 * float(got["stft_left"]), 2 * float(got["stft_right"])]   # the terms carry weight 0.5
     print(f"\n{ref}: sum/diff ours {float(got['mrstft']):.7f} ref {theirs_sd:.7f} "
           f"rel {_rel(got['mrstft'], theirs_sd):.2e}; L/R rel "
@@ -110,7 +118,7 @@ def test_sum_difference_and_per_channel_stft_loss_parity(ref):
         assert float(got["stft_left"]) == pytest.approx(theirs_lr[0] / 2, rel=TOL)
     else:
         # auraloss 0.4 normalises spectral convergence over the whole batch: the setting matters here.
-        other = recon_terms(_cl(reals), _cl(recon), CFGS["stable-audio-tools"], SR)
+        other = both["stable-audio-tools"]
         assert _rel(other["mrstft"], theirs_sd) > 10 * TOL
 
 
