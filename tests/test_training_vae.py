@@ -8,7 +8,6 @@ uninterrupted one, and `freeze_encoder` leaves the encoder untouched."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -29,7 +29,6 @@ resumes bitwise equal to an uninterrupted one; SIGTERM saves and stops.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
