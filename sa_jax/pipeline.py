@@ -312,6 +312,26 @@ class StableAudio:
         """Audio for `prompts`: float32 (batch, channels, samples) at `sample_rate`, trimmed to
         `seconds_total` (None: the whole window; trim=False: the whole window whatever
         seconds_total, to see where the model fell silent, as the paper's timing analysis does).
+        The arguments are those of `generate_latents`, whose latents are decoded here.
+        """
+        latents = self.generate_latents(
+            prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt, init_audio,
+            init_noise_level, sigma_min, sigma_max, rho, init_noise)
+        t0 = time.perf_counter()
+        audio = self.autoencoder.decode(latents)
+        log.info("decoded in %.2f s", time.perf_counter() - t0)
+        seconds = self.window_seconds if seconds_total is None else float(seconds_total)
+        samples = min(int(round(seconds * self.sample_rate)), audio.shape[-1]) if trim else audio.shape[-1]
+        return np.ascontiguousarray(audio[:, :, :samples], dtype=np.float32)
+
+    def generate_latents(self, prompts: str | Sequence[str], seconds_start: float = 0,
+                         seconds_total: float | None = None, steps: int | None = None, cfg_scale: float | None = None,
+                         sampler: str | None = None, seed: int = 0, negative_prompt: str | None = None,
+                         init_audio: np.ndarray | None = None, init_noise_level: float = 1.0,
+                         sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
+                         init_noise: np.ndarray | None = None) -> np.ndarray:
+        """The sampled latents of the whole window, float32 (batch, latent channels, window frames),
+        before decoding (`generate` decodes them).
 
         seconds_start / seconds_total: the timing conditioning (the clip's offset in, and the total
         length of, the audio it imitates); seconds_total may not exceed the model's window.
@@ -399,12 +419,7 @@ class StableAudio:
         if not np.all(np.isfinite(latents)):
             raise FloatingPointError("sampling produced NaN or infinite latents (try float32, fewer steps or a lower "
                                      "cfg_scale)")
-
-        t0 = time.perf_counter()
-        audio = self.autoencoder.decode(latents)
-        log.info("decoded in %.2f s", time.perf_counter() - t0)
-        samples = min(int(round(seconds_total * self.sample_rate)), audio.shape[-1]) if trim else audio.shape[-1]
-        return np.ascontiguousarray(audio[:, :, :samples], dtype=np.float32)
+        return latents
 
     def _init_latents(self, init_audio, batch: int, seed: int) -> jax.Array:
         """Init audio (channels, samples) or (batch, channels, samples), cropped or zero-padded to

@@ -6,8 +6,7 @@ seconds_total).
 The corpus is pre-encoded latents at a toy rate (64 Hz audio, 16x VAE: 4 latent frames per
 second, an 8 s window) so that integer seconds span several frames. Each clip is a few seconds of
 structured latents, zero-padded to the window by the data pipeline, as silence is. The VAE is
-random with every bias zeroed, so zero latents decode to exact silence and the timing can be
-read from the decoded audio.
+random with every bias zeroed, so zero latents decode to exact silence.
 """
 
 import json
@@ -89,28 +88,36 @@ def test_text_source_must_fit_the_family(setup):
         run_config(root, clap_dir, 10, **{"text.path": "null"})
 
 
-@pytest.mark.slow
+@pytest.mark.slow   # ~2000 steps and a few generations: 3-5 minutes on 2 cores
 def test_overfit_then_the_export_keeps_the_clip_timing(setup):
+    """Three clips, each its own prompt, no CFG dropout (every example conditioned), cosine decay:
+    the loss falls by at least 10x, and the exported model regenerates each clip (latents within
+    30% RMS of the training clip) followed by silence (tail RMS under a tenth of the content's).
+    Timing is read from the latents: the random VAE's decoder is no ear, and zero latents are its
+    silence by construction."""
     root, clap_dir = setup
     lines = []
-    cfg = run_config(root, clap_dir, 600, **{"demo.every": 300, "demo.prompts": "['clip number 1']",
-                                              "demo.steps": 5})
+    cfg = run_config(root, clap_dir, 2000, **{
+        "diffusion.cfg_dropout": 0.0, "optim.schedule": "cosine", "optim.final_lr": 1.0e-5,
+        "demo.every": 1000, "demo.prompts": "['clip number 1']", "demo.steps": 5})
     train(cfg, print_fn=lines.append)
-    assert sorted(p.name for p in (root / "run" / "demo").iterdir()) == ["00000300", "00000600"]
-    assert (root / "run" / "demo" / "00000600" / "0.wav").is_file()
+    assert sorted(p.name for p in (root / "run" / "demo").iterdir()) == ["00001000", "00002000"]
+    assert (root / "run" / "demo" / "00002000" / "0.wav").is_file()
     curve = [float(x.split("loss ")[1].split()[0]) for x in lines if x.startswith("step ")]
-    assert curve[-1] < curve[0] / 10, curve   # overfits: the loss falls by at least 10x
+    assert np.mean(curve[-4:]) < curve[0] / 10, curve   # overfits: the loss falls by at least 10x
 
     sa = StableAudio.load(root / "run" / "export")      # a whole model: CLAP, timing tables, U-Net, VAE
     assert sa.family.name == "sa1" and sa.window_seconds == WINDOW * RATIO / SR
     assert (root / "run" / "best" / "config.yaml").is_file() and (root / "run" / "tensorboard").is_dir()
     for i, seconds in SECONDS.items():
-        audio = sa.generate(PROMPT.format(i), seconds_total=seconds, steps=30, cfg_scale=3.0, sampler="dpmpp-2m",
-                            seed=1, trim=False)[0]
-        cut = seconds * SR
-        head = np.sqrt(np.mean(audio[:, :cut] ** 2))
-        tail = np.sqrt(np.mean(audio[:, cut + RATIO:] ** 2))   # one frame of slack at the edge
-        assert head > 10 * tail, (i, head, tail)   # audio, then silence at seconds_total
+        kw = dict(seconds_total=seconds, steps=30, cfg_scale=1.0, sampler="dpmpp-2m", seed=1)
+        z = sa.generate_latents(PROMPT.format(i), **kw)[0]
+        clip = np.load(root / "corpus" / "latents" / f"clip{i}.npy")
+        frames = clip.shape[1]
+        rms = lambda a: float(np.sqrt(np.mean(np.square(a))))
+        assert rms(z[:, :frames] - clip) < 0.3 * rms(clip), i       # the training clip ...
+        assert rms(z[:, frames:]) < 0.1 * rms(z[:, :frames]), i     # ... then silence at seconds_total
+        assert sa.generate(PROMPT.format(i), **kw).shape == (1, 2, seconds * SR)
 
 
 def test_training_on_audio_encodes_in_the_step(setup, tmp_path):
