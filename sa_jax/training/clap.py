@@ -57,14 +57,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sa_jax.config import ConfigError, save_yaml, to_dict
+from sa_jax.config import ConfigError
 from sa_jax.data.config import DataConfig
 from sa_jax.models.bert import BertConfig
 from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, ClapModel, HTSATConfig, audio_features, contrastive_loss
-from sa_jax.parallel import batch_divisor, batch_sharding, describe, global_batch, make_mesh, tree_shardings
+from sa_jax.parallel import batch_sharding, describe, global_batch, tree_shardings
 from sa_jax.training.config import CheckpointConfig, LogConfig, MeshConfig, OptimConfig
-from sa_jax.training.loop import Checkpoints, TrainingError, _all_finite, _Preemption, memory_report, step_flops
+from sa_jax.training.loop import TrainingError, _Preemption, memory_report, open_run, restore_or_create, step_flops
 from sa_jax.training.optim import make_optimizer
+from sa_jax.training.telemetry import Telemetry
 
 log = logging.getLogger("sa_jax.training.clap")
 
@@ -369,25 +370,6 @@ def compiled_train_step(cfg, total_steps, mesh, state, batch):
     return _CACHE[key]
 
 
-class ClapCheckpoints(Checkpoints):
-    """The diffusion trainer's Orbax manager; the finiteness check covers params and batch_stats."""
-
-    def save(self, state, iterator, force: bool = False) -> bool:
-        import grain
-        import orbax.checkpoint as ocp
-
-        step = int(state.step)
-        if not bool(_all_finite(state.params, state.batch_stats)):
-            log.error("step %d: non-finite parameters; not saving over the last good checkpoint", step)
-            return False
-        if step in self.manager.all_steps():
-            return False
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=grain.checkpoint.CheckpointSave(iterator),
-                                  config=ocp.args.JsonSave(to_dict(self.cfg)))
-        return self.manager.save(step, args=args, force=force)
-
-
 def total_steps(cfg: ClapTrainConfig, examples_per_host: int) -> int:
     """cfg.steps, or epochs x full batches per epoch (each host reads its shard of the data)."""
     if cfg.steps is not None:
@@ -399,16 +381,6 @@ def total_steps(cfg: ClapTrainConfig, examples_per_host: int) -> int:
     return cfg.epochs * per_epoch
 
 
-def _telemetry(run_dir, steps, start, print_fn):
-    from sa_jax.training.telemetry import Telemetry
-
-    try:
-        return Telemetry(run_dir, total_steps=steps, start_step=start, print_fn=print_fn)
-    except ImportError as e:   # tensorboardX missing: console only
-        log.warning("TensorBoard logging is off (%s)", e)
-        return Telemetry(run_dir, total_steps=steps, start_step=start, print_fn=print_fn, tensorboard=False)
-
-
 # --------------------------------------------------------------------------------------------
 # The loop
 
@@ -418,17 +390,7 @@ def train_clap(cfg: ClapTrainConfig, *, stop_at: int | None = None, print_fn=pri
     Returns the final ClapState."""
     from sa_jax.data import DataPipeline
 
-    run_dir = Path(cfg.checkpoint.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        save_yaml(cfg, run_dir / "config.yaml")
-    mesh = make_mesh(cfg.mesh)
-    per_host = cfg.data.batch_size
-    global_bs = per_host * jax.process_count()
-    if global_bs % batch_divisor(mesh, cfg.mesh):
-        raise ConfigError(f"the global batch {global_bs} (data.batch_size {per_host} x {jax.process_count()} "
-                          f"processes) is not divisible by the {batch_divisor(mesh, cfg.mesh)} devices of the "
-                          f"batch axes {list(cfg.mesh.batch_axes)}")
+    run_dir, mesh, global_bs = open_run(cfg, print_fn)
     if global_bs < 2:
         raise ConfigError("a contrastive loss needs at least 2 pairs per batch; raise data.batch_size")
     tokenizer = run_tokenizer(cfg, run_dir, print_fn)
@@ -436,18 +398,13 @@ def train_clap(cfg: ClapTrainConfig, *, stop_at: int | None = None, print_fn=pri
     steps = total_steps(cfg, len(pipe))
     iterator = iter(clap_dataset(pipe, cfg.model, cfg.data.seed))
     abstract, shardings = state_shardings(cfg, steps, mesh)
-    ckpt = ClapCheckpoints(cfg, run_dir)
-    latest = ckpt.latest() if cfg.checkpoint.resume else None
-    if latest is not None:
-        state = ckpt.restore(latest, abstract, shardings, iterator)
-        print_fn(f"resumed from {run_dir}/checkpoints/{latest}")
-    else:
-        state = create_state(cfg, steps, mesh)
+    ckpt, state = restore_or_create(cfg, run_dir, iterator, abstract, shardings,
+                                    lambda: create_state(cfg, steps, mesh), print_fn)
     print_fn(f"CLAP: mesh {dict(mesh.shape)} on {jax.device_count()} devices ({jax.process_count()} processes); "
              f"state {describe(state)}; global batch {global_bs}; {steps} steps")
 
     end = min(steps, stop_at) if stop_at is not None else steps
-    tel = _telemetry(run_dir, steps, int(state.step), print_fn)
+    tel = Telemetry(run_dir, steps, int(state.step), print_fn=print_fn)
     try:
         bs = batch_sharding(mesh, cfg.mesh)
         batch = global_batch(prepare_batch(tokenizer, cfg.text.max_length, next(iterator)), bs)

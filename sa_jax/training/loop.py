@@ -26,6 +26,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +86,7 @@ class Checkpoints:
         import orbax.checkpoint as ocp
 
         step = int(state.step)
-        if not bool(_all_finite(state.params, state.ema)):
+        if not bool(_all_finite(state)):
             log.error("step %d: non-finite parameters; not saving over the last good checkpoint", step)
             return False
         if step in self.manager.all_steps():
@@ -116,9 +117,39 @@ class Checkpoints:
 
 
 @jax.jit
-def _all_finite(*trees):
-    leaves = jax.tree_util.tree_leaves(trees)
+def _all_finite(tree):
+    """Every floating-point array of a train state is finite (params, EMA, optimiser moments, ...)."""
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def open_run(cfg, print_fn=print) -> tuple[Path, Any, int]:
+    """The start every trainer shares: the run directory with the run's config.yaml, the device
+    mesh, and the global batch (checked against the mesh's batch axes)."""
+    run_dir = Path(cfg.checkpoint.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        save_yaml(cfg, run_dir / "config.yaml")
+    mesh = make_mesh(cfg.mesh)
+    per_host = cfg.data.batch_size
+    global_bs = per_host * jax.process_count()
+    if global_bs % batch_divisor(mesh, cfg.mesh):
+        raise ConfigError(f"the global batch {global_bs} (data.batch_size {per_host} x {jax.process_count()} "
+                          f"processes) is not divisible by the {batch_divisor(mesh, cfg.mesh)} devices of the "
+                          f"batch axes {list(cfg.mesh.batch_axes)}")
+    return run_dir, mesh, global_bs
+
+
+def restore_or_create(cfg, run_dir: Path, iterator, abstract, shardings, create, print_fn=print):
+    """(Checkpoints, state): the latest checkpoint in run_dir restored into `shardings` (the data
+    iterator with it) when there is one and cfg.checkpoint.resume, else `create()`."""
+    ckpt = Checkpoints(cfg, run_dir)
+    latest = ckpt.latest() if cfg.checkpoint.resume else None
+    if latest is None:
+        return ckpt, create()
+    state = ckpt.restore(latest, abstract, shardings, iterator)
+    print_fn(f"resumed from {run_dir}/checkpoints/{latest}")
+    return ckpt, state
 
 
 def memory_report(compiled) -> str:
@@ -255,29 +286,13 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
     Returns the final TrainState."""
     from sa_jax.data import DataPipeline
 
-    run_dir = Path(cfg.checkpoint.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        save_yaml(cfg, run_dir / "config.yaml")
-    mesh = make_mesh(cfg.mesh)
-    per_host = cfg.data.batch_size
-    global_bs = per_host * jax.process_count()
-    if global_bs % batch_divisor(mesh, cfg.mesh):
-        raise ConfigError(f"the global batch {global_bs} (data.batch_size {per_host} x {jax.process_count()} "
-                          f"processes) is not divisible by the {batch_divisor(mesh, cfg.mesh)} devices of the "
-                          f"batch axes {list(cfg.mesh.batch_axes)}")
+    run_dir, mesh, global_bs = open_run(cfg, print_fn)
     frozen = load_frozen(cfg)
     frozen_params = place_frozen(cfg, mesh, frozen)
-    pipe = DataPipeline(cfg.data)
-    iterator = pipe.iterator()
+    iterator = DataPipeline(cfg.data).iterator()
     abstract, shardings = state_shardings(cfg, mesh)
-    ckpt = Checkpoints(cfg, run_dir)
-    latest = ckpt.latest() if cfg.checkpoint.resume else None
-    if latest is not None:
-        state = ckpt.restore(latest, abstract, shardings, iterator)
-        print_fn(f"resumed from {run_dir}/checkpoints/{latest}")
-    else:
-        state = create_state(cfg, mesh)
+    ckpt, state = restore_or_create(cfg, run_dir, iterator, abstract, shardings, lambda: create_state(cfg, mesh),
+                                    print_fn)
     print_fn(f"mesh {dict(mesh.shape)} on {jax.device_count()} devices ({jax.process_count()} processes); "
              f"state {describe(state)}; global batch {global_bs}")
     single = jax.process_count() == 1   # exports and demos gather the EMA weights on one process

@@ -41,14 +41,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sa_jax.config import ConfigError, save_yaml
+from sa_jax.config import ConfigError
 from sa_jax.data.config import DataConfig
 from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
 from sa_jax.models.discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
-from sa_jax.parallel import batch_divisor, batch_sharding, describe, global_batch, make_mesh, tree_shardings
+from sa_jax.parallel import batch_sharding, describe, global_batch, tree_shardings
 from sa_jax.training import losses as L
 from sa_jax.training.config import CheckpointConfig, EMAConfig, MeshConfig
-from sa_jax.training.loop import Checkpoints, TrainingError, _Preemption, memory_report
+from sa_jax.training.loop import TrainingError, _Preemption, memory_report, open_run, restore_or_create
 from sa_jax.training.optim import ema_decay
 
 log = logging.getLogger("sa_jax.training.vae")
@@ -433,25 +433,11 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None, print_fn=print
     from sa_jax.data import DataPipeline
     from sa_jax.training.telemetry import Telemetry
 
-    run_dir = Path(cfg.checkpoint.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        save_yaml(cfg, run_dir / "config.yaml")
-    mesh = make_mesh(cfg.mesh)
-    global_bs = cfg.data.batch_size * jax.process_count()
-    if global_bs % batch_divisor(mesh, cfg.mesh):
-        raise ConfigError(f"the global batch {global_bs} is not divisible by the {batch_divisor(mesh, cfg.mesh)} "
-                          f"devices of the batch axes {list(cfg.mesh.batch_axes)}")
-    pipe = DataPipeline(cfg.data)
-    iterator = pipe.iterator()
+    run_dir, mesh, global_bs = open_run(cfg, print_fn)
+    iterator = DataPipeline(cfg.data).iterator()
     abstract, shardings = state_shardings(cfg, mesh)
-    ckpt = Checkpoints(cfg, run_dir)
-    latest = ckpt.latest() if cfg.checkpoint.resume else None
-    if latest is not None:
-        state = ckpt.restore(latest, abstract, shardings, iterator)
-        print_fn(f"resumed from {run_dir}/checkpoints/{latest}")
-    else:
-        state = create_state(cfg, mesh)
+    ckpt, state = restore_or_create(cfg, run_dir, iterator, abstract, shardings, lambda: create_state(cfg, mesh),
+                                    print_fn)
     n_gen = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
     n_disc = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.disc_params))
     print_fn(f"VAE {n_gen:,} params, discriminator {n_disc:,}; mesh {dict(mesh.shape)} on {jax.device_count()} "
