@@ -8,7 +8,8 @@ last checkpoint, so rerunning the command continues where it stopped):
     vae/           `sa-jax train --config configs/train_vae_small.yaml`   -> vae/export (an Autoencoder)
     vae_silence/   the same autoencoder re-centred so that silence encodes to zero latents (below)
     clap/          `sa-jax train --config configs/train_clap_small.yaml`  -> clap/export (a ClapModel folder)
-    latents/       `sa-jax encode corpus/ latents/ --model vae_silence`
+    latents/       `sa-jax encode corpus/ latents/ --model vae_silence` (`encode_dataset`, clips padded to
+                   64-frame buckets so that few shapes compile)
     unet/          `sa-jax train --config configs/train_unet_small.yaml` (text.source clap = clap/export,
                    autoencoder.path = vae_silence) -> unet/export, a whole model: StableAudio.load(unet/export)
     report.json    `sa-jax evaluate unet/export --corpus heldout/`
@@ -82,6 +83,27 @@ def centre_on_silence(ae, frames: int = 64):
     return Autoencoder(ae.config, params), z_sil
 
 
+class BucketedEncoder:
+    """`sa-jax encode`'s encoder (what `encode_dataset` calls), with each clip padded with silence to a
+    multiple of `bucket` latent frames before encoding and the latents cut back to the clip's frames, so
+    a corpus of many lengths compiles a handful of shapes instead of one per clip. Silence after the clip
+    is what the paper's pipeline encodes too (it pads the audio to the window)."""
+
+    def __init__(self, ae, bucket: int = 64):
+        self.ae, self.bucket = ae, bucket
+        self.sample_rate, self.downsampling_ratio = ae.sample_rate, ae.downsampling_ratio
+        self.io_channels = ae.io_channels
+
+    def encode(self, audio, **_):
+        import numpy as np
+
+        r, n = self.downsampling_ratio, audio.shape[-1]
+        frames = -(-n // r)
+        padded = -(-frames // self.bucket) * self.bucket
+        x = np.pad(np.asarray(audio, np.float32), ((0, 0), (0, 0), (0, padded * r - n)))
+        return self.ae.encode(x, chunk_frames=None)[..., :frames]
+
+
 def _train(config: Path, overrides: list[str]) -> None:
     from sa_jax.cli import main
 
@@ -143,10 +165,12 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
           lambda: _train(CONFIGS / "train_clap_small.yaml", [corpus, f"checkpoint.dir={out / 'clap'}", *s["clap"]]))
 
     def encode():
-        from sa_jax.cli import main
+        from sa_jax.autoencoder import Autoencoder
+        from sa_jax.data import encode_dataset
 
-        if main(["encode", str(out / "corpus"), str(out / "latents"), "--model", str(out / "vae_silence")]):
-            raise RuntimeError("sa-jax encode failed")
+        report = encode_dataset(BucketedEncoder(Autoencoder.load(out / "vae_silence")), out / "corpus",
+                                out / "latents")
+        log(f"[recipe] encoded the corpus: {report.summary()}")
     stage("latents", out / "latents" / "info.json", encode)
     stage("unet", out / "unet" / "export" / "config.yaml",
           lambda: _train(CONFIGS / "train_unet_small.yaml", [
