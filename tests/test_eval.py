@@ -154,3 +154,43 @@ def test_reconstruction_distance_and_silence_centring():
     y, yc = ae.decode(z, chunk_frames=None), centred.decode(zc, chunk_frames=None)
     samples = slice(24 * 8, -24 * 8)
     np.testing.assert_allclose(yc[..., samples], y[..., samples], atol=1e-4 * max(1.0, np.abs(y).max()))
+
+
+def test_spectral_flatness_tells_tones_from_noise():
+    from sa_jax.eval.quality import rms_db, spectral_flatness
+
+    noise = np.random.default_rng(0).standard_normal((2, SR)).astype(np.float32) * 0.1
+    tone = tone_then_silence(1.0, 1.0, -20.0)
+    clip, _ = synth.synth_clip(0, 3, max_seconds=3.0)
+    assert spectral_flatness(noise) > 0.5
+    assert spectral_flatness(tone) < 0.01 and spectral_flatness(clip) < 0.1
+    assert rms_db(tone) == pytest.approx(-20.0 + 10 * np.log10(0.625), abs=0.1)   # L at -20 dB, R 6 dB lower
+    assert rms_db(np.zeros((2, 10))) == float("-inf")
+
+
+SHIPPED_BOUNDS = {"seconds": 60.0, "flatness": 0.3, "rms_db": -50.0, "timing_median_s": 1.5}
+
+
+@pytest.mark.skipif(not (__import__("sa_jax.pipeline").pipeline.SHIPPED_MODEL / "config.yaml").is_file(),
+                    reason="the shipped model (sa_jax/assets/small) is not in this checkout")
+def test_shipped_model_generates_music_of_the_requested_length():
+    """The shipped model on the CPU: 2 prompts x 4 s in under SHIPPED_BOUNDS['seconds'] (load + compile +
+    sample + decode), not silent, not noise-like, trimmed to seconds_total, and, generated over the whole
+    window (trim=False), falling silent near seconds_total (median error over 2 prompts x 2 lengths)."""
+    import time
+
+    from sa_jax import StableAudio
+    from sa_jax.eval.quality import rms_db, spectral_flatness
+
+    t0 = time.perf_counter()
+    model = StableAudio.load()
+    audio = model.generate(["sine flute, C major", "instrument: bell | stereo: left"], seconds_total=4, steps=25,
+                           seed=0)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < SHIPPED_BOUNDS["seconds"], elapsed
+    assert audio.shape == (2, 2, 4 * model.sample_rate)
+    for a in audio:
+        assert rms_db(a) > SHIPPED_BOUNDS["rms_db"]
+        assert spectral_flatness(a) < SHIPPED_BOUNDS["flatness"]
+    r = timing.timing_eval(model, ["plucked string, 120, loud", "sawtooth lead"], [2.0, 6.0], steps=25)
+    assert r["median"] <= SHIPPED_BOUNDS["timing_median_s"], r
