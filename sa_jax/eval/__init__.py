@@ -8,4 +8,5 @@ from sa_jax.eval.recon import corpus_clips, reconstruction_distance
 from sa_jax.eval.timing import generated_length, requested_lengths, timing_errors, timing_eval
 
 __all__ = ["InstrumentClassifier", "adherence_eval", "oracle", "reference_classifier", "corpus_clips",
-           "reconstruction_distance", "rms_db", "spectral_flatness", "generated_length", "requested_lengths", "timing_errors", "timing_eval"]
+           "reconstruction_distance", "rms_db", "spectral_flatness", "generated_length", "requested_lengths",
+           "timing_errors", "timing_eval"]

@@ -8,14 +8,15 @@ value is the prompted one. The score of an attribute is the fraction of matches;
 The same measurement applied to the corpus' own clips against their metadata (`oracle`) is the
 ceiling the measurement itself allows.
 
-| attribute  | values                                   | measured by                                          |
-|------------|------------------------------------------|------------------------------------------------------|
-| instrument | the 5 instruments                        | nearest class mean of log band energies (16 log-spaced bands 100 Hz-16 kHz, median over 46 ms frames, so clicks do not dominate) + spectral flatness, standardised, fitted on reference corpus clips |
-| root       | the 12 pitch classes (prompt `key: X m`) | `synth.measure`'s chroma peak (60-800 Hz)            |
-| mode       | major / minor                            | `synth.measure`: major third above the root vs minor  |
-| tempo      | slow < 100 <= medium < 140 <= fast BPM   | `synth.measure`'s onset rate x 60 / notes per beat (the prompt names bpm and density) |
-| stereo     | left / center / right                    | the pan recovered from the L/R energy ratio, nearest of -0.7 / 0 / 0.7 |
-| loudness   | quiet / medium / loud                    | RMS level (dBFS), nearest of -30 / -22 / -15          |
+- instrument (5 values): nearest class mean of standardised timbre features (log energies of 16
+  log-spaced bands 100 Hz-16 kHz of the frame-median power spectrum, so beat clicks do not dominate,
+  + spectral flatness), fitted on freshly synthesized reference clips;
+- root (12 pitch classes; the prompt names `key: X major|minor`): `synth.measure`'s chroma peak (60-800 Hz);
+- mode (major / minor): `synth.measure`, the major third above the root against the minor third;
+- tempo (slow < 100 <= medium < 140 <= fast BPM; the prompt names bpm and density): `synth.measure`'s
+  onset rate x 60 / the prompted notes per beat, binned;
+- stereo (left / center / right): the pan recovered from the L/R energy ratio, nearest of -0.7 / 0 / 0.7;
+- loudness (quiet / medium / loud): the RMS level in dBFS, nearest of -30 / -22 / -15.
 """
 
 from __future__ import annotations
