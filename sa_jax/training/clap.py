@@ -63,7 +63,8 @@ from sa_jax.models.bert import BertConfig
 from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, ClapModel, HTSATConfig, audio_features, contrastive_loss
 from sa_jax.parallel import batch_sharding, describe, global_batch, tree_shardings
 from sa_jax.training.config import CheckpointConfig, LogConfig, MeshConfig, OptimConfig
-from sa_jax.training.loop import TrainingError, _Preemption, memory_report, open_run, restore_or_create, step_flops
+from sa_jax.training.loop import (_Preemption, check_bad_steps, memory_report, open_run, restore_or_create,
+                                  step_flops)
 from sa_jax.training.optim import make_optimizer
 from sa_jax.training.telemetry import Telemetry
 
@@ -439,10 +440,7 @@ def train_clap(cfg: ClapTrainConfig, *, stop_at: int | None = None, print_fn=pri
                         f"{flops * n / dt / 1e12:.3f} TFLOP/s/device  skipped {int(state.bad_steps)}"))
                     window, t_last, s_last = [], time.time(), step
                     bad_row = int(state.bad_in_a_row)
-                    if bad_row >= cfg.max_bad_steps:
-                        raise TrainingError(f"{bad_row} non-finite steps in a row (limit max_bad_steps="
-                                            f"{cfg.max_bad_steps}); the last checkpoint is still the good one. "
-                                            "Lower optim.lr, set optim.clip_norm, or check the data.")
+                    check_bad_steps(bad_row, cfg.max_bad_steps)
                 preempted = preempt.agreed()
                 if step % cfg.checkpoint.every == 0 or step == end or preempted:
                     ckpt.save(state, iterator)      # the iterator has given exactly the batches of steps 1..step

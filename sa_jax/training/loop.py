@@ -46,6 +46,13 @@ class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many non-finite steps in a row)."""
 
 
+def check_bad_steps(bad_in_a_row: int, limit: int) -> None:
+    """Stop a run whose last `limit` steps were all non-finite (each was skipped)."""
+    if bad_in_a_row >= limit:
+        raise TrainingError(f"{bad_in_a_row} non-finite steps in a row (limit max_bad_steps={limit}); the last "
+                            "checkpoint is still the good one. Lower optim.lr, set optim.clip_norm, or check the data.")
+
+
 def prepare_batch(cfg, raw: dict, frozen: FrozenModels = NO_FROZEN) -> dict:
     """A data-pipeline batch -> the numpy arrays the train step takes (`step.batch_keys`)."""
     b = len(raw["prompt"])
@@ -338,10 +345,7 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
                         f"{scalars['examples_per_s']:.1f} examples/s  "
                         f"{scalars['tflops_per_device']:.3f} TFLOP/s/device  skipped {scalars['skipped']}"))
                     window, t_last, s_last = [], time.time(), step
-                    if bad_row >= cfg.max_bad_steps:
-                        raise TrainingError(f"{bad_row} non-finite steps in a row (limit max_bad_steps="
-                                            f"{cfg.max_bad_steps}); the last checkpoint is still the good one. "
-                                            "Lower optim.lr, set optim.clip_norm, or check the data.")
+                    check_bad_steps(bad_row, cfg.max_bad_steps)
                 preempted = preempt.agreed()
                 if step % cfg.checkpoint.every == 0 or step == end or preempted:
                     # The iterator has given exactly the batches of steps 1..step: its state pairs with `state`.

@@ -48,7 +48,7 @@ from sa_jax.models.discriminator import DiscriminatorConfig, MultiScaleSTFTDiscr
 from sa_jax.parallel import batch_sharding, describe, global_batch, tree_shardings
 from sa_jax.training import losses as L
 from sa_jax.training.config import CheckpointConfig, EMAConfig, MeshConfig
-from sa_jax.training.loop import TrainingError, _Preemption, memory_report, open_run, restore_or_create
+from sa_jax.training.loop import _Preemption, check_bad_steps, memory_report, open_run, restore_or_create
 from sa_jax.training.optim import ema_decay
 
 log = logging.getLogger("sa_jax.training.vae")
@@ -494,10 +494,7 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None, print_fn=print
                     telemetry.scalars(step, values, line=line)
                     g_window, d_window, t_last, s_last = [], [], time.time(), step
                     bad_row = int(state.bad_in_a_row)
-                    if bad_row >= cfg.max_bad_steps:
-                        raise TrainingError(f"{bad_row} non-finite steps in a row (limit max_bad_steps="
-                                            f"{cfg.max_bad_steps}); the last checkpoint is still the good one. "
-                                            "Lower optim.lr, set optim.clip_norm, or check the data.")
+                    check_bad_steps(bad_row, cfg.max_bad_steps)
                 if cfg.log.demo_every and step % cfg.log.demo_every == 0 and cfg.log.demo_count:
                     dist = _demo(cfg, state, demo, run_dir, telemetry)
                     telemetry.scalars(step, {"demo/stft_distance": dist}, line=f"step {step}: demo STFT distance "
