@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def read_prompts(args) -> list[str]:
-    prompts = list(args.prompts)
+    prompts = list(args.prompts) + list(getattr(args, "prompt", None) or [])
     if args.prompts_file:
         path = Path(args.prompts_file)
         if not path.is_file():
@@ -23,7 +23,7 @@ def read_prompts(args) -> list[str]:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
         prompts += [line for line in lines if line and not line.startswith("#")]
     if not prompts:
-        raise ValueError("no prompts: give PROMPT arguments or --prompts-file (one prompt per line)")
+        raise ValueError("no prompts: give PROMPT arguments, --prompt TEXT, or --prompts-file (one prompt per line)")
     return prompts
 
 
@@ -136,6 +136,7 @@ def register(sub) -> None:
                        description="Text-to-audio with a Stable Audio model. Unset sampling options take the "
                                    "model's defaults (Stable Audio Open: dpmpp-3m-sde, 100 steps, cfg 7).")
     p.add_argument("prompts", nargs="*", help="text prompt(s)")
+    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable; as a positional one)")
     p.add_argument("--model", default=None,
                    help="sa-jax checkpoint, diffusers StableAudioPipeline folder, or stable-audio-tools folder "
                         "(default: the small model shipped with sa-jax)")
