@@ -441,12 +441,9 @@ def train_clap(cfg: ClapTrainConfig, *, stop_at: int | None = None, print_fn=pri
                     window, t_last, s_last = [], time.time(), step
                     bad_row = int(state.bad_in_a_row)
                     check_bad_steps(bad_row, cfg.max_bad_steps)
-                preempted = preempt.agreed()
-                if step % cfg.checkpoint.every == 0 or step == end or preempted:
-                    ckpt.save(state, iterator)      # the iterator has given exactly the batches of steps 1..step
-                    if preempted:
-                        print_fn(f"SIGTERM: saved step {step}, exiting")
-                        break
+                if ckpt.at_step(state, iterator, step, end, preempt)[1]:
+                    print_fn(f"SIGTERM: saved step {step}, exiting")
+                    break
     finally:
         ckpt.wait()
         ckpt.close()

@@ -103,6 +103,16 @@ class Checkpoints:
                                   config=ocp.args.JsonSave(to_dict(self.cfg)))
         return self.manager.save(step, args=args, force=force)
 
+    def at_step(self, state, iterator, step: int, end: int, preempt) -> tuple[bool, bool]:
+        """Save when `step` is a checkpoint step, the last one, or any process saw SIGTERM (the
+        iterator has given exactly the batches of steps 1..step, so its state pairs with `state`).
+        Returns (saved, preempted); the caller stops when preempted."""
+        preempted = preempt.agreed()
+        saved = False
+        if step % self.cfg.checkpoint.every == 0 or step == end or preempted:
+            saved = self.save(state, iterator)
+        return saved, preempted
+
     def restore(self, step, abstract, shardings, iterator):
         import grain
         import orbax.checkpoint as ocp
@@ -346,15 +356,12 @@ def train(cfg, *, stop_at: int | None = None, print_fn=print):
                         f"{scalars['tflops_per_device']:.3f} TFLOP/s/device  skipped {scalars['skipped']}"))
                     window, t_last, s_last = [], time.time(), step
                     check_bad_steps(bad_row, cfg.max_bad_steps)
-                preempted = preempt.agreed()
-                if step % cfg.checkpoint.every == 0 or step == end or preempted:
-                    # The iterator has given exactly the batches of steps 1..step: its state pairs with `state`.
-                    saved = ckpt.save(state, iterator)
-                    if saved and best is not None and best.update(cfg, state, frozen):
-                        tel.print(f"best: mean loss {best.loss:.4f} up to step {step}; exported to {best.dir}")
-                    if preempted:
-                        tel.print(f"SIGTERM: saved step {step}, exiting")
-                        break
+                saved, preempted = ckpt.at_step(state, iterator, step, end, preempt)
+                if saved and best is not None and best.update(cfg, state, frozen):
+                    tel.print(f"best: mean loss {best.loss:.4f} up to step {step}; exported to {best.dir}")
+                if preempted:
+                    tel.print(f"SIGTERM: saved step {step}, exiting")
+                    break
                 if cfg.demo.every and step % cfg.demo.every == 0 and single:
                     tel.print(f"demo: step {step} audio in {write_demos(cfg, state, frozen, run_dir, tel)}")
     finally:

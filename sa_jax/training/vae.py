@@ -499,12 +499,9 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None, print_fn=print
                     dist = _demo(cfg, state, demo, run_dir, telemetry)
                     telemetry.scalars(step, {"demo/stft_distance": dist}, line=f"step {step}: demo STFT distance "
                                       f"(EMA) {dist:.4f}")
-                preempted = preempt.agreed()
-                if step % cfg.checkpoint.every == 0 or step == end or preempted:
-                    ckpt.save(state, iterator)   # the iterator has given exactly the batches of steps 1..step
-                    if preempted:
-                        print_fn(f"SIGTERM: saved step {step}, exiting")
-                        break
+                if ckpt.at_step(state, iterator, step, end, preempt)[1]:
+                    print_fn(f"SIGTERM: saved step {step}, exiting")
+                    break
         finished = int(state.step) >= cfg.steps
         if finished and cfg.log.demo_count and not (cfg.log.demo_every and cfg.steps % cfg.log.demo_every == 0):
             _demo(cfg, state, demo, run_dir, telemetry)   # the final demo, unless the loop just made it
