@@ -95,6 +95,27 @@ def test_crop_content_and_timing_from_ramp(tmp_path):
         assert b["padding_mask"].all()
 
 
+def test_crops_past_the_end_are_silence_padded(tmp_path):
+    """crop_past_end: the ramp's crops may end up to that many samples past the file, padded with
+    silence and masked; every crop keeps at least window - crop_past_end samples of the file."""
+    n, W, past = 50_000, 30_000, 12_000
+    ramp = (np.arange(n) / n).astype(np.float32) * 0.9 + 0.05
+    sf.write(tmp_path / "ramp.wav", np.stack([ramp, ramp], 1), SR, subtype="FLOAT")
+    pipe = DataPipeline(_cfg(tmp_path, window=W, batch_size=1, phase_flip=False, crop_past_end=past))
+    offsets = []
+    for b in _take(pipe, 40)[0]:
+        a, mask = b["audio"][0, 0], b["padding_mask"][0]
+        offset = int(round((a[0] - 0.05) / 0.9 * n))
+        m = min(W, n - offset)
+        assert 0 <= offset <= n - W + past and m >= W - past
+        np.testing.assert_allclose(a[:m], ramp[offset:offset + m], atol=1e-6)
+        assert np.all(a[m:] == 0) and mask[:m].all() and not mask[m:].any()
+        offsets.append(offset)
+    assert max(offsets) > n - W   # some crops do run past the end
+    with pytest.raises(ConfigError, match="crop_past_end"):
+        DataPipeline(_cfg(tmp_path, window=W, crop_past_end=W))
+
+
 def test_pad_short_file_and_resample(tmp_path):
     # 1.5 s mono at 22.05 kHz -> 66150 samples at 44.1 kHz, window 2 s: padded, mask 66150 long.
     sf.write(tmp_path / "short.wav", _tone(1.5, 22050, channels=1), 22050)

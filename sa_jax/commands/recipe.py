@@ -38,13 +38,14 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # Per-stage settings: the full recipe, and the --quick smoke run.
 FULL = {
     "corpus": {"count": 800, "max_seconds": 8.0}, "heldout": {"count": 24, "max_seconds": 8.0},
-    "vae": [], "clap": [], "unet": [],
+    "vae": [], "vae_tail": ["steps=1500", "data.crop_past_end=16384"], "clap": [], "unet": [],
     "eval": {"steps": 50, "timing_lengths": 5, "per_value": 2, "recon_clips": 16},
 }
 QUICK = {
     "corpus": {"count": 32, "max_seconds": 3.0}, "heldout": {"count": 4, "max_seconds": 3.0},
     "vae": ["steps=20", "data.window=16384", "data.batch_size=2", "losses.disc_start=0", "checkpoint.every=20",
             "log.every=10", "log.demo_every=0", "log.demo_count=1"],
+    "vae_tail": ["steps=30", "data.crop_past_end=8192"],
     "clap": ["steps=10", "data.batch_size=8", "checkpoint.every=10", "log.every=5", "optim.warmup_steps=2"],
     "unet": ["steps=20", "data.latent_window=128", "data.window=131072", "data.batch_size=4",
              "checkpoint.every=20", "log.every=10", "optim.warmup_steps=2"],
@@ -81,6 +82,26 @@ def centre_on_silence(ae, frames: int = 64):
     kernel = conv["weight_g"] * v / np.sqrt(np.sum(v * v, axis=(0, 1), keepdims=True))   # (k, in, out)
     conv["bias"] = (conv["bias"] + np.einsum("kio,i->o", kernel, z_sil)).astype(np.float32)
     return Autoencoder(ae.config, params), z_sil
+
+
+def scale_to_unit_std(ae, corpus: Path, clips: int = 32):
+    """`ae` with its latent scale (stable-audio-tools' pretransform `scale`: encode divides by it,
+    decode multiplies) set to the latents' standard deviation over the first `clips` corpus clips, so the
+    diffusion model sees unit-variance data as its sigma_data = 1 preconditioning assumes. A VAE trained
+    with a small KL weight can have latents ~30x smaller than that, and a denoiser trained on them learns
+    to predict ~0 everywhere. Returns (autoencoder, the std)."""
+    import dataclasses
+
+    import numpy as np
+
+    from sa_jax.autoencoder import Autoencoder
+    from sa_jax.data.audio_io import read_all
+
+    lines = (corpus / "metadata.jsonl").read_text().splitlines()[:clips]
+    z = [ae.encode(read_all(corpus / json.loads(x)["path"], ae.sample_rate, ae.io_channels)[0][None],
+                   chunk_frames=None)[0] for x in lines]
+    std = float(np.concatenate(z, axis=-1).std()) * ae.config.scale
+    return Autoencoder(dataclasses.replace(ae.config, scale=std), ae.params), std
 
 
 class BucketedEncoder:
@@ -147,6 +168,14 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
     stage("vae", out / "vae" / "export" / "config.yaml",
           lambda: _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"]]))
 
+    def vae_tail():
+        # The same run, continued with crops that may run past a clip's end: the corpus has (almost) no
+        # silence, and a VAE that never saw silence decodes it as a hum, which would end every generated
+        # clip with that hum instead of silence. Re-exports vae/export.
+        _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"], *s["vae_tail"]])
+        (out / "vae" / "tail.done").write_text("")
+    stage("vae_tail", out / "vae" / "tail.done", vae_tail)
+
     def silence():
         from sa_jax.autoencoder import Autoencoder
 
@@ -154,12 +183,15 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
         centred, z_sil = centre_on_silence(ae)
         x = np.zeros((1, ae.io_channels, 32 * ae.downsampling_ratio), np.float32)
         residual = float(np.abs(centred.encode(x, chunk_frames=None)[0][:, 8:-8]).max())
+        centred, std = scale_to_unit_std(centred, out / "corpus")
         tmp = out / "vae_silence.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         centred.save(tmp)
-        (tmp / "silence.json").write_text(json.dumps({"z_silence": z_sil.tolist(), "residual": residual}))
+        (tmp / "silence.json").write_text(json.dumps({"z_silence": z_sil.tolist(), "residual": residual,
+                                                            "latent_std": std}))
         tmp.rename(out / "vae_silence")
-        log(f"[recipe] silence latent |z_sil| max {np.abs(z_sil).max():.3f}; after centring {residual:.2e}")
+        log(f"[recipe] silence latent |z_sil| max {np.abs(z_sil).max():.3f}; after centring {residual:.2e}; "
+            f"latent std {std:.4f} -> scale")
     stage("vae_silence", out / "vae_silence", silence)
     stage("clap", out / "clap" / "export" / "config.json",
           lambda: _train(CONFIGS / "train_clap_small.yaml", [corpus, f"checkpoint.dir={out / 'clap'}", *s["clap"]]))

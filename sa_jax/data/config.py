@@ -25,6 +25,10 @@ class DataConfig:
     window: int = 4194304                 # samples per crop (95.1 s at 44.1 kHz); latents: window // ratio frames
     latent_window: Optional[int] = None   # latents only: frames per crop (default window // ratio)
     random_crop: bool = True
+    # Audio only: random crops may run up to this many samples past the clip's end (silence, as the padding
+    # of short clips), so a model also sees clips ending in silence: the VAE of `sa-jax recipe small` learns
+    # to reconstruct silence this way. Crops stay at least window - crop_past_end samples inside the clip.
+    crop_past_end: int = 0
     phase_flip: bool = True               # invert polarity with p=0.5, as the reference does
     silence_db: float = -60.0             # crops whose peak is below this are skipped
     min_seconds: float = 0.0
@@ -58,6 +62,8 @@ class DataConfig:
         need(self.window > 0, f"window must be a positive number of samples, got {self.window}")
         need(self.latent_window is None or self.latent_window > 0, "latent_window must be positive")
         need(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
+        need(0 <= self.crop_past_end < self.window,
+             f"crop_past_end must be in [0, window={self.window}), got {self.crop_past_end}")
         need(self.num_workers >= 0, "num_workers must be >= 0")
         need(self.num_threads >= 1, "num_threads must be >= 1")
         need(0.0 <= self.p_key_value <= 1.0, "p_key_value must be in [0, 1]")

@@ -87,7 +87,8 @@ class AudioCrop:
             info = AudioInfo(int(entry["sample_rate"]), int(entry["frames"]), int(entry["channels"]))
             n = info.frames_at(c.sample_rate)
             W = c.window
-            offset = int(rng.integers(0, n - W + 1)) if (c.random_crop and n > W) else 0
+            past = min(c.crop_past_end, n - 1) if c.random_crop else 0
+            offset = int(rng.integers(0, max(n - W, 0) + past + 1)) if (c.random_crop and n + past > W) else 0
             audio = read_window(src, info, c.sample_rate, offset, W, c.channels, rel)
             if peak_db(audio) < c.silence_db:
                 raise BadAudio("silent", f"{rel}: crop at sample {offset} peaks below {c.silence_db} dBFS")
@@ -107,7 +108,7 @@ class AudioCrop:
         if flip:
             np.negative(chunk[:, :m], out=chunk[:, :m])
         mask = np.zeros((W,), bool)
-        mask[:min(n, W)] = True
+        mask[:m] = True   # the samples read (a crop may end inside the clip, at its end, or past it)
         s_start, s_total, t0, t1 = crop_timing(n, W, c.sample_rate, offset)
         return {"audio": chunk, "padding_mask": mask,
                 "seconds_start": np.int32(s_start), "seconds_total": np.int32(s_total),
