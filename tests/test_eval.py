@@ -144,6 +144,7 @@ def test_reconstruction_distance_and_silence_centring():
     small = STFTLossConfig(fft_sizes=(256, 64), hop_sizes=(64, 16), win_lengths=(256, 64))
     r = reconstruction_distance(ae, clips, seconds=1024 / SR, stft=small)
     assert r["count"] == 2 and np.isfinite(r["stft_distance"]) and r["stft_distance"] > 0
+    assert np.isfinite(r["level_error_db"]) and r["level_error_db"] >= 0 and r["silence_rms_db"] > -200
     centred, z_sil = centre_on_silence(ae, frames=128)
     assert np.abs(z_sil).max() > 1e-2
     inner = slice(24, -24)   # latent frames away from the encoder's and decoder's zero-padded edges

@@ -70,6 +70,8 @@ def table(report: dict) -> str:
              f"| timing error, median (s) | {t['median']:.2f} |",
              f"| timing error, 90th percentile (s) | {t['p90']:.2f} |",
              f"| reconstruction STFT distance ({r['count']} clips, {r['seconds']:.2f} s) | {r['stft_distance']:.3f} |",
+             f"| reconstruction level error, median (dB) | {r['level_error_db']:.1f} |",
+             f"| silence reconstructs to (dBFS) | {r['silence_rms_db']:.1f} |",
              "", "| attribute | generations match | chance | measurement on corpus clips (ceiling) |",
              "|---|---|---|---|"]
     for a in ATTRIBUTES:

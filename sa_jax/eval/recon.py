@@ -1,7 +1,9 @@
 """Reconstruction quality of an autoencoder on held-out corpus clips: the multi-resolution STFT
 distance of the VAE trainer (`sa_jax.training.vae.stft_distance`: the A-weighted sum/difference
 loss of stable-audio-tools' recipe, FFT 2048..32 with hop 1/4, reals as input and posterior-mean
-reconstructions as target), averaged over clips. Lower is better; 0 is a perfect reconstruction."""
+reconstructions as target), averaged over clips. Lower is better; 0 is a perfect reconstruction.
+Beside it: the median absolute difference of each clip's RMS level and its reconstruction's (dB), and
+the level of what digital silence reconstructs to (dBFS)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def reconstruction_distance(autoencoder, clips, seconds: float = 2.0, stft=None)
     clip cut or zero-padded to `seconds` (rounded up to the downsampling ratio), one at a time.
     `stft`: an `sa_jax.training.losses.STFTLossConfig` (default: the reference's resolutions).
     Returns {"stft_distance": mean over clips, "per_clip": [...], "count", "seconds"}."""
+    from sa_jax.eval.quality import rms_db
     from sa_jax.training.vae import VAETrainConfig, stft_distance
 
     ratio = autoencoder.downsampling_ratio
@@ -51,8 +54,15 @@ def reconstruction_distance(autoencoder, clips, seconds: float = 2.0, stft=None)
         a = np.asarray(a, np.float32)[:, :n]
         fixed.append(np.pad(a, ((0, 0), (0, n - a.shape[1]))))
     cfg = VAETrainConfig(model=autoencoder.config)
-    dists = []
+    dists, level_errors = [], []
     for clip in fixed:   # one clip per call (one compile): the distance is a batch mean
         dists.append(stft_distance(cfg, autoencoder.params, clip[None], stft))
+        recon = autoencoder.decode(autoencoder.encode(clip[None], chunk_frames=None), chunk_frames=None)[0]
+        level_errors.append(abs(rms_db(recon[:, :n]) - rms_db(clip)))
+    silence = autoencoder.decode(autoencoder.encode(np.zeros_like(fixed[0])[None], chunk_frames=None),
+                                 chunk_frames=None)[0]
+    # The STFT distance alone can look fine for a decoder that ignores its input and plays a fixed
+    # hum at the corpus' average level; the level error and the silence level show that failure.
     return {"stft_distance": float(np.mean(dists)), "per_clip": [float(d) for d in dists], "count": len(dists),
-            "seconds": n / autoencoder.sample_rate}
+            "seconds": n / autoencoder.sample_rate, "level_error_db": float(np.median(level_errors)),
+            "silence_rms_db": float(max(rms_db(silence), -200.0))}
