@@ -6,7 +6,10 @@ last checkpoint, so rerunning the command continues where it stopped):
     corpus/        `sa-jax synth`: the training corpus (44.1 kHz stereo, 1-8 s clips)
     heldout/       `sa-jax synth --seed 1`: clips no stage trains on (evaluation)
     vae/           `sa-jax train --config configs/train_vae_small.yaml`   -> vae/export (an Autoencoder)
-    vae_silence/   the same autoencoder re-centred so that silence encodes to zero latents (below)
+    vae/ (tail)    the same run continued with crops that may run past a clip's end (`data.crop_past_end`),
+                   so the VAE also sees silence; re-exports vae/export
+    vae_silence/   the same autoencoder re-centred so that silence encodes to zero latents (below), with
+                   its latent scale set so the latents have unit standard deviation (`scale_to_unit_std`)
     clap/          `sa-jax train --config configs/train_clap_small.yaml`  -> clap/export (a ClapModel folder)
     latents/       `sa-jax encode corpus/ latents/ --model vae_silence` (`encode_dataset`, clips padded to
                    64-frame buckets so that few shapes compile)
