@@ -19,7 +19,8 @@ def test_quick_recipe_end_to_end(tmp_path):
                  "clap/export/config.json", "latents/info.json", "unet/export/config.yaml", "report.json"):
         assert (out / done).exists(), done
     stages = json.loads((out / "stages.json").read_text())
-    assert set(stages) == {"corpus", "heldout", "vae", "vae_silence", "clap", "latents", "unet", "evaluate"}
+    assert set(stages) == {"corpus", "heldout", "vae", "vae_tail", "vae_silence", "clap", "latents", "unet",
+                           "evaluate"}
 
     report = json.loads((out / "report.json").read_text())
     assert np.isfinite(report["reconstruction"]["stft_distance"])
@@ -32,6 +33,10 @@ def test_quick_recipe_end_to_end(tmp_path):
 
     silence = json.loads((out / "vae_silence" / "silence.json").read_text())
     assert silence["residual"] < 1e-3
+    from sa_jax.autoencoder import Autoencoder   # the latents have unit standard deviation
+    assert Autoencoder.load(out / "vae_silence").config.scale == pytest.approx(silence["latent_std"])
+    report_std = np.concatenate([np.load(f) for f in sorted((out / "latents").rglob("*.npy"))[:8]], axis=-1).std()
+    assert 0.5 < report_std < 2.0, report_std
 
     model = StableAudio.load(out / "unet" / "export")
     assert model.sample_rate == 44100 and model.window_seconds == pytest.approx(131072 / 44100)
