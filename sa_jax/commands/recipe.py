@@ -173,8 +173,8 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
 
     def vae_tail():
         # The same run, continued with crops that may run past a clip's end: the corpus has (almost) no
-        # silence, and a VAE that never saw silence decodes it as a hum, which would end every generated
-        # clip with that hum instead of silence. Re-exports vae/export.
+        # silence, yet generated clips end in it (the U-Net learns zero latents after seconds_total), so
+        # the VAE must learn to reconstruct it. Re-exports vae/export.
         _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"], *s["vae_tail"]])
         (out / "vae" / "tail.done").write_text("")
     stage("vae_tail", out / "vae" / "tail.done", vae_tail)

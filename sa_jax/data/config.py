@@ -25,9 +25,9 @@ class DataConfig:
     window: int = 4194304                 # samples per crop (95.1 s at 44.1 kHz); latents: window // ratio frames
     latent_window: Optional[int] = None   # latents only: frames per crop (default window // ratio)
     random_crop: bool = True
-    # Audio only: random crops may run up to this many samples past the clip's end (silence, as the padding
-    # of short clips), so a model also sees clips ending in silence: the VAE of `sa-jax recipe small` learns
-    # to reconstruct silence this way. Crops stay at least window - crop_past_end samples inside the clip.
+    # Audio only: random crops of clips longer than the window may run up to this many samples past the
+    # clip's end (silence-padded and masked, as short clips are), so a model also sees clips ending in
+    # silence; each such crop keeps at least window - crop_past_end samples of the clip.
     crop_past_end: int = 0
     phase_flip: bool = True               # invert polarity with p=0.5, as the reference does
     silence_db: float = -60.0             # crops whose peak is below this are skipped

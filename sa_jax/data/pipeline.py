@@ -87,8 +87,9 @@ class AudioCrop:
             info = AudioInfo(int(entry["sample_rate"]), int(entry["frames"]), int(entry["channels"]))
             n = info.frames_at(c.sample_rate)
             W = c.window
-            past = min(c.crop_past_end, n - 1) if c.random_crop else 0
-            offset = int(rng.integers(0, max(n - W, 0) + past + 1)) if (c.random_crop and n + past > W) else 0
+            # crop_past_end < W keeps every crop's start inside the clip; a clip shorter than the window
+            # starts at 0 and is silence-padded anyway
+            offset = int(rng.integers(0, n - W + c.crop_past_end + 1)) if (c.random_crop and n > W) else 0
             audio = read_window(src, info, c.sample_rate, offset, W, c.channels, rel)
             if peak_db(audio) < c.silence_db:
                 raise BadAudio("silent", f"{rel}: crop at sample {offset} peaks below {c.silence_db} dBFS")
