@@ -98,11 +98,10 @@ def scale_to_unit_std(ae, corpus: Path, clips: int = 32):
     import numpy as np
 
     from sa_jax.autoencoder import Autoencoder
-    from sa_jax.data.audio_io import read_all
+    from sa_jax.eval.recon import corpus_clips
 
-    lines = (corpus / "metadata.jsonl").read_text().splitlines()[:clips]
-    z = [ae.encode(read_all(corpus / json.loads(x)["path"], ae.sample_rate, ae.io_channels)[0][None],
-                   chunk_frames=None)[0] for x in lines]
+    z = [ae.encode(a[None], chunk_frames=None)[0]
+         for a, _ in corpus_clips(corpus, clips, sample_rate=ae.sample_rate, channels=ae.io_channels)]
     std = float(np.concatenate(z, axis=-1).std()) * ae.config.scale
     return Autoencoder(dataclasses.replace(ae.config, scale=std), ae.params), std
 

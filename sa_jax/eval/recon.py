@@ -1,5 +1,5 @@
 """Reconstruction quality of an autoencoder on held-out corpus clips: the multi-resolution STFT
-distance of the VAE trainer (`sa_jax.training.vae.stft_distance`: the A-weighted sum/difference
+distance of the VAE trainer (`sa_jax.training.losses.reconstruction_losses`: the A-weighted sum/difference
 loss of stable-audio-tools' recipe, FFT 2048..32 with hop 1/4, reals as input and posterior-mean
 reconstructions as target), averaged over clips. Lower is better; 0 is a perfect reconstruction.
 Beside it: the median absolute difference of each clip's RMS level and its reconstruction's (dB), and
@@ -43,23 +43,23 @@ def reconstruction_distance(autoencoder, clips, seconds: float = 2.0, stft=None)
     """STFT distance of `autoencoder` (an `sa_jax.Autoencoder`) on clips (channels, samples): each
     clip cut or zero-padded to `seconds` (rounded up to the downsampling ratio), one at a time.
     `stft`: an `sa_jax.training.losses.STFTLossConfig` (default: the reference's resolutions).
-    Returns {"stft_distance": mean over clips, "per_clip": [...], "count", "seconds"}."""
+    Returns {"stft_distance": mean over clips, "per_clip": [...], "count", "seconds", "level_error_db",
+    "silence_rms_db"}."""
     from sa_jax.eval.quality import rms_db
-    from sa_jax.training.vae import VAETrainConfig, stft_distance
+    from sa_jax.training.losses import STFTLossConfig, reconstruction_losses
 
+    stft = stft or STFTLossConfig()
     ratio = autoencoder.downsampling_ratio
     n = -(-int(round(seconds * autoencoder.sample_rate)) // ratio) * ratio
-    fixed = []
-    for a in clips:
-        a = np.asarray(a, np.float32)[:, :n]
-        fixed.append(np.pad(a, ((0, 0), (0, n - a.shape[1]))))
-    cfg = VAETrainConfig(model=autoencoder.config)
     dists, level_errors = [], []
-    for clip in fixed:   # one clip per call (one compile): the distance is a batch mean
-        dists.append(stft_distance(cfg, autoencoder.params, clip[None], stft))
+    for a in clips:   # one clip at a time: the distance is a batch mean
+        a = np.asarray(a, np.float32)[:, :n]
+        clip = np.pad(a, ((0, 0), (0, n - a.shape[1])))
         recon = autoencoder.decode(autoencoder.encode(clip[None], chunk_frames=None), chunk_frames=None)[0]
-        level_errors.append(abs(rms_db(recon[:, :n]) - rms_db(clip)))
-    silence = autoencoder.decode(autoencoder.encode(np.zeros_like(fixed[0])[None], chunk_frames=None),
+        # the trainer's loss with the reals as input and the reconstruction as target, (batch, time, channels)
+        dists.append(float(reconstruction_losses(clip.T[None], recon.T[None], stft, autoencoder.sample_rate)["mrstft"]))
+        level_errors.append(abs(rms_db(recon) - rms_db(clip)))
+    silence = autoencoder.decode(autoencoder.encode(np.zeros((1, autoencoder.io_channels, n), np.float32), chunk_frames=None),
                                  chunk_frames=None)[0]
     # The STFT distance alone can look fine for a decoder that ignores its input and plays a fixed
     # hum at the corpus' average level; the level error and the silence level show that failure.
