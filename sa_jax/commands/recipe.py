@@ -41,7 +41,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # Per-stage settings: the full recipe, and the --quick smoke run.
 FULL = {
     "corpus": {"count": 800, "max_seconds": 8.0}, "heldout": {"count": 24, "max_seconds": 8.0},
-    "vae": [], "vae_tail": ["steps=1500", "data.crop_past_end=16384"], "clap": [], "unet": [],
+    "vae": [], "vae_tail": ["steps=2500", "data.crop_past_end=16384"], "clap": [], "unet": [],
     "eval": {"steps": 50, "timing_lengths": 5, "per_value": 2, "recon_clips": 16},
 }
 QUICK = {
