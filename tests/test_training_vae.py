@@ -81,6 +81,23 @@ def test_sa_jax_train_dispatches_to_the_vae_trainer(tmp_path):
     assert "trainer: vae" in proc.stdout and "steps: 7" in proc.stdout
 
 
+@pytest.mark.parametrize("ema_on", [True, False])
+def test_export_uses_the_ema_only_when_it_is_on(ema_on, tmp_path):
+    """With `ema.enabled: false` the export is the raw weights, also for a run resumed from a checkpoint
+    whose EMA field still holds an old EMA (the small recipe's VAE turned its EMA off mid-run)."""
+    from sa_jax import Autoencoder
+    from sa_jax.parallel import make_mesh
+    from sa_jax.training.vae import create_state, export_autoencoder
+
+    cfg = _cfg(tmp_path, tmp_path / "run", **{"ema.enabled": ema_on})
+    state = create_state(cfg, make_mesh(cfg.mesh))
+    state = state.replace(ema=jax.tree.map(lambda p: p + 1.0, state.params))
+    ae = Autoencoder.load(export_autoencoder(cfg, state, tmp_path / "export"))
+    expected = state.ema if ema_on else state.params
+    for a, b in zip(_leaves(ae.params), _leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------------------------------------
 # slow: real training
 

@@ -15,14 +15,14 @@ generator (encoder + decoder), odd steps the discriminator. The generator loss i
 
 (adversarial and feature-matching terms from step `losses.disc_start` on); the discriminator's is
 the hinge loss on reals against the (fixed) reconstructions. Two AdamW optimisers, betas (0.8, 0.99)
-by default; an EMA of the generator (updated on generator steps). `freeze_encoder: true` is the
+by default; an EMA of the generator (updated on generator steps; `ema.enabled: false` demos and exports the raw weights). `freeze_encoder: true` is the
 paper's second stage: the encoder gets no gradient and no update, the decoder is fine-tuned (resume
 the stage-1 run directory with it set, or start from scratch with it).
 
 Run directory (`checkpoint.dir`): config.yaml, checkpoints/<step>/ (Orbax: generator and
 discriminator parameters, both optimiser states, EMA, counters, RNG; the grain iterator; the
-config), tensorboard/ (losses, learning rates, demo audio), demos/recon_<step>.wav (reals and EMA
-reconstructions interleaved, as the reference's demo callback), export/ (the EMA generator as an
+config), tensorboard/ (losses, learning rates, demo audio), demos/recon_<step>.wav (reals and
+reconstructions interleaved, as the reference's demo callback), export/ (the generator as an
 sa-jax autoencoder checkpoint: `sa_jax.Autoencoder.load(run_dir / "export")`). A kill -9 run
 resumes bitwise equal to an uninterrupted one; SIGTERM saves and stops.
 """
@@ -118,7 +118,7 @@ class VAELogConfig:
     every: int = 10                # console line + TensorBoard scalars every N steps
     memory_analysis: bool = True   # print the compiled generator step's memory analysis at start
     tensorboard: bool = True
-    demo_every: int = 2000         # demo reconstructions (EMA weights) every N steps; 0: only at the end
+    demo_every: int = 2000         # demo reconstructions (EMA weights if on) every N steps; 0: only at the end
     demo_count: int = 4            # clips per demo (from the first batch of the run)
 
     def validate(self) -> None:
@@ -396,29 +396,36 @@ def reconstruct(cfg, params, audio: np.ndarray) -> np.ndarray:
     return np.swapaxes(np.asarray(_CACHE[key](params, x)), 1, 2)
 
 
+def _weights(cfg, state):
+    """The generator weights to demo and export: the EMA when it is on, else the raw weights (a run
+    resumed with the EMA turned off still holds the old EMA until its next generator step)."""
+    return state.ema if cfg.ema.enabled else state.params
+
+
 def _demo(cfg, state, demo: np.ndarray, run_dir: Path, telemetry) -> float:
-    """Reconstruct the demo clips with the EMA weights; write demos/recon_<step>.wav (reals and
+    """Reconstruct the demo clips (EMA weights when on); write demos/recon_<step>.wav (reals and
     reconstructions interleaved, one after another) and log them. Returns their STFT distance."""
     from sa_jax.audio import write_audio
 
     if jax.process_count() > 1:   # the EMA is sharded across hosts; demos are a single-host feature for now
         return float("nan")
     step = int(state.step)
-    ema = jax.device_get(state.ema)
-    fakes = reconstruct(cfg, ema, demo)
+    weights = jax.device_get(_weights(cfg, state))
+    fakes = reconstruct(cfg, weights, demo)
     pieces = [a for pair in zip(demo, fakes) for a in pair]
     write_audio(run_dir / "demos" / f"recon_{step:08d}.wav", np.clip(np.concatenate(pieces, axis=-1), -1, 1),
                 cfg.model.sample_rate)
     for i, fake in enumerate(fakes):
         telemetry.audio(step, f"demo/recon_{i}", fake, cfg.model.sample_rate)
-    return stft_distance(cfg, ema, demo)
+    return stft_distance(cfg, weights, demo)
 
 
 def export_autoencoder(cfg, state, path) -> Path:
-    """The EMA generator as an sa-jax autoencoder checkpoint (`sa_jax.Autoencoder.load(path)`)."""
+    """The generator (its EMA when `ema.enabled`, else the raw weights) as an sa-jax autoencoder
+    checkpoint (`sa_jax.Autoencoder.load(path)`)."""
     from sa_jax.autoencoder import Autoencoder
 
-    return Autoencoder(cfg.model, jax.device_get(state.ema)).save(path, overwrite=True)
+    return Autoencoder(cfg.model, jax.device_get(_weights(cfg, state))).save(path, overwrite=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +505,7 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None, print_fn=print
                 if cfg.log.demo_every and step % cfg.log.demo_every == 0 and cfg.log.demo_count:
                     dist = _demo(cfg, state, demo, run_dir, telemetry)
                     telemetry.scalars(step, {"demo/stft_distance": dist}, line=f"step {step}: demo STFT distance "
-                                      f"(EMA) {dist:.4f}")
+                                      f"{dist:.4f}")
                 if ckpt.at_step(state, iterator, step, end, preempt)[1]:
                     print_fn(f"SIGTERM: saved step {step}, exiting")
                     break
@@ -511,5 +518,5 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None, print_fn=print
         telemetry.close()
     if finished and jax.process_count() == 1:
         path = export_autoencoder(cfg, state, run_dir / "export")
-        print_fn(f"exported the EMA autoencoder to {path}")
+        print_fn(f"exported the autoencoder ({'EMA' if cfg.ema.enabled else 'raw'} weights) to {path}")
     return state
