@@ -16,8 +16,9 @@ generator (encoder + decoder), odd steps the discriminator. The generator loss i
 (adversarial and feature-matching terms from step `losses.disc_start` on); the discriminator's is
 the hinge loss on reals against the (fixed) reconstructions. Two AdamW optimisers, betas (0.8, 0.99)
 by default; an EMA of the generator (updated on generator steps; with `ema.enabled: false` the demos
-and the export use the raw weights). `freeze_encoder: true` is the paper's second stage: the encoder gets no gradient and no update, the decoder is fine-tuned (resume
-the stage-1 run directory with it set, or start from scratch with it).
+and the export use the raw weights). `freeze_encoder: true` is the paper's second stage: the
+encoder gets no gradient and no update, the decoder is fine-tuned (resume the stage-1 run directory
+with it set, or start from scratch with it).
 
 Run directory (`checkpoint.dir`): config.yaml, checkpoints/<step>/ (Orbax: generator and
 discriminator parameters, both optimiser states, EMA, counters, RNG; the grain iterator; the
