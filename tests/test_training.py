@@ -95,10 +95,15 @@ def test_sigterm_saves_and_stops(reference, tmp_path):
         if line.startswith("step 5/"):
             os.kill(os.getpid(), signal.SIGTERM)
 
+    from sa_jax.training.loop import _Preemption
+
     state = train(config(latents, run), print_fn=term_at_5)
     assert int(state.step) == 5
     assert sorted(os.listdir(run / "checkpoints")) == ["5"]
     assert not (run / "export").exists()
+    assert _Preemption.stopped   # `sa-jax train` exits 143 on it
+    state = train(config(latents, run), print_fn=lambda line: None)   # resumes and finishes
+    assert int(state.step) == config(latents, run).steps and not _Preemption.stopped
 
 
 def test_nonfinite_step_is_skipped(reference, tmp_path):

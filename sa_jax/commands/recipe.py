@@ -131,6 +131,9 @@ def _train(config: Path, overrides: list[str]) -> None:
     from sa_jax.cli import main
 
     code = main(["train", "--config", str(config), *overrides])
+    if code == 143:
+        raise SystemExit(f"[recipe] stopped by SIGTERM in sa-jax train --config {config} (checkpoint saved); "
+                         "rerun the recipe to resume")
     if code:
         raise RuntimeError(f"sa-jax train --config {config} failed (exit code {code})")
 

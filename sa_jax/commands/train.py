@@ -54,11 +54,17 @@ def run(args) -> int:
 
         yaml.safe_dump(to_dict(cfg), sys.stdout, sort_keys=False)
         return 0
+    from sa_jax.training.loop import _Preemption
+
     try:
         getattr(module, train_fn)(cfg)
     except TrainingError as e:
         print(f"sa-jax train: {e}")
         return 3
+    if _Preemption.stopped:
+        print("sa-jax train: stopped by SIGTERM before the last step; the checkpoint is saved, run the same "
+              "command again to resume")
+        return 143   # 128 + SIGTERM, as a process killed by it
     return 0
 
 

@@ -270,12 +270,17 @@ class BestExport:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls (the handler is restored afterwards)."""
+    """Turns SIGTERM into a flag the loop polls (the handler is restored afterwards).
+    `_Preemption.stopped` tells whether the last training loop stopped for it (`sa-jax train` then
+    exits with 143, so a script running stages in turn does not mistake the stop for the end)."""
+
+    stopped = False
 
     def __init__(self):
         self.requested = False
 
     def __enter__(self):
+        _Preemption.stopped = False
         try:
             self.previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread
@@ -292,10 +297,13 @@ class _Preemption:
     def agreed(self) -> bool:
         """Every process sees the same answer (a tiny all-gather when there are several)."""
         if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
+            agreed = self.requested
+        else:
+            from jax.experimental import multihost_utils
 
-        return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+            agreed = bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+        _Preemption.stopped = _Preemption.stopped or agreed
+        return agreed
 
 
 def train(cfg, *, stop_at: int | None = None, print_fn=print):
