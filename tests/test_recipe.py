@@ -19,7 +19,7 @@ def test_quick_recipe_end_to_end(tmp_path):
                  "clap/export/config.json", "latents/info.json", "unet/export/config.yaml", "report.json"):
         assert (out / done).exists(), done
     stages = json.loads((out / "stages.json").read_text())
-    assert set(stages) == {"corpus", "heldout", "vae", "vae_tail", "vae_silence", "clap", "latents", "unet",
+    assert set(stages) == {"corpus", "heldout", "vae", "vae_tail", "vae_flat", "vae_silence", "clap", "latents", "unet",
                            "evaluate"}
 
     report = json.loads((out / "report.json").read_text())

@@ -8,6 +8,9 @@ last checkpoint, so rerunning the command continues where it stopped):
     vae/           `sa-jax train --config configs/train_vae_small.yaml`   -> vae/export (an Autoencoder)
     vae/ (tail)    the same run continued with crops that may run past a clip's end (`data.crop_past_end`),
                    so the VAE also sees silence; re-exports vae/export
+    vae/ (flat)    continued again with the STFT losses unweighted (no A-weighting pre-filter): the A-weighting
+                   hides the low-frequency hum the decoder plays over silence (it attenuates 43-200 Hz by 12-20
+                   dB), so with it alone the hum stayed (bench/RESULTS.md); re-exports vae/export
     vae_silence/   the same autoencoder re-centred so that silence encodes to zero latents (below), with
                    its latent scale set so the latents have unit standard deviation (`scale_to_unit_std`)
     clap/          `sa-jax train --config configs/train_clap_small.yaml`  -> clap/export (a ClapModel folder)
@@ -41,7 +44,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # Per-stage settings: the full recipe, and the --quick smoke run.
 FULL = {
     "corpus": {"count": 800, "max_seconds": 8.0}, "heldout": {"count": 24, "max_seconds": 8.0},
-    "vae": [], "vae_tail": ["steps=2500", "data.crop_past_end=16384"], "clap": [], "unet": [],
+    "vae": [], "vae_tail": ["steps=2000", "data.crop_past_end=16384"],
+    "vae_flat": ["steps=3000", "data.crop_past_end=16384", "losses.stft.perceptual_weighting=false"],
+    "clap": [], "unet": [],
     "eval": {"steps": 50, "timing_lengths": 5, "per_value": 2, "recon_clips": 16},
 }
 QUICK = {
@@ -49,6 +54,7 @@ QUICK = {
     "vae": ["steps=20", "data.window=16384", "data.batch_size=2", "losses.disc_start=0", "checkpoint.every=20",
             "log.every=10", "log.demo_every=0", "log.demo_count=1"],
     "vae_tail": ["steps=30", "data.crop_past_end=8192"],
+    "vae_flat": ["steps=40", "data.crop_past_end=8192", "losses.stft.perceptual_weighting=false"],
     "clap": ["steps=10", "data.batch_size=8", "checkpoint.every=10", "log.every=5", "optim.warmup_steps=2"],
     "unet": ["steps=20", "data.latent_window=128", "data.window=131072", "data.batch_size=4",
              "checkpoint.every=20", "log.every=10", "optim.warmup_steps=2"],
@@ -173,13 +179,17 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
     stage("vae", out / "vae" / "export" / "config.yaml",
           lambda: _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"]]))
 
-    def vae_tail():
-        # The same run, continued with crops that may run past a clip's end: the corpus has (almost) no
-        # silence, yet generated clips end in it (the U-Net learns zero latents after seconds_total), so
-        # the VAE must learn to reconstruct it. Re-exports vae/export.
-        _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"], *s["vae_tail"]])
-        (out / "vae" / "tail.done").write_text("")
-    stage("vae_tail", out / "vae" / "tail.done", vae_tail)
+    def vae_phase(name: str, marker: str):
+        # The same run continued with other settings (see the module docstring). `vae_tail`: crops may run
+        # past a clip's end; the corpus has (almost) no silence, yet generated clips end in it (the U-Net
+        # learns zero latents after seconds_total), so the VAE must learn to reconstruct it. `vae_flat`:
+        # unweighted STFT losses. Each re-exports vae/export.
+        def run_phase():
+            _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"], *s[name]])
+            (out / "vae" / marker).write_text("")
+        stage(name, out / "vae" / marker, run_phase)
+    vae_phase("vae_tail", "tail.done")
+    vae_phase("vae_flat", "flat.done")
 
     def silence():
         from sa_jax.autoencoder import Autoencoder
