@@ -45,7 +45,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FULL = {
     "corpus": {"count": 800, "max_seconds": 8.0}, "heldout": {"count": 24, "max_seconds": 8.0},
     "vae": [], "vae_tail": ["steps=2000", "data.crop_past_end=16384"],
-    "vae_flat": ["steps=2600", "data.crop_past_end=16384", "losses.stft.perceptual_weighting=false"],
+    "vae_flat": ["steps=2500", "data.crop_past_end=16384", "losses.stft.perceptual_weighting=false"],
     "clap": [], "unet": [],
     "eval": {"steps": 50, "timing_lengths": 5, "per_value": 2, "recon_clips": 16},
 }
