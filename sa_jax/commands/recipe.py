@@ -180,16 +180,12 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
           lambda: _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"]]))
 
     def vae_phase(name: str, marker: str):
-        # The same run continued with other settings (see the module docstring). `vae_tail`: crops may run
-        # past a clip's end; the corpus has (almost) no silence, yet generated clips end in it (the U-Net
-        # learns zero latents after seconds_total), so the VAE must learn to reconstruct it. `vae_flat`:
-        # unweighted STFT losses. Each re-exports vae/export.
-        def run_phase():
-            _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"], *s[name]])
-            (out / "vae" / marker).write_text("")
-        stage(name, out / "vae" / marker, run_phase)
-    vae_phase("vae_tail", "tail.done")
-    vae_phase("vae_flat", "flat.done")
+        # The vae/ run continued to further steps with other settings (why: the module docstring); the
+        # trainer re-exports vae/export at the end, the marker records that the phase finished.
+        _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"], *s[name]])
+        (out / "vae" / marker).write_text("")
+    for name, marker in (("vae_tail", "tail.done"), ("vae_flat", "flat.done")):
+        stage(name, out / "vae" / marker, lambda name=name, marker=marker: vae_phase(name, marker))
 
     def silence():
         from sa_jax.autoencoder import Autoencoder

@@ -49,18 +49,18 @@ def reconstruction_distance(autoencoder, clips, seconds: float = 2.0, stft=None)
     from sa_jax.training.losses import STFTLossConfig, reconstruction_losses
 
     stft = stft or STFTLossConfig()
+    roundtrip = lambda x: autoencoder.decode(autoencoder.encode(x[None], chunk_frames=None), chunk_frames=None)[0]
     ratio = autoencoder.downsampling_ratio
     n = -(-int(round(seconds * autoencoder.sample_rate)) // ratio) * ratio
     dists, level_errors = [], []
     for a in clips:   # one clip at a time: the distance is a batch mean
         a = np.asarray(a, np.float32)[:, :n]
         clip = np.pad(a, ((0, 0), (0, n - a.shape[1])))
-        recon = autoencoder.decode(autoencoder.encode(clip[None], chunk_frames=None), chunk_frames=None)[0]
+        recon = roundtrip(clip)
         # the trainer's loss with the reals as input and the reconstruction as target, (batch, time, channels)
         dists.append(float(reconstruction_losses(clip.T[None], recon.T[None], stft, autoencoder.sample_rate)["mrstft"]))
         level_errors.append(abs(rms_db(recon) - rms_db(clip)))
-    silence = autoencoder.decode(autoencoder.encode(np.zeros((1, autoencoder.io_channels, n), np.float32), chunk_frames=None),
-                                 chunk_frames=None)[0]
+    silence = roundtrip(np.zeros((autoencoder.io_channels, n), np.float32))
     # The STFT distance alone can look fine for a decoder that ignores its input and plays a fixed
     # hum at the corpus' average level; the level error and the silence level show that failure.
     return {"stft_distance": float(np.mean(dists)), "per_clip": [float(d) for d in dists], "count": len(dists),
