@@ -45,6 +45,24 @@ def test_timing_errors_median_and_p90():
     with pytest.raises(ValueError):
         timing.timing_errors([1, 2], [1])
     assert timing.requested_lengths(8.9, 5) == [1.0, 3.0, 4.0, 6.0, 8.0]
+    assert timing.requested_lengths(8.9, 5, low=2.0) == [2.0, 4.0, 5.0, 6.0, 8.0]
+
+
+def test_timing_lengths_start_at_the_corpus_shortest_seconds_total(tmp_path):
+    """A model never saw a seconds_total below its corpus's shortest clip (rounded up), so the evaluation
+    does not ask for one."""
+    import json
+
+    from sa_jax.commands.evaluate import shortest_seconds_total
+
+    lines = [json.dumps({"path": f"audio/{i}.wav", "duration_s": d}) for i, d in enumerate([3.5, 1.2, 7.9])]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    assert shortest_seconds_total(tmp_path) == 2.0
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"path": "a.wav", "duration_s": 0.4}) + "\n")
+    assert shortest_seconds_total(tmp_path) == 1.0
+    (tmp_path / "metadata.jsonl").write_text("")
+    with pytest.raises(ValueError, match="lists no clips"):
+        shortest_seconds_total(tmp_path)
 
 
 class FakeModel:

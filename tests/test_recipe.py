@@ -1,9 +1,10 @@
 """`sa-jax recipe small --quick`: every stage of the small model's recipe end to end (synth, VAE, CLAP,
-silence re-centring, encode, U-Net, evaluate) into a temporary folder; the result loads with
+silence re-centring, encode, quiet decoder, U-Net, evaluate) into a temporary folder; the result loads with
 StableAudio.load and generates; a second run skips every stage."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -16,11 +17,11 @@ def test_quick_recipe_end_to_end(tmp_path):
     out = tmp_path / "small"
     assert main(["recipe", "small", "--out", str(out), "--quick"]) == 0
     for done in ("corpus/metadata.jsonl", "heldout/metadata.jsonl", "vae/export/config.yaml", "vae_silence",
-                 "clap/export/config.json", "latents/info.json", "unet/export/config.yaml", "report.json"):
+                 "clap/export/config.json", "latents/info.json", "vae_quiet/quiet.json", "unet/export/config.yaml", "report.json"):
         assert (out / done).exists(), done
     stages = json.loads((out / "stages.json").read_text())
-    assert set(stages) == {"corpus", "heldout", "vae", "vae_tail", "vae_flat", "vae_silence", "clap", "latents", "unet",
-                           "evaluate"}
+    assert set(stages) == {"corpus", "heldout", "vae", "vae_tail", "vae_flat", "vae_silence", "clap", "latents", "vae_quiet",
+                           "unet", "evaluate"}
 
     report = json.loads((out / "report.json").read_text())
     assert np.isfinite(report["reconstruction"]["stft_distance"])
@@ -38,7 +39,13 @@ def test_quick_recipe_end_to_end(tmp_path):
     report_std = np.concatenate([np.load(f) for f in sorted((out / "latents").rglob("*.npy"))[:8]], axis=-1).std()
     assert 0.5 < report_std < 2.0, report_std
 
+    # the quiet decoder kept the encoder, and the model decodes with it
+    quiet, centred = Autoencoder.load(out / "vae_quiet"), Autoencoder.load(out / "vae_silence")
+    for a, b in zip(jax.tree.leaves(quiet.params["encoder"]), jax.tree.leaves(centred.params["encoder"])):
+        np.testing.assert_array_equal(a, b)
     model = StableAudio.load(out / "unet" / "export")
+    for a, b in zip(jax.tree.leaves(model.autoencoder.params), jax.tree.leaves(quiet.params)):
+        np.testing.assert_array_equal(a, b)
     assert model.sample_rate == 44100 and model.window_seconds == pytest.approx(131072 / 44100)
     audio = model.generate(["instrument: bell"], seconds_total=2, steps=4, seed=0)
     assert audio.shape == (1, 2, 88200) and np.all(np.isfinite(audio))

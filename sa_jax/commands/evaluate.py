@@ -16,6 +16,7 @@ the model did not train on, e.g. `sa-jax synth --out heldout --count 16 --seed 1
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -41,7 +42,7 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
     log(f"reconstruction: {len(clips)} clips in {time.perf_counter() - t0:.1f} s")
 
     t0 = time.perf_counter()
-    lengths = timing.requested_lengths(model.window_seconds, timing_lengths)
+    lengths = timing.requested_lengths(model.window_seconds, timing_lengths, low=shortest_seconds_total(corpus))
     report["timing"] = timing.timing_eval(model, list(timing_prompts), lengths, steps=steps, cfg_scale=cfg_scale,
                                           seed=seed, batch=batch)
     report["timing"]["method"] = {"frame_seconds": timing.FRAME_SECONDS, "threshold_db": timing.THRESHOLD_DB,
@@ -60,6 +61,19 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
     report["adherence_oracle"] = adherence.oracle(oracle_clips, model.sample_rate, classifier)
     log(f"adherence: {len(report['adherence']['items'])} generations in {time.perf_counter() - t0:.1f} s")
     return report
+
+
+def shortest_seconds_total(corpus) -> float:
+    """The shortest seconds_total (a clip's duration rounded up to whole seconds, as training conditions
+    on it) in a `sa-jax synth` folder. The timing lengths start there: a model trained on this corpus
+    never saw a shorter request (the small recipe's clips are 1-8 s long, so seconds_total >= 2), and its
+    answer to an untrained timing embedding measures nothing. Held-out clips come from the same
+    generator settings as the training corpus, so they stand in for it."""
+    durations = [json.loads(line)["duration_s"] for line in (Path(corpus) / "metadata.jsonl").read_text().splitlines()
+                 if line.strip()]
+    if not durations:
+        raise ValueError(f"{corpus}/metadata.jsonl lists no clips")
+    return float(max(1, math.ceil(min(durations))))
 
 
 def table(report: dict) -> str:

@@ -16,8 +16,12 @@ last checkpoint, so rerunning the command continues where it stopped):
     clap/          `sa-jax train --config configs/train_clap_small.yaml`  -> clap/export (a ClapModel folder)
     latents/       `sa-jax encode corpus/ latents/ --model vae_silence` (`encode_dataset`, clips padded to
                    64-frame buckets so that few shapes compile)
+    vae_quiet/     vae_silence with its decoder fine-tuned on latents/ to play silence for silence latents
+                   (`sa_jax.training.quiet`; the encoder, so the latents, are unchanged): the trained decoder
+                   hums at -46 dBFS over silence and clicks at the window's end, loud enough to hide where
+                   the music stops (bench/RESULTS.md)
     unet/          `sa-jax train --config configs/train_unet_small.yaml` (text.source clap = clap/export,
-                   autoencoder.path = vae_silence) -> unet/export, a whole model: StableAudio.load(unet/export)
+                   autoencoder.path = vae_quiet) -> unet/export, a whole model: StableAudio.load(unet/export)
     report.json    `sa-jax evaluate unet/export --corpus heldout/`
 
 Why re-centre: the latent data pipeline pads clips shorter than the window with zero latents, where the
@@ -46,7 +50,7 @@ FULL = {
     "corpus": {"count": 800, "max_seconds": 8.0}, "heldout": {"count": 24, "max_seconds": 8.0},
     "vae": [], "vae_tail": ["steps=2000", "data.crop_past_end=16384"],
     "vae_flat": ["steps=2500", "data.crop_past_end=16384", "losses.stft.perceptual_weighting=false"],
-    "clap": [], "unet": [],
+    "clap": [], "quiet": {"steps": 600}, "unet": [],
     "eval": {"steps": 50, "timing_lengths": 5, "per_value": 2, "recon_clips": 16},
 }
 QUICK = {
@@ -56,6 +60,7 @@ QUICK = {
     "vae_tail": ["steps=30", "data.crop_past_end=8192"],
     "vae_flat": ["steps=40", "data.crop_past_end=8192", "losses.stft.perceptual_weighting=false"],
     "clap": ["steps=10", "data.batch_size=8", "checkpoint.every=10", "log.every=5", "optim.warmup_steps=2"],
+    "quiet": {"steps": 5, "frames": 16},
     "unet": ["steps=20", "data.latent_window=128", "data.window=131072", "data.batch_size=4",
              "checkpoint.every=20", "log.every=10", "optim.warmup_steps=2"],
     "eval": {"steps": 4, "timing_lengths": 2, "per_value": 1, "recon_clips": 2},
@@ -215,10 +220,25 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
                                 out / "latents")
         log(f"[recipe] encoded the corpus: {report.summary()}")
     stage("latents", out / "latents" / "info.json", encode)
+
+    def quiet():
+        from sa_jax.autoencoder import Autoencoder
+        from sa_jax.training.quiet import QuietConfig, quiet_decoder
+
+        ae, stats = quiet_decoder(Autoencoder.load(out / "vae_silence"), out / "latents", QuietConfig(**s["quiet"]),
+                                  log=log)
+        tmp = out / "vae_quiet.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ae.save(tmp)
+        (tmp / "quiet.json").write_text(json.dumps(stats))
+        tmp.rename(out / "vae_quiet")
+        log(f"[recipe] decode(silence): loudest frame {stats['before'][0]:.1f} -> {stats['after'][0]:.1f} dBFS, "
+            f"last frame {stats['before'][1]:.1f} -> {stats['after'][1]:.1f} dBFS")
+    stage("vae_quiet", out / "vae_quiet", quiet)
     stage("unet", out / "unet" / "export" / "config.yaml",
           lambda: _train(CONFIGS / "train_unet_small.yaml", [
               f"data.path={out / 'latents'}", f"checkpoint.dir={out / 'unet'}",
-              f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_silence'}", *s["unet"]]))
+              f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_quiet'}", *s["unet"]]))
 
     def evaluate():
         from sa_jax.commands.evaluate import evaluate as run_eval, table

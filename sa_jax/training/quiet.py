@@ -1,0 +1,171 @@
+"""Teach a VAE's decoder to play silence for silence latents (the small recipe's `vae_quiet` stage).
+
+Why: the small VAE, trained as the paper does, decodes the silence latent to a steady hum at about
+-46 dBFS (harmonics of 43 Hz, its 1024-sample stride) and the window's last frame to about -37 dBFS.
+A U-Net that correctly stops at seconds_total then still plays that hum within 40 dB of its music, so
+the timing metric (sa_jax.eval.timing) sees no end. The paper's second VAE stage (the decoder alone,
+same losses) made the silence louder, not quieter, in the budget of a CPU run (bench/RESULTS.md).
+
+What: only the decoder changes, so the encoder, the latents of an encoded corpus, the silence centring
+and the latent scale all stay valid (a U-Net trained on those latents keeps working). The autoencoder
+must be silence-centred (`sa_jax.commands.recipe.centre_on_silence`): zero latents are silence. Each
+batch holds latent crops of the encoded corpus:
+
+- half of them the end of a clip followed by silence latents (what a timing-conditioned model
+  generates), a quarter music only, a quarter silence only;
+- silence latents get the small noise a denoiser leaves behind (a per-channel offset and per-frame
+  noise of random size), or none; the last frame of a crop that ends in silence gets more (`edge_noise`):
+  a denoiser is least accurate at the window's edge (the small U-Net's last frame: RMS 0.24, against
+  0.03 over the rest of its silence), and the decoder, which has no right context there, would click;
+- loss = music_weight * L1(decoder, frozen decoder) / mean |frozen decoder| on the samples of music
+  (distillation: the decoder keeps playing what it played, at any level)
+  + silence_weight * the mean power in dB of the samples after a clip's end
+  (past a `margin` that neither term covers, where a note's release may still sound). The power is
+  taken in dB so that it pushes at -60 dB as hard as at -40.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sa_jax.config import ConfigError
+
+
+@dataclasses.dataclass
+class QuietConfig:
+    steps: int = 600
+    lr: float = 1e-4
+    batch_size: int = 4
+    frames: int = 48                 # latent frames per crop
+    music_weight: float = 5.0
+    silence_weight: float = 0.2
+    margin: int = 2048               # samples after a clip's end that no loss term covers
+    noise: float = 0.06              # largest std of the per-frame noise on silence latents
+    offset: float = 0.04             # std of the per-channel offset on silence latents
+    edge_noise: float = 0.3          # largest std of the noise on the last frame of a crop that ends in silence
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"quiet: {name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or min(self.music_weight, self.silence_weight, self.margin, self.noise, self.offset,
+                                  self.edge_noise) < 0:
+            raise ConfigError("quiet: lr must be positive; the weights, margin, noise, offset and edge_noise >= 0")
+
+
+def silence_levels(ae, seconds: float = 4.0) -> tuple[float, float]:
+    """(loudest 50 ms frame away from the edges, the last frame) in dBFS of decode(zero latents)."""
+    from sa_jax.eval.timing import frame_levels_db
+
+    frames = int(np.ceil(seconds * ae.sample_rate / ae.downsampling_ratio))
+    y = ae.decode(np.zeros((1, ae.latent_dim, frames), np.float32), chunk_frames=None)[0]
+    db = frame_levels_db(y, ae.sample_rate)
+    return float(db[2:-2].max()), float(db[-1])
+
+
+class _Crops:
+    """Random batches (latents (B, frames, D) scaled for the decoder, music mask, silence mask)."""
+
+    def __init__(self, latents_dir, ae, c: QuietConfig):
+        from sa_jax.data.latents import open_latents
+
+        entries, _, info = open_latents(latents_dir)
+        if int(info["latent_dim"]) != ae.latent_dim or int(info["downsampling_ratio"]) != ae.downsampling_ratio:
+            raise ValueError(f"{latents_dir} holds latents of dim {info['latent_dim']} at "
+                             f"{info['downsampling_ratio']}x; the autoencoder has {ae.latent_dim} at "
+                             f"{ae.downsampling_ratio}x")
+        self.clips = [(np.load(e["path"]), int(e["samples"])) for e in entries]
+        self.c, self.r, self.d, self.scale = c, ae.downsampling_ratio, ae.latent_dim, ae.config.scale
+        self.rng = np.random.default_rng(c.seed)
+
+    def _silence(self, frames: int) -> np.ndarray:
+        rng, c = self.rng, self.c
+        if rng.random() < 0.25:
+            return np.zeros((self.d, frames), np.float32)
+        return (rng.normal(0, rng.uniform(0, c.noise), (self.d, frames))
+                + rng.normal(0, c.offset, (self.d, 1))).astype(np.float32)
+
+    def batch(self):
+        c, r, rng, F = self.c, self.r, self.rng, self.c.frames
+        z = np.zeros((c.batch_size, self.d, F), np.float32)
+        music = np.zeros((c.batch_size, F * r), np.float32)
+        silence = np.zeros_like(music)
+        for b in range(c.batch_size):
+            zc, n = self.clips[int(rng.integers(len(self.clips)))]
+            frames = zc.shape[1]
+            kind = rng.random()
+            if kind < 0.5:      # a clip's last k frames, then silence
+                k = int(rng.integers(1, min(F, frames) + 1))
+                z[b, :, :k] = zc[:, frames - k:]
+                z[b, :, k:] = self._silence(F - k)
+                end = k * r - (frames * r - n)     # the clip's last sample inside the crop
+                music[b, :max(end, 0)] = 1
+                silence[b, max(end, 0) + c.margin:] = 1
+            elif kind < 0.75:   # music only (a clip shorter than the crop ends in silence)
+                o = int(rng.integers(0, max(frames - F, 0) + 1))
+                piece = zc[:, o:o + F]
+                z[b, :, :piece.shape[1]] = piece
+                end = min(piece.shape[1] * r, n - o * r)
+                music[b, :end] = 1
+                if piece.shape[1] < F:
+                    z[b, :, piece.shape[1]:] = self._silence(F - piece.shape[1])
+                    silence[b, end + c.margin:] = 1
+            else:
+                z[b] = self._silence(F)
+                silence[b] = 1
+            if silence[b, -1]:
+                z[b, :, -1] += rng.normal(0, rng.uniform(0, c.edge_noise), self.d)
+        return jnp.asarray((z * self.scale).transpose(0, 2, 1)), jnp.asarray(music), jnp.asarray(silence)
+
+
+def quiet_decoder(ae, latents_dir: str | Path, config: QuietConfig | None = None, log=print):
+    """`ae` (a silence-centred Autoencoder) with its decoder fine-tuned as the module docstring says,
+    trained on the latents folder `latents_dir` (written by `encode_dataset` with this autoencoder).
+    Returns (autoencoder, {"before": silence_levels, "after": silence_levels, "music_l1": last L1})."""
+    from sa_jax.autoencoder import Autoencoder
+
+    c = config or QuietConfig()
+    c.validate()
+    crops = _Crops(latents_dir, ae, c)
+    module, teacher = ae.module, ae.params
+
+    def decode(decoder, z):
+        return module.apply({"params": {**teacher, "decoder": decoder}}, z, method=module.decode)
+
+    def loss_fn(decoder, z, music, silence, target):
+        y = decode(decoder, z)
+        count = jnp.maximum(music.sum(), 1)
+        l1 = (jnp.abs(y - target).mean(-1) * music).sum() / count
+        level = (jnp.abs(target).mean(-1) * music).sum() / count
+        power = ((y ** 2).mean(-1) * silence).sum() / jnp.maximum(silence.sum(), 1)
+        silence_db = 10 * jnp.log10(power + 1e-10)
+        return c.music_weight * l1 / (level + 1e-4) + c.silence_weight * silence_db, (l1, silence_db)
+
+    tx = optax.adam(c.lr)
+
+    @jax.jit
+    def step(decoder, opt, z, music, silence):
+        target = decode(teacher["decoder"], z)
+        (_, (l1, silence_db)), grads = jax.value_and_grad(loss_fn, has_aux=True)(decoder, z, music, silence, target)
+        updates, opt = tx.update(grads, opt, decoder)
+        return optax.apply_updates(decoder, updates), opt, l1, silence_db
+
+    before = silence_levels(ae)
+    decoder = teacher["decoder"]
+    opt = tx.init(decoder)
+    t0 = time.time()
+    for i in range(1, c.steps + 1):
+        decoder, opt, l1, silence_db = step(decoder, opt, *crops.batch())
+        if i % 50 == 0 or i == c.steps:
+            log(f"[quiet] step {i}/{c.steps}  music L1 {float(l1):.4f}  silence {float(silence_db):.1f} dB  "
+                f"{i / (time.time() - t0):.2f} steps/s")
+    out = Autoencoder(ae.config, {**teacher, "decoder": jax.device_get(decoder)})
+    return out, {"before": before, "after": silence_levels(out), "music_l1": float(l1)}
