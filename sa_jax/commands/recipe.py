@@ -50,7 +50,7 @@ FULL = {
     "corpus": {"count": 800, "max_seconds": 8.0}, "heldout": {"count": 24, "max_seconds": 8.0},
     "vae": [], "vae_tail": ["steps=2000", "data.crop_past_end=16384"],
     "vae_flat": ["steps=2500", "data.crop_past_end=16384", "losses.stft.perceptual_weighting=false"],
-    "clap": [], "quiet": {"steps": 600}, "unet": [],
+    "clap": [], "quiet": {}, "unet": [],
     "eval": {"steps": 50, "timing_lengths": 5, "per_value": 2, "recon_clips": 16},
 }
 QUICK = {
@@ -138,6 +138,16 @@ class BucketedEncoder:
         return self.ae.encode(x, chunk_frames=None)[..., :frames]
 
 
+def save_autoencoder(ae, folder: Path, notes_name: str, notes: dict) -> None:
+    """Save `ae` with a JSON of notes beside it into `folder`, which appears only when complete (the
+    stage's done-marker)."""
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ae.save(tmp)
+    (tmp / notes_name).write_text(json.dumps(notes))
+    tmp.rename(folder)
+
+
 def _train(config: Path, overrides: list[str]) -> None:
     from sa_jax.cli import main
 
@@ -200,12 +210,8 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
         x = np.zeros((1, ae.io_channels, 32 * ae.downsampling_ratio), np.float32)
         residual = float(np.abs(centred.encode(x, chunk_frames=None)[0][:, 8:-8]).max())
         centred, std = scale_to_unit_std(centred, out / "corpus")
-        tmp = out / "vae_silence.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        centred.save(tmp)
-        (tmp / "silence.json").write_text(json.dumps({"z_silence": z_sil.tolist(), "residual": residual,
-                                                            "latent_std": std}))
-        tmp.rename(out / "vae_silence")
+        save_autoencoder(centred, out / "vae_silence", "silence.json",
+                         {"z_silence": z_sil.tolist(), "residual": residual, "latent_std": std})
         log(f"[recipe] silence latent |z_sil| max {np.abs(z_sil).max():.3f}; after centring {residual:.2e}; "
             f"latent std {std:.4f} -> scale")
     stage("vae_silence", out / "vae_silence", silence)
@@ -227,11 +233,7 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
 
         ae, stats = quiet_decoder(Autoencoder.load(out / "vae_silence"), out / "latents", QuietConfig(**s["quiet"]),
                                   log=log)
-        tmp = out / "vae_quiet.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        ae.save(tmp)
-        (tmp / "quiet.json").write_text(json.dumps(stats))
-        tmp.rename(out / "vae_quiet")
+        save_autoencoder(ae, out / "vae_quiet", "quiet.json", stats)
         log(f"[recipe] decode(silence): loudest frame {stats['before'][0]:.1f} -> {stats['after'][0]:.1f} dBFS, "
             f"last frame {stats['before'][1]:.1f} -> {stats['after'][1]:.1f} dBFS")
     stage("vae_quiet", out / "vae_quiet", quiet)

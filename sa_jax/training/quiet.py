@@ -106,9 +106,9 @@ class _Crops:
                 k = int(rng.integers(1, min(F, frames) + 1))
                 z[b, :, :k] = zc[:, frames - k:]
                 z[b, :, k:] = self._silence(F - k)
-                end = k * r - (frames * r - n)     # the clip's last sample inside the crop
-                music[b, :max(end, 0)] = 1
-                silence[b, max(end, 0) + c.margin:] = 1
+                end = k * r - (frames * r - n)     # the clip's end inside the crop (its last frame holds >= 1 sample)
+                music[b, :end] = 1
+                silence[b, end + c.margin:] = 1
             elif kind < 0.75:   # music only (a clip shorter than the crop ends in silence)
                 o = int(rng.integers(0, max(frames - F, 0) + 1))
                 piece = zc[:, o:o + F]
