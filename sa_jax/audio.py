@@ -8,10 +8,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-
-
-class AudioError(ValueError):
-    """Audio that cannot be used: unreadable, empty, not finite, or of an unsupported shape."""
+from sa_jax.errors import AudioError  # noqa: F401  (re-exported)
 
 
 def check_finite(audio: np.ndarray, what: str) -> None:

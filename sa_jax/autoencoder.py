@@ -27,8 +27,7 @@ from sa_jax.checkpoints import store
 from sa_jax.checkpoints.io import CheckpointError, read_state_dict
 from sa_jax.config import ConfigError, load_yaml, to_dict
 from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from sa_jax.nn import DTYPES
 
 
 def _as_config(config: Any) -> AutoencoderConfig:

@@ -14,12 +14,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
+from sa_jax.errors import ConfigError  # noqa: F401  (re-exported)
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit its schema."""
 
 
 def _type_name(tp: Any) -> str:

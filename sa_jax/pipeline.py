@@ -42,11 +42,11 @@ from sa_jax.autoencoder import Autoencoder
 from sa_jax.checkpoints import store
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.config import ConfigError, from_dict, to_dict
+from sa_jax.nn import DTYPES
 
 log = logging.getLogger("sa_jax.pipeline")
 
 MODEL_TYPE = "diffusion_cond"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TOKENIZER_DIR = "tokenizer"
 
 

@@ -7,10 +7,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-
-
-class CheckpointError(ValueError):
-    """A weight file that cannot be read or does not match the model it is loaded into."""
+from sa_jax.errors import CheckpointError  # noqa: F401  (re-exported)
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sa_jax.audio import resample
+from sa_jax.errors import BadAudio  # noqa: F401  (re-exported)
 
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
@@ -25,15 +26,6 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 # Extra source samples read on each side of a crop before resampling, so the resampler's filter
 # has real context at the crop edges (soxr_hq's delay is well under this at any common rate).
 _RESAMPLE_MARGIN_S = 0.02
-
-
-class BadAudio(ValueError):
-    """A file the pipeline skips. `reason` is a short code ("unreadable", "empty", "nan", ...)."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from sa_jax.errors import MetadataError  # noqa: F401  (re-exported)
 
 # Keys that describe the file rather than its content; never put in prompts.
 RESERVED_KEYS = frozenset({"path", "file", "filename", "relpath", "sample_rate", "channels", "frames",
                            "num_frames", "seconds_total", "seconds_start", "duration_s"})
 
 MANIFEST_NAMES = ("metadata.jsonl", "manifest.jsonl", "metadata.csv", "manifest.csv")
-
-
-class MetadataError(ValueError):
-    """A manifest or sidecar that cannot be used."""
 
 
 def _parse_cell(text: str) -> Any:

@@ -22,15 +22,12 @@ from typing import Any
 
 from sa_jax.data.audio_io import AUDIO_EXTENSIONS, BadAudio, probe, read_all, peak_db
 from sa_jax.data.metadata import MANIFEST_NAMES, MetadataError, read_manifest, read_sidecar
+from sa_jax.errors import NoUsableData  # noqa: F401  (re-exported)
 
 log = logging.getLogger("sa_jax.data")
 
 # Files that are expected in a corpus folder and are not audio.
 _IGNORED_SUFFIXES = {".json", ".jsonl", ".csv", ".txt", ".md", ".yaml", ".yml"}
-
-
-class NoUsableData(RuntimeError):
-    """Every file of a source was bad (or the source was empty)."""
 
 
 @dataclass

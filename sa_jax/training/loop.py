@@ -38,12 +38,9 @@ from sa_jax.training import model as tm
 from sa_jax.training.frozen import FrozenModels, load_frozen
 from sa_jax.training.step import NO_FROZEN, compiled_train_step, create_state, place_frozen, state_shardings
 from sa_jax.training.telemetry import Telemetry
+from sa_jax.errors import TrainingError  # noqa: F401  (re-exported)
 
 log = logging.getLogger("sa_jax.training")
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. too many non-finite steps in a row)."""
 
 
 def check_bad_steps(bad_in_a_row: int, limit: int) -> None:

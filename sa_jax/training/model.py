@@ -23,8 +23,7 @@ from sa_jax.models.conditioners import cfg_dropout
 from sa_jax.models.dit import DiT
 from sa_jax.models.sa1_conditioning import SA1Conditioner
 from sa_jax.models.unet import UNet1d, null_embedding
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from sa_jax.nn import DTYPES
 
 
 def text_shape(model) -> tuple[int, int]:

@@ -51,6 +51,7 @@ from sa_jax.training import losses as L
 from sa_jax.training.config import CheckpointConfig, EMAConfig, MeshConfig
 from sa_jax.training.loop import _Preemption, check_bad_steps, memory_report, open_run, restore_or_create
 from sa_jax.training.optim import ema_decay
+from sa_jax.nn import DTYPES
 
 log = logging.getLogger("sa_jax.training.vae")
 
@@ -63,7 +64,6 @@ _SA1_VAE = {
     "bottleneck": {"type": "vae"}, "latent_dim": 64, "downsampling_ratio": 1024, "io_channels": 2,
     "sample_rate": 44100,
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclass
