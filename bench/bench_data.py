@@ -16,14 +16,12 @@ import argparse
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 WINDOW = 4194304  # 95.1 s at 44.1 kHz
 

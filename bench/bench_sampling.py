@@ -72,8 +72,7 @@ def main():
     import torch
     from jax.tree_util import Partial
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from kdiffusion_ref import K  # the k-diffusion sampling modules without the package's heavy imports
+    from sa_jax.testing.kdiffusion_ref import K  # the k-diffusion sampling modules without the package's heavy imports
 
     from sa_jax.diffusion import get_sigmas, sample, v_denoiser
 

@@ -32,7 +32,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))   # reference.py / sat_ref.py: the reference import with stubs
 
 from timing import timed  # noqa: E402
 
@@ -126,7 +125,7 @@ def bench_sa_jax(case, ref_state, steps, warmup):
 def torch_model(case):
     import torch
 
-    from reference import import_reference
+    from sa_jax.testing.reference import import_reference
 
     torch.manual_seed(0)
     if case["family"] == "unet":

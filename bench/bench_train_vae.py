@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))   # reference.py: imports stable-audio-tools with stubs
 
 
 def model_dict(channels: int) -> dict:
@@ -72,7 +70,7 @@ def run_torch(args, audio):
 
     import torch
 
-    from reference import import_reference
+    from sa_jax.testing.reference import import_reference
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -75,7 +75,7 @@ def test_convert_writes_checkpoint_that_loads_without_source(diffusers_folder, t
 
 
 def _sat_model(tmp_path):
-    from reference import import_reference
+    from sa_jax.testing.reference import import_reference
 
     sat = import_reference("stable_audio_tools.models.autoencoders")
     model_config = {"model_type": "autoencoder", "sample_rate": 44100, "audio_channels": 2,

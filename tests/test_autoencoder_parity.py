@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference import import_reference
+from sa_jax.testing.reference import import_reference
 from sa_jax import Autoencoder
 from sa_jax.checkpoints import autoencoder as importer
 from sa_jax.models.autoencoder import vae_kl, vae_stats
@@ -94,7 +94,7 @@ def test_oobleck_matches_diffusers_small():
 @pytest.mark.parametrize("kind", ["oobleck", "dac"])
 def test_matches_stable_audio_tools_small(kind):
     sat = import_reference("stable_audio_tools.models.autoencoders")
-    from sa_jax import sat_config
+    from sa_jax.checkpoints import sat_config
 
     torch.manual_seed(1)
     model_config = small_sat_config(kind)
@@ -108,7 +108,7 @@ def test_matches_stable_audio_tools_small(kind):
 def test_whole_model_checkpoint_uses_pretransform_keys():
     """A diffusion model's file: the autoencoder is under pretransform.model.*, the rest is ignored."""
     sat = import_reference("stable_audio_tools.models.autoencoders")
-    from sa_jax import sat_config
+    from sa_jax.checkpoints import sat_config
 
     torch.manual_seed(2)
     ae_config = small_sat_config("oobleck")
@@ -150,7 +150,7 @@ def test_oobleck_full_sao_widths_short_clip():
 def test_dac_paper_widths_short_clip():
     """Stable Audio 1.0's VAE shape (1024x, encoder 128..2048, decoder 1536) on 4 latent frames."""
     sat = import_reference("stable_audio_tools.models.autoencoders")
-    from sa_jax import sat_config
+    from sa_jax.checkpoints import sat_config
     from sa_jax.config import load_yaml
 
     model_config = {"model_type": "autoencoder", "sample_rate": 44100,

@@ -16,7 +16,7 @@ import pytest
 from sa_jax.checkpoints.clap import import_bert
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.models.bert import BertConfig, BertEncoder, TextEncoder, load_tokenizer
-from sat_ref import randomize, rel_err, state_dict
+from sa_jax.testing.sat_ref import randomize, rel_err, state_dict
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -14,7 +14,7 @@ import jax
 from sa_jax.checkpoints.clap import import_hf_clap, load_hf_clap
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.models.clap import ClapConfig, ClapModel, bicubic_matrix, contrastive_loss
-from sat_ref import randomize, rel_err, state_dict
+from sa_jax.testing.sat_ref import randomize, rel_err, state_dict
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -14,7 +14,7 @@ import pytest
 
 from sa_jax.models.clap import (Clap, ClapAudioFeatures, ClapConfig, HTSATConfig, audio_features,
                                 load_clap_text_encoder, log_mel, mel_filters)
-from sat_ref import randomize, rel_err
+from sa_jax.testing.sat_ref import randomize, rel_err
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -20,7 +20,7 @@ import pytest
 from sa_jax.checkpoints.clap import laion_config, load_laion_clap
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.models.clap import ClapModel, contrastive_loss
-from sat_ref import randomize, rel_err
+from sa_jax.testing.sat_ref import randomize, rel_err
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -16,7 +16,7 @@ from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.models.conditioners import (ConditioningConfig, NumberConditionerConfig, cfg_dropout,
                                         init_params, make_conditioner)
 from sa_jax.models.dit import DiT, make_denoiser
-from sat_ref import SAO_MODEL_CONFIG, randomize, rel_err, sat_module, state_dict
+from sa_jax.testing.sat_ref import SAO_MODEL_CONFIG, randomize, rel_err, sat_module, state_dict
 
 torch = pytest.importorskip("torch")
 

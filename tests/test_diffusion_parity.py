@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdiffusion_ref import kdiffusion, sat_sampling
+from sa_jax.testing.kdiffusion_ref import kdiffusion, sat_sampling
 from sa_jax.diffusion import get_sigmas, rf_denoiser, sample, step_noise, v_denoiser
 
 torch = pytest.importorskip("torch")

@@ -41,7 +41,7 @@ class _Spectrogram(torch.nn.Module):
 
 @pytest.fixture
 def ref_disc(monkeypatch):
-    from reference import import_reference
+    from sa_jax.testing.reference import import_reference
 
     mod = import_reference("stable_audio_tools.models.discriminators")
     enc = import_reference("stable_audio_tools.models.encodec")

@@ -14,7 +14,7 @@ from sa_jax.checkpoints import sao
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.config import ConfigError, from_dict
 from sa_jax.models.dit import DiTConfig, init_params, make_denoiser
-from sat_ref import SAO_MODEL_CONFIG, randomize, rel_err, sat_module, state_dict
+from sa_jax.testing.sat_ref import SAO_MODEL_CONFIG, randomize, rel_err, sat_module, state_dict
 
 torch = pytest.importorskip("torch")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdiffusion_ref import kdiffusion
-from sat_ref import SAO_MODEL_CONFIG, randomize, rel_err
+from sa_jax.testing.kdiffusion_ref import kdiffusion
+from sa_jax.testing.sat_ref import SAO_MODEL_CONFIG, randomize, rel_err
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -294,7 +294,7 @@ def sat_folder(tmp_path_factory):
     from unittest import mock
 
     from safetensors.torch import save_file
-    from sat_ref import sat_module
+    from sa_jax.testing.sat_ref import sat_module
     from test_autoencoder_parity import small_sat_config
     from test_t5 import _tokenizer
 
@@ -334,7 +334,7 @@ def test_stable_audio_tools_folder_matches_generate_diffusion_cond(sat_folder):
     """Against stable-audio-tools' own generate_diffusion_cond (its conditioners, DiT CFG, k-diffusion
     sampling and pretransform decode) with the same seed's torch noise."""
     from sa_jax import StableAudio
-    from sat_ref import sat_module
+    from sa_jax.testing.sat_ref import sat_module
 
     kdiffusion()
     root, model = sat_folder

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference import import_reference
+from sa_jax.testing.reference import import_reference
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.models.sa1_conditioning import SA1Conditioner, import_sat
 

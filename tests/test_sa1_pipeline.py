@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdiffusion_ref import kdiffusion
-from reference import import_reference
+from sa_jax.testing.kdiffusion_ref import kdiffusion
+from sa_jax.testing.reference import import_reference
 from sa_jax import StableAudio
 
 SAMPLE_RATE = 1000          # a small rate keeps a 1 s window tiny

@@ -3,7 +3,7 @@ ones included) may reach its own layer or a layer below it, never one above.
 
 The order, top first (docs/architecture.md explains each layer):
 
-    commands / cli / ui                      what a user types
+    commands / cli / ui / testing            what a user types; the PyTorch references for tests
     training / eval / metrics / ablate       trainers, evaluations, studies
     pipeline                                 StableAudio: format detection + generation
     families / autoencoder                   SAO (T5 + DiT) and SA1 (CLAP + U-Net) wiring, the VAE API
@@ -26,7 +26,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "sa_jax"
 
 LAYERS = [
-    {"cli", "commands", "ui", "__main__"},
+    {"cli", "commands", "ui", "__main__", "testing"},
     {"training", "eval", "metrics", "ablate"},
     {"pipeline"},
     {"families", "autoencoder"},

@@ -13,7 +13,7 @@ import pytest
 from sa_jax.checkpoints import sao
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.models.t5 import T5Config, T5Encoder, T5TextEncoder, check_t5_folder
-from sat_ref import randomize, rel_err, state_dict
+from sa_jax.testing.sat_ref import randomize, rel_err, state_dict
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -168,7 +168,7 @@ def test_matches_stable_audio_tools_t5_conditioner():
     float16-rounded) are imported, and against the reference run in float32 the error is < 1e-4."""
     from unittest import mock
 
-    from sat_ref import sat_module
+    from sa_jax.testing.sat_ref import sat_module
 
     conditioners = sat_module("models.conditioners")
     tok = _tokenizer()

@@ -103,7 +103,7 @@ def test_export_round_trip_and_text_conditioner(tmp_path):
     from sa_jax.checkpoints.clap import import_hf_clap, load_hf_clap
     from sa_jax.models.clap import Clap, ClapConfig
     from sa_jax.text_tokenizer import build_word_tokenizer
-    from sat_ref import randomize, rel_err, state_dict
+    from sa_jax.testing.sat_ref import randomize, rel_err, state_dict
 
     hf = transformers.ClapConfig(
         text_config=dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference import import_reference
+from sa_jax.testing.reference import import_reference
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.unet import expected_shapes, from_sat
 from sa_jax.config import load_yaml

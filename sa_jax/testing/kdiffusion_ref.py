@@ -19,7 +19,7 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
+from sa_jax.testing import missing
 
 _PACKAGE = "k_diffusion"
 
@@ -84,7 +84,7 @@ def kdiffusion():
     """The bare k_diffusion package (with .sampling, .utils, .external), or skip the test."""
     if K is None:
         why = f"cannot load it: {_IMPORT_ERROR}" if _IMPORT_ERROR else "it is not installed"
-        pytest.skip(f"k-diffusion reference: {why} (bash setup.sh test installs it)")
+        missing(f"k-diffusion reference: {why} (bash setup.sh test installs it)")
     return K
 
 
@@ -97,6 +97,6 @@ def sat_sampling():
         return sys.modules[name]
     spec = importlib.util.find_spec("stable_audio_tools")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("stable-audio-tools is not installed (bash setup.sh test installs it)")
+        missing("stable-audio-tools is not installed (bash setup.sh test installs it)")
     root = Path(list(spec.submodule_search_locations)[0])
     return _load_file(name, root / "inference" / "sampling.py")

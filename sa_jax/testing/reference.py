@@ -14,7 +14,7 @@ import importlib.util
 import sys
 import types
 
-import pytest
+from sa_jax.testing import missing
 
 # Libraries the reference modules import at top level but the tested layers never use.
 _OPTIONAL = [
@@ -50,7 +50,7 @@ class _Stub(types.ModuleType):
 
 
 def _stub_missing():
-    import kdiffusion_ref  # noqa: F401  (puts a working bare k_diffusion in sys.modules when it can)
+    import sa_jax.testing.kdiffusion_ref  # noqa: F401  (puts a working bare k_diffusion in sys.modules when it can)
 
     for name in _OPTIONAL:
         if name in sys.modules:
@@ -81,6 +81,6 @@ def import_reference(module: str):
     """Import a reference module, or skip the test if its package is not installed."""
     top = module.split(".")[0]
     if importlib.util.find_spec(top) is None:
-        pytest.skip(f"{top} is not installed (bash setup.sh test installs it)")
+        missing(f"{top} is not installed (bash setup.sh test installs it)")
     _stub_missing()
     return importlib.import_module(module)

@@ -42,10 +42,10 @@ def sat_module(name: str):
     `__init__` does not import beside CPU torch; `kdiffusion_ref` puts a bare, working k_diffusion
     package in `sys.modules` first when k-diffusion is installed (otherwise `reference` stubs it)."""
     try:
-        import kdiffusion_ref  # noqa: F401
+        import sa_jax.testing.kdiffusion_ref  # noqa: F401
     except Exception:
         pass
-    from reference import import_reference
+    from sa_jax.testing.reference import import_reference
 
     return import_reference(f"stable_audio_tools.{name}")
 
