@@ -187,31 +187,25 @@ def test_spectral_flatness_tells_tones_from_noise():
     assert rms_db(np.zeros((2, 10))) == float("-inf")
 
 
-# Measured on the shipped model (2 CPU cores): 2 x 4 s at 25 steps in 12 s from load; RMS -17/-18 dBFS,
+# Measured on the shipped model (2 CPU cores): RMS -17/-18 dBFS,
 # spectral flatness < 0.01; timing median error 1.45 s over the 4 timing prompts x [2, 4, 6] s. The timing
 # bound sits below what a model that ignores seconds_total can score on that set: 4.92 s playing the whole
 # window every time, 2.0 s stopping at the best fixed length (4 s).
-SHIPPED_BOUNDS = {"seconds": 60.0, "flatness": 0.3, "rms_db": -50.0, "timing_median_s": 1.9}
+SHIPPED_BOUNDS = {"flatness": 0.3, "rms_db": -50.0, "timing_median_s": 1.9}
 
 
 @pytest.mark.skipif(not (__import__("sa_jax.pipeline").pipeline.SHIPPED_MODEL / "config.yaml").is_file(),
                     reason="the shipped model (sa_jax/assets/small) is not in this checkout")
 def test_shipped_model_generates_music_of_the_requested_length():
-    """The shipped model on the CPU: 2 prompts x 4 s in under SHIPPED_BOUNDS['seconds'] (load + compile +
-    sample + decode), not silent, not noise-like, trimmed to seconds_total, and, generated over the whole
-    window (trim=False), falling silent nearer seconds_total than the window's end (median error over the
+    """The shipped model on the CPU: 2 prompts x 4 s, not silent, not noise-like, trimmed to
+    seconds_total, and, generated over the whole window (trim=False), falling silent nearer seconds_total than the window's end (median error over the
     evaluation's 4 timing prompts x 3 lengths)."""
-    import time
-
     from sa_jax import StableAudio
     from sa_jax.eval.quality import rms_db, spectral_flatness
 
-    t0 = time.perf_counter()
     model = StableAudio.load()
     audio = model.generate(["sine flute, C major", "instrument: bell | stereo: left"], seconds_total=4, steps=25,
                            seed=0)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < SHIPPED_BOUNDS["seconds"], elapsed
     assert audio.shape == (2, 2, 4 * model.sample_rate)
     for a in audio:
         assert rms_db(a) > SHIPPED_BOUNDS["rms_db"]

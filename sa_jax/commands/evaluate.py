@@ -57,8 +57,7 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
         return model.generate(prompts, seconds_total=seconds, steps=steps, cfg_scale=cfg_scale, seed=seed)
     report["adherence"] = adherence.adherence_eval(generate, model.sample_rate, classifier, per_value=per_value,
                                                    seed=seed, batch=batch)
-    oracle_clips = [(a, m) for a, m in clips]
-    report["adherence_oracle"] = adherence.oracle(oracle_clips, model.sample_rate, classifier)
+    report["adherence_oracle"] = adherence.oracle(clips, model.sample_rate, classifier)
     log(f"adherence: {len(report['adherence']['items'])} generations in {time.perf_counter() - t0:.1f} s")
     return report
 
