@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax import sat_config
+from sa_jax.checkpoints import sat_config
 from sa_jax.audio import AudioError, check_finite
 from sa_jax.checkpoints import autoencoder as importer
 from sa_jax.checkpoints import store
@@ -196,7 +196,7 @@ def _chunked(fn, x: np.ndarray, frames: int, in_per_frame: int, out_per_frame: i
 
 # --- finding and reading weights -------------------------------------------------------------------
 
-def _find_sat_weights(folder: Path) -> Path:
+def find_sat_weights(folder: Path) -> Path:
     for name in ("model.safetensors", "model.ckpt", "vae_model.safetensors", "vae_model.ckpt"):
         if (folder / name).is_file():
             return folder / name
@@ -234,7 +234,7 @@ def load_weights(path: str | Path, config: Any = None) -> tuple[AutoencoderConfi
             return cfg, importer.from_diffusers(read_state_dict(weights), cfg, str(weights))
         if (path / "model_config.json").is_file():
             cfg = _as_config(path / "model_config.json") if config is None else _as_config(config)
-            weights = _find_sat_weights(path)
+            weights = find_sat_weights(path)
             return cfg, importer.from_sat(read_state_dict(weights), cfg, str(weights))
         raise CheckpointError(f"{path} is not a model folder sa-jax knows: expected an sa-jax checkpoint "
                               "(config.yaml + params/), a diffusers AutoencoderOobleck (config.json + "

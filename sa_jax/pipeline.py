@@ -11,11 +11,12 @@ is preconditioned as k-diffusion's VDenoiser; the sigmas are polyexponential end
 step evaluates [cond, uncond] in one batched call and mixes them with the CFG scale; the
 latents of the whole window are decoded and trimmed to seconds_total.
 
-A model *family* is what differs between Stable Audio models: how prompts and timing become
-conditioning, what the unconditional branch of CFG sees, and the denoiser network. Stable Audio
-Open (`SAOFamily`: T5 + number conditioners + DiT) is the one implemented; the paper's U-Net +
-CLAP + integer timing embeddings plugs in as another class with the same methods, registered in
-`FAMILIES` under the `family:` name of an sa-jax checkpoint's config.yaml.
+A model *family* (`sa_jax.families`) is what differs between Stable Audio models: how prompts and
+timing become conditioning, what the unconditional branch of CFG sees, the denoiser network, and
+reading the formats the model is published in. Two are implemented: Stable Audio Open (`sao`:
+T5 + number conditioners + DiT) and the paper's Stable Audio 1.0 (`sa1`: CLAP + integer timing
+embeddings + U-Net). This module keeps `StableAudio`: which format a path holds (and so which
+loader reads it), the sa-jax checkpoint it saves and reads, and generation.
 
 The whole batch samples together in one jitted loop (`sa_jax.diffusion.sample`). With several
 devices the batch is sharded over a 1-D mesh and the parameters are replicated.
@@ -23,163 +24,27 @@ devices the batch is sharded over a 1-D mesh and the parameters are replicated.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
 import numbers
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import Partial
 
 from sa_jax.autoencoder import Autoencoder
 from sa_jax.checkpoints import store
-from sa_jax.checkpoints.io import CheckpointError
-from sa_jax.config import ConfigError, from_dict, to_dict
+from sa_jax.config import from_dict, to_dict
+from sa_jax.errors import CheckpointError
+from sa_jax.families import Loaded, SamplingDefaults, family_class, sa1, sao
 from sa_jax.nn import DTYPES
 
 log = logging.getLogger("sa_jax.pipeline")
 
 MODEL_TYPE = "diffusion_cond"
-TOKENIZER_DIR = "tokenizer"
-
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """What `generate` uses when an argument is None. Defaults are Stable Audio Open's model card."""
-
-    sampler: str = "dpmpp-3m-sde"
-    steps: int = 100
-    cfg_scale: float = 7.0
-    sigma_min: float = 0.3
-    sigma_max: float = 500.0
-    rho: float = 1.0
-
-    def validate(self) -> None:
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ConfigError(f"sampling: need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if self.steps < 1:
-            raise ConfigError(f"sampling: steps must be >= 1, got {self.steps}")
-
-
-# --------------------------------------------------------------------------------------------
-# Model families
-
-
-class SAOFamily:
-    """Stable Audio Open: T5 prompt tokens and two Fourier-feature timing numbers condition a DiT.
-
-    Conditioning is {"cross_attn": (batch, tokens, cond_dim), "global": (batch, global_dim)}. The
-    unconditional branch of CFG gets the whole cross-attention tensor zeroed (or a negative
-    prompt's tensor) and the same global vector, as stable-audio-tools' DiT does.
-    """
-
-    name = "sao"
-    objective = "v"
-    cfg_rescale = 0.0  # the DiT wrapper's scale_phi: guidance is not rescaled
-
-    def __init__(self, dit_config, dit_params, cond_config, cond_params, text_encoder, dtype: str = "float32"):
-        if text_encoder.config.d_model != cond_config.text_dim:
-            raise CheckpointError(f"the T5 encoder is {text_encoder.config.d_model} wide but the conditioners "
-                                  f"expect text_dim {cond_config.text_dim}: the T5 folder is not this model's")
-        if cond_config.cond_dim != dit_config.cond_token_dim or cond_config.global_dim != dit_config.global_cond_dim:
-            raise CheckpointError("the conditioners and the DiT disagree on widths "
-                                  f"(cond {cond_config.cond_dim} vs {dit_config.cond_token_dim}, "
-                                  f"global {cond_config.global_dim} vs {dit_config.global_cond_dim})")
-        self.dit_config, self.cond_config = dit_config, cond_config
-        self.dit_params = jax.tree_util.tree_map(jnp.asarray, dit_params)
-        self.cond_params = jax.tree_util.tree_map(jnp.asarray, cond_params)
-        self.text_encoder = text_encoder
-        text_encoder.max_length = cond_config.max_length
-        self._network = _sao_network(dit_config, dtype)
-        self._conditioner = _sao_conditioner(cond_config)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.dit_config.io_channels
-
-    def condition(self, prompts: list[str], seconds_start: float, seconds_total: float) -> dict:
-        text, mask = self.text_encoder(prompts)
-        b = len(prompts)
-        cross, glob = self._conditioner(self.cond_params, text, mask, jnp.full((b,), seconds_start, jnp.float32),
-                                        jnp.full((b,), seconds_total, jnp.float32))
-        return {"cross_attn": cross, "global": glob}
-
-    def unconditional(self, cond: dict, negative: dict | None = None) -> dict:
-        cross = jnp.zeros_like(cond["cross_attn"]) if negative is None else negative["cross_attn"]
-        return {"cross_attn": cross, "global": cond["global"]}
-
-    def network(self) -> Partial:
-        """`network(x, t, cond) -> v` with the parameters as pytree leaves (jit arguments)."""
-        return Partial(self._network, self.dit_params)
-
-    # --- checkpoint I/O ------------------------------------------------------------------------
-    def config_sections(self) -> dict:
-        return {"dit": to_dict(self.dit_config), "conditioning": to_dict(self.cond_config),
-                "t5": to_dict(self.text_encoder.config)}
-
-    def params(self) -> dict:
-        return {"dit": self.dit_params, "conditioner": self.cond_params, "t5": self.text_encoder.params}
-
-    def save_files(self, folder: Path) -> None:
-        self.text_encoder.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
-
-    @classmethod
-    def from_checkpoint(cls, config: dict, params: dict, folder: Path, dtype: str) -> "SAOFamily":
-        from sa_jax.models.conditioners import ConditioningConfig
-        from sa_jax.models.dit import DiTConfig
-        from sa_jax.models.t5 import T5Config, T5TextEncoder, load_tokenizer
-
-        missing = [k for k in ("dit", "conditioning", "t5") if k not in config]
-        if missing:
-            raise CheckpointError(f"{folder / store.CONFIG_FILE} lacks the section(s) {missing} of an SAO model")
-        dit = from_dict(DiTConfig, config["dit"], "dit")
-        cond = from_dict(ConditioningConfig, config["conditioning"], "conditioning")
-        t5 = from_dict(T5Config, config["t5"], "t5")
-        tok = folder / TOKENIZER_DIR
-        have = [f.name for f in tok.iterdir()] if tok.is_dir() else []
-        if not any(n in have for n in ("tokenizer.json", "spiece.model")) or "tokenizer_config.json" not in have:
-            raise FileNotFoundError(f"{folder} is missing its T5 tokenizer: expected tokenizer_config.json and "
-                                    f"tokenizer.json or spiece.model in {tok}")
-        encoder = T5TextEncoder(t5, params["t5"], load_tokenizer(tok), cond.max_length)
-        return cls(dit, params["dit"], cond, params["conditioner"], encoder, dtype)
-
-
-# One function object per (config, dtype), shared by every model loaded with that shape, so the
-# jitted sampling loop and conditioner compile once per shape rather than once per load.
-@functools.lru_cache(maxsize=None)
-def _sao_network(dit_config, dtype: str):
-    from sa_jax.models.dit import make_denoiser
-
-    dit = make_denoiser(dit_config, DTYPES[dtype])
-
-    def network(params, x, t, cond):
-        return dit(params, x, t, cond["cross_attn"], cond["global"])
-
-    return network
-
-
-@functools.lru_cache(maxsize=None)
-def _sao_conditioner(cond_config):
-    from sa_jax.models.conditioners import make_conditioner
-
-    return jax.jit(make_conditioner(cond_config))
-
-
-def _families() -> dict:
-    from sa_jax.sa1 import SA1Family
-
-    return {"sao": SAOFamily, "sa1": SA1Family}
-
-
-FAMILIES = _families()
-
 
 # --------------------------------------------------------------------------------------------
 # The pipeline
@@ -280,11 +145,11 @@ class StableAudio:
                                   "model_config.json and model.safetensors")
         start = time.perf_counter()
         if store.is_checkpoint(path):
-            model = _load_sajax(path, dtype)
+            model = cls(*_load_sajax(path, dtype))
         elif (path / "model_index.json").is_file() or (path / "transformer").is_dir():
-            model = _load_diffusers(path, dtype)
+            model = cls(*sao.load_diffusers(path, dtype))
         elif (path / "model_config.json").is_file():
-            model = _load_sat(path, t5, dtype, clap, clap_tokenizer)
+            model = cls(*_load_sat(path, t5, dtype, clap, clap_tokenizer))
         else:
             raise CheckpointError(f"{path} is not a model folder sa-jax knows: expected an sa-jax checkpoint "
                                   "(config.yaml + params/), a diffusers StableAudioPipeline folder (transformer/, "
@@ -461,74 +326,30 @@ def _place(network, batch_trees, batch: int):
 # Loaders
 
 
-def _load_sajax(path: Path, dtype: str) -> StableAudio:
+def _load_sajax(path: Path, dtype: str) -> Loaded:
+    """An sa-jax checkpoint folder, as `StableAudio.save` writes it; the family by its `family:` name."""
     from sa_jax.models.autoencoder import config_from_dict
 
     config = store.read_config(path)
     if config["model_type"] != MODEL_TYPE:
         raise CheckpointError(f"{path} is an sa-jax {config['model_type']!r} checkpoint, not a text-to-audio "
                               f"model ({MODEL_TYPE}); load it with the class for that model")
-    family_name = config.get("family", "sao")
-    if family_name not in FAMILIES:
-        raise CheckpointError(f"{path}: model family {family_name!r} is not known; known: {sorted(FAMILIES)}")
+    family = family_class(config.get("family", "sao"), path)
     for key in ("autoencoder", "sample_size"):
         if key not in config:
             raise CheckpointError(f"{path / store.CONFIG_FILE} has no {key!r}")
     params = store.load_params(path)
-    family = FAMILIES[family_name].from_checkpoint(config, params, path, dtype)
     autoencoder = Autoencoder(config_from_dict(config["autoencoder"]), params["autoencoder"], dtype)
     defaults = from_dict(SamplingDefaults, config.get("sampling", {}), "sampling")
-    return StableAudio(family, autoencoder, int(config["sample_size"]), defaults)
+    return Loaded(family.from_checkpoint(config, params, path, dtype), autoencoder, int(config["sample_size"]),
+                  defaults)
 
 
-def _load_diffusers(path: Path, dtype: str) -> StableAudio:
-    from sa_jax.checkpoints import sao
-
-    loaded = sao.load_diffusers_pipeline(path)
-    (dit_cfg, dit_params), (cond_cfg, cond_params) = loaded["dit"], loaded["conditioning"]
-    family = SAOFamily(dit_cfg, dit_params, cond_cfg, cond_params, loaded["text_encoder"], dtype)
-    autoencoder = Autoencoder.load(path, dtype=dtype)
-    with open(path / "transformer" / "config.json") as f:
-        frames = int(json.load(f).get("sample_size", 1024))
-    defaults = SamplingDefaults()
-    scheduler = path / "scheduler" / "scheduler_config.json"
-    if scheduler.is_file():  # the noise range the pipeline was shipped with
-        with open(scheduler) as f:
-            s = json.load(f)
-        defaults = from_dict(SamplingDefaults, {"sigma_min": s.get("sigma_min", defaults.sigma_min),
-                                                "sigma_max": s.get("sigma_max", defaults.sigma_max)})
-    return StableAudio(family, autoencoder, frames * autoencoder.downsampling_ratio, defaults)
-
-
-def _load_sat(path: Path, t5: str | Path | None, dtype: str, clap=None, clap_tokenizer=None) -> StableAudio:
-    from sa_jax import sa1, sat_config
-
-    if sat_config.read(path / "model_config.json")["model"].get("diffusion", {}).get("type") == "adp_cfg_1d":
-        family, autoencoder, sample_size = sa1.load_sat(path, clap, clap_tokenizer, dtype)
-        return StableAudio(family, autoencoder, sample_size, SamplingDefaults(**sa1.SAMPLING_DEFAULTS))
-    from sa_jax.autoencoder import _find_sat_weights
-    from sa_jax.checkpoints import autoencoder as ae_importer
-    from sa_jax.checkpoints import sao
-    from sa_jax.checkpoints.io import read_state_dict
-    from sa_jax.models.t5 import T5TextEncoder
+def _load_sat(path: Path, t5, dtype: str, clap, clap_tokenizer) -> Loaded:
+    """A stable-audio-tools folder: the paper's family when its diffusion is `adp_cfg_1d`, else SAO."""
+    from sa_jax.checkpoints import sat_config
 
     model_config = sat_config.read(path / "model_config.json")
-    dit_cfg, cond_cfg, t5_name = sao.sat_model_configs(model_config)
-    if t5 is None:
-        if not (path / "t5").is_dir():
-            raise FileNotFoundError(
-                f"{path} is a stable-audio-tools checkpoint, whose T5 text encoder ({t5_name}) is not stored in "
-                f"its weights: pass t5=PATH (--t5 PATH) to a local Hugging Face {t5_name} folder (config.json, "
-                f"model.safetensors, tokenizer.json or spiece.model, tokenizer_config.json), or put one at {path / 't5'}")
-        t5 = path / "t5"
-    encoder = T5TextEncoder.load(t5, max_length=cond_cfg.max_length)  # names missing files first
-    weights = _find_sat_weights(path)
-    state = sao.unwrap_training_state(read_state_dict(weights))     # one read for the DiT and the VAE
-    out = sao.import_sat_checkpoint(state, dit_cfg, cond_cfg, source=str(weights))
-    ae_cfg = sat_config.autoencoder_config(model_config)
-    autoencoder = Autoencoder(ae_cfg, ae_importer.from_sat(state, ae_cfg, str(weights)), dtype)
-    del state
-    family = SAOFamily(dit_cfg, out["dit"], cond_cfg, out["conditioners"], encoder, dtype)
-    if "sample_size" not in model_config:
-        raise ConfigError(f"{path / 'model_config.json'} has no sample_size (the generation window in samples)")
-    return StableAudio(family, autoencoder, int(model_config["sample_size"]))
+    if model_config["model"].get("diffusion", {}).get("type") == "adp_cfg_1d":
+        return sa1.load_sat(path, model_config, clap, clap_tokenizer, dtype)
+    return sao.load_sat(path, model_config, t5, dtype)

@@ -191,7 +191,8 @@ def inference_model(cfg, params, frozen: FrozenModels):
     encoder and autoencoder; None when the run has no real text encoder or no autoencoder."""
     if frozen.text_encoder is None or frozen.autoencoder is None:
         return None
-    from sa_jax.pipeline import SamplingDefaults, SAOFamily, StableAudio
+    from sa_jax.families.sao import SAOFamily
+    from sa_jax.pipeline import SamplingDefaults, StableAudio
 
     m = cfg.model
     params = jax.device_get(params)
@@ -200,7 +201,7 @@ def inference_model(cfg, params, frozen: FrozenModels):
                            m.compute_dtype)
         defaults = SamplingDefaults()
     else:
-        from sa_jax.sa1 import SAMPLING_DEFAULTS, SA1Family
+        from sa_jax.families.sa1 import SAMPLING_DEFAULTS, SA1Family
 
         family = SA1Family(m.unet, params["denoiser"], params["conditioner"], frozen.text_encoder, cfg.text.layer,
                            (m.timing, m.timing), m.compute_dtype)

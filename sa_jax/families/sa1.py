@@ -1,4 +1,4 @@
-"""The paper's model family (Stable Audio 1.0) for `StableAudio`: CLAP text tokens and integer
+"""Stable Audio 1.0, the paper's model family, for `StableAudio`: CLAP text tokens and integer
 timing embeddings condition the 1-D U-Net.
 
 As stable-audio-tools' `UNetCFG1DWrapper` with the paper's config: the cross-attention context
@@ -22,12 +22,13 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from sa_jax.checkpoints.io import CheckpointError
-from sa_jax.config import ConfigError, from_dict, to_dict
+from sa_jax.config import from_dict, to_dict
+from sa_jax.errors import CheckpointError, ConfigError
+from sa_jax.families import TOKENIZER_DIR, Family, Loaded, SamplingDefaults, sat_autoencoder
 from sa_jax.models.sa1_conditioning import IntConditionerConfig, SA1Conditioner
 from sa_jax.models.unet import UNet1d, UNetConfig, null_embedding
+from sa_jax.nn import DTYPES
 
-TOKENIZER_DIR = "tokenizer"
 CLAP_TOKENS = 77
 
 # The paper: DPM-Solver++ with 100 steps and CFG 6 (stable-audio-tools' demo range is 3-9).
@@ -35,12 +36,13 @@ SAMPLING_DEFAULTS = {"sampler": "dpmpp-3m-sde", "steps": 100, "cfg_scale": 6.0, 
                      "sigma_max": 500.0, "rho": 1.0}
 
 
-class SA1Family:
+class SA1Family(Family):
     """Conditioning is {"embedding": (batch, 79, cond_dim), "mask": (batch, 79) bool}."""
 
     name = "sa1"
     objective = "v"
     cfg_rescale = 0.4  # UNetCFG1d's scale_phi, applied whenever the reference guides
+    defaults = SamplingDefaults(**SAMPLING_DEFAULTS)
     timing_range = (0, 512)
 
     def __init__(self, unet_config: UNetConfig, unet_params, timing_params, text_encoder,
@@ -97,9 +99,6 @@ class SA1Family:
     def params(self) -> dict:
         return {"unet": self.unet_params, "timing": self.timing_params, "clap_text": self.text_encoder.params}
 
-    def save_files(self, folder: Path) -> None:
-        self.text_encoder.tokenizer.save_pretrained(str(Path(folder) / TOKENIZER_DIR))
-
     @classmethod
     def from_checkpoint(cls, config: dict, params: dict, folder: Path, dtype: str) -> "SA1Family":
         from sa_jax.models.bert import BertConfig, TextEncoder, load_tokenizer
@@ -118,7 +117,7 @@ class SA1Family:
 
 @functools.lru_cache(maxsize=None)
 def _sa1_network(unet_config: UNetConfig, dtype: str):
-    unet = UNet1d(unet_config, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+    unet = UNet1d(unet_config, dtype=DTYPES[dtype])
 
     def network(params, x, t, cond):
         v = unet.apply({"params": params}, jnp.swapaxes(x, 1, 2), t, cond["embedding"], cond["mask"])
@@ -160,18 +159,17 @@ def sat_sections(model_config: dict) -> tuple[UNetConfig, dict, tuple[IntConditi
     return unet, prompt["config"], tuple(timing)
 
 
-def load_sat(folder: Path, clap: str | Path | None, clap_tokenizer: str | Path | None, dtype: str):
-    """(family, autoencoder, sample_size) from a stable-audio-tools Stable Audio 1.0 folder."""
-    from sa_jax import sat_config
-    from sa_jax.autoencoder import Autoencoder, _find_sat_weights
-    from sa_jax.checkpoints import autoencoder as ae_importer
+def load_sat(folder: Path, model_config: dict, clap: str | Path | None, clap_tokenizer: str | Path | None,
+             dtype: str) -> Loaded:
+    """A stable-audio-tools Stable Audio 1.0 folder (`model_config` read from its model_config.json)
+    with its CLAP model from `clap` (and `clap_tokenizer` for a LAION .pt)."""
+    from sa_jax.autoencoder import find_sat_weights
     from sa_jax.checkpoints import unet as unet_importer
     from sa_jax.checkpoints.io import read_state_dict
     from sa_jax.models.clap import load_clap_text_encoder
     from sa_jax.models.sa1_conditioning import import_sat
 
     folder = Path(folder)
-    model_config = sat_config.read(folder / "model_config.json")
     unet_config, prompt, timing = sat_sections(model_config)
     clap = clap or prompt.get("clap_ckpt_path")
     if clap is None or not Path(clap).exists():
@@ -182,13 +180,12 @@ def load_sat(folder: Path, clap: str | Path | None, clap_tokenizer: str | Path |
     if clap_tokenizer is None:
         raise FileNotFoundError("a LAION .pt holds no tokenizer: pass clap_tokenizer= (a local roberta-base "
                                 "tokenizer folder)")
-    weights = _find_sat_weights(folder)
+    weights = find_sat_weights(folder)
     state = read_state_dict(weights)
     unet_params = unet_importer.from_sat(state, unet_config, str(weights), prefix="model.model.")
     timing_params = import_sat(state, unet_config.context_embedding_features)
-    ae_config = sat_config.autoencoder_config(model_config)
-    autoencoder = Autoencoder(ae_config, ae_importer.from_sat(state, ae_config, str(weights)), dtype)
+    autoencoder = sat_autoencoder(model_config, state, weights, dtype)
     text = load_clap_text_encoder(clap, clap_tokenizer, max_length=CLAP_TOKENS)
     family = SA1Family(unet_config, unet_params, timing_params, text, prompt.get("feature_layer_ix", -2),
                        timing, dtype)
-    return family, autoencoder, int(model_config.get("sample_size", 4194304))
+    return Loaded(family, autoencoder, int(model_config.get("sample_size", 4194304)), SA1Family.defaults)

@@ -1,0 +1,96 @@
+"""Model families: what differs between Stable Audio models.
+
+A family is how prompts and timing become conditioning, what the unconditional branch of CFG sees,
+and the denoiser network, plus reading that model from the formats it is published in:
+
+    sao.py   Stable Audio Open: T5 tokens + Fourier-feature timing numbers -> DiT
+             (sa-jax checkpoints, diffusers StableAudioPipeline folders, stable-audio-tools releases)
+    sa1.py   Stable Audio 1.0, the paper: CLAP text tokens + integer timing embeddings -> 1-D U-Net
+             (sa-jax checkpoints, stable-audio-tools releases)
+
+Every family class has the same members, which `sa_jax.pipeline.StableAudio` uses:
+`name`, `objective`, `cfg_rescale`, `defaults` (its `SamplingDefaults`), `latent_channels`,
+`condition(prompts, seconds_start, seconds_total) -> cond`, `unconditional(cond, negative) -> uncond`,
+`network() -> Partial(params, x, t, cond) -> v`, and for sa-jax checkpoints `config_sections()`,
+`params()`, `save_files(folder)` and the classmethod `from_checkpoint(config, params, folder, dtype)`.
+The foreign-format loaders return a `Loaded` (family, autoencoder, sample_size, defaults).
+
+`FAMILIES` maps the `family:` name of an sa-jax checkpoint's config.yaml to its class; `family_class`
+also reads the training configs' older names (`dit`, `unet`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sa_jax.errors import CheckpointError, ConfigError
+
+TOKENIZER_DIR = "tokenizer"  # the text encoder's tokenizer inside an sa-jax checkpoint
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What `generate` uses when an argument is None. Defaults are Stable Audio Open's model card."""
+
+    sampler: str = "dpmpp-3m-sde"
+    steps: int = 100
+    cfg_scale: float = 7.0
+    sigma_min: float = 0.3
+    sigma_max: float = 500.0
+    rho: float = 1.0
+
+    def validate(self) -> None:
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(f"sampling: need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.steps < 1:
+            raise ConfigError(f"sampling: steps must be >= 1, got {self.steps}")
+
+
+class Loaded(NamedTuple):
+    """A whole model read from a foreign format: `StableAudio(*loaded)` makes the pipeline."""
+
+    family: Any
+    autoencoder: Any
+    sample_size: int
+    defaults: SamplingDefaults
+
+
+class Family:
+    """What the families share: saving the text encoder's tokenizer beside the parameters."""
+
+    name: str
+    objective = "v"
+    cfg_rescale = 0.0
+    defaults = SamplingDefaults()
+    text_encoder: Any
+
+    def save_files(self, folder: Path) -> None:
+        self.text_encoder.tokenizer.save_pretrained(str(Path(folder) / TOKENIZER_DIR))
+
+
+def sat_autoencoder(model_config: dict, state: dict, weights: Path, dtype: str):
+    """The `Autoencoder` of a stable-audio-tools model (`pretransform.model.*` of its state dict)."""
+    from sa_jax.checkpoints import sat_config
+    from sa_jax.autoencoder import Autoencoder
+    from sa_jax.checkpoints import autoencoder as ae_importer
+
+    config = sat_config.autoencoder_config(model_config)
+    return Autoencoder(config, ae_importer.from_sat(state, config, str(weights)), dtype)
+
+
+from sa_jax.families.sa1 import SA1Family  # noqa: E402  (the classes use the names above)
+from sa_jax.families.sao import SAOFamily  # noqa: E402
+
+FAMILIES = {"sao": SAOFamily, "sa1": SA1Family}
+# Names older training configs and their denoiser-only exports wrote under `family:`.
+OLD_NAMES = {"dit": "sao", "unet": "sa1"}
+
+
+def family_class(name: str, where: Any = "") -> type:
+    """The family class called `name` ("sao", "sa1", or an old name); CheckpointError otherwise."""
+    name = OLD_NAMES.get(name, name)
+    if name not in FAMILIES:
+        raise CheckpointError(f"{where}: model family {name!r} is not known; known: {sorted(FAMILIES)}")
+    return FAMILIES[name]
