@@ -16,7 +16,7 @@ import numpy as np
 
 from sa_jax.checkpoints.io import CheckpointError, mismatch_report
 from sa_jax.models.discriminator import DiscriminatorConfig, init_params
-from sa_jax.training.losses import hann_window
+from sa_jax.nn.spectral import hann_window
 from sa_jax.tree import flat_shapes, unflatten
 
 _TENSORS = {"weight_v": lambda w: w.transpose(2, 3, 1, 0), "weight_g": lambda g: g.reshape(-1), "bias": None}

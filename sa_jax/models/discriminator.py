@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sa_jax.config import ConfigError
+from sa_jax.nn.spectral import hann_window, stft
 
 REFERENCE_FFTS = (2048, 1024, 512, 256, 128)   # stable-audio-tools' SA 1.0 VAE recipe
 
@@ -104,8 +105,6 @@ def _padding(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tup
 def spectrogram(audio: jax.Array, n_fft: int, hop: int, win_length: int, normalized: bool = True) -> jax.Array:
     """(batch, time, channels) -> (batch, frames, n_fft // 2 + 1, 2 * channels): real parts of every
     channel's STFT, then imaginary parts (torchaudio Spectrogram(power=None, center=False))."""
-    from sa_jax.training.losses import hann_window, stft
-
     b, t, c = audio.shape
     if t < n_fft:
         raise ValueError(f"discriminator: audio of {t} samples is shorter than the STFT size {n_fft}")
