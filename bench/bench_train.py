@@ -40,7 +40,7 @@ def main() -> int:
     abstract, shardings = state_shardings(cfg, mesh)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
-    ratio = 1024 if cfg.model.family == "unet" else 2048
+    ratio = 1024 if cfg.model.family == "sa1" else 2048
     frames = args.frames or cfg.data.latent_window or cfg.data.window // ratio
     n, d = tm.text_shape(cfg.model)
     bs = batch_sharding(mesh, cfg.mesh)

@@ -3,6 +3,21 @@
 Every schema in sa-jax is a dataclass. `from_dict` builds one from plain data (YAML, JSON) and
 rejects any key the schema does not have, naming the valid ones; `apply_overrides` edits plain data
 with `a.b.c=value` strings before it is built, so overrides are validated by the same schema.
+
+Config files: `load_yaml(NAME_OR_PATH)` reads a YAML file, or a config packaged with sa-jax by its
+name (`unet_sa1`, `train_unet_small`, `data/synth`: the files of the repository's `configs/`, shipped
+in the wheel as `sa_jax/configs`; `config_names()` lists them). A YAML may say `base: NAME_OR_PATH`
+(or a list of them): the named YAMLs, loaded in order, then this file's own keys on top (mappings
+merge key by key, lists and scalars replace). A `base:` inside a section bases that section alone, and
+`NAME#dotted.key` takes one section of the named YAML:
+
+    # configs/train_unet_sa1.yaml
+    model:
+      unet: {base: unet_sa1#unet}       # the architecture, written once in configs/unet_sa1.yaml
+      text_tokens: 77
+
+A relative path resolves against the folder of the file that names it (an existing file wins over a
+packaged name); a cycle is a ConfigError naming the chain.
 """
 
 from __future__ import annotations
@@ -95,6 +110,9 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
             f"{label}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
+        old_names = fields[name].metadata.get("aliases", {})
+        if isinstance(value, str) and value in old_names:   # an old spelling a saved config may hold
+            value = old_names[value]
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
     try:
         obj = cls(**kwargs)
@@ -140,17 +158,122 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     return data
 
 
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+# The packaged configs: the repository's configs/ folder (sa_jax/configs links to it in a checkout and an
+# editable install; a built wheel holds a copy, see pyproject.toml).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+_SUFFIXES = (".yaml", ".yml")
+
+
+def config_names() -> dict[str, Path]:
+    """The packaged configs, name -> file (`unet_sa1`, `train_unet_small`, `data/synth`, ...), sorted."""
+    if not CONFIG_DIR.is_dir():
+        return {}
+    found = {}
+    for path in sorted(CONFIG_DIR.rglob("*")):
+        if path.suffix in _SUFFIXES and path.is_file():
+            found[path.relative_to(CONFIG_DIR).with_suffix("").as_posix()] = path
+    return found
+
+
+def config_description(path: str | Path) -> str:
+    """The first comment line of a config file (its one-line description), or ""."""
     with open(path) as f:
-        data = yaml.safe_load(f)
+        for line in f:
+            line = line.strip()
+            if line.startswith("#"):
+                return line.lstrip("#").strip()
+            if line:
+                return ""
+    return ""
+
+
+def resolve_config(ref: str | Path, relative_to: str | Path | None = None) -> Path:
+    """The file a config reference names: an existing path (relative ones against `relative_to`, a folder,
+    else the working directory), else a packaged config name (`unet_sa1`, `unet_sa1.yaml`, or
+    `configs/unet_sa1.yaml` as the README writes it). ConfigError lists the packaged names otherwise."""
+    ref_s = str(ref)
+    path = Path(ref_s).expanduser()
+    if not path.is_absolute() and relative_to is not None:
+        path = Path(relative_to) / path
+    if path.is_file():
+        return path
+    name = ref_s[len("configs/"):] if ref_s.startswith("configs/") else ref_s
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            name = name[:-len(suffix)]
+    names = config_names()
+    if name in names:
+        return names[name]
+    raise ConfigError(f"config {ref_s!r} is neither a file{f' (in {relative_to})' if relative_to else ''} nor "
+                      f"a packaged config; packaged configs (`sa-jax configs`): {', '.join(names) or 'none'}")
+
+
+def _read_yaml(path: Path) -> dict:
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def merge(base: Any, over: Any) -> Any:
+    """`over` on top of `base`: mappings merge key by key (recursively), anything else replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(base[key], value) if key in base else value
+        return out
+    return over
+
+
+def _load_ref(ref: Any, folder: Path | None, chain: tuple[Path, ...]) -> dict:
+    """A `base:` entry: `NAME_OR_PATH` or `NAME_OR_PATH#dotted.key`, fully resolved."""
+    where = chain[-1] if chain else "config"
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{where}: base must be a config name or path (or a list of them), got {ref!r}")
+    file_ref, _, section = ref.partition("#")
+    path = resolve_config(file_ref, folder)
+    data = _load_file(path, chain)
+    if section:
+        for i, key in enumerate(section.split(".")):
+            if not isinstance(data, dict) or key not in data:
+                raise ConfigError(f"{where}: base {ref!r}: {path} has no section "
+                                  f"{'.'.join(section.split('.')[:i + 1])!r}")
+            data = data[key]
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: base {ref!r} is a value, not a section")
+    return data
+
+
+def _resolve(node: Any, folder: Path | None, chain: tuple[Path, ...]) -> Any:
+    """Plain data with every `base:` key inside it replaced by what it names."""
+    if not isinstance(node, dict):
+        return node
+    own = {k: _resolve(v, folder, chain) for k, v in node.items() if k != "base"}
+    if "base" not in node:
+        return own
+    refs = node["base"] if isinstance(node["base"], list) else [node["base"]]
+    out: dict = {}
+    for ref in refs:
+        out = merge(out, _load_ref(ref, folder, chain))
+    return merge(out, own)
+
+
+def _load_file(path: Path, chain: tuple[Path, ...]) -> dict:
+    real = path.resolve()
+    if real in (p.resolve() for p in chain):
+        raise ConfigError("config base cycle: " + " -> ".join(str(p) for p in (*chain, path)))
+    return _resolve(_read_yaml(path), path.parent, (*chain, path))
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Plain data from a YAML file or a packaged config name, its `base:` chains resolved."""
+    return _load_file(resolve_config(path), ())
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:

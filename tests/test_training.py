@@ -52,7 +52,7 @@ def test_loss_falls_and_ema_is_exported(reference):
     from sa_jax.checkpoints import store
 
     export = Path(latents).parent / "full" / "export"
-    assert store.read_config(export)["family"] == "dit"
+    assert store.read_config(export)["family"] == "sao"
     for a, b in zip(leaves(store.load_params(export)), leaves(state.ema)):
         np.testing.assert_array_equal(a, b)
     # The EMA lags the parameters but is not a copy of them.

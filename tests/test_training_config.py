@@ -41,6 +41,21 @@ def test_bad_config_errors(override, message):
              if override.startswith("model.family") else [override])
 
 
+def test_family_names_and_their_old_spellings(tmp_path):
+    """`sao` / `sa1` are the families; a config or override that says `dit` / `unet` (the names before) reads
+    as them, so code compares only the new names."""
+    assert load(TrainConfig, "configs/train_dit_tiny.yaml").model.family == "sao"
+    assert load(TrainConfig, "configs/train_unet_tiny.yaml").model.family == "sa1"
+    old = tmp_path / "old.yaml"
+    old.write_text("base: train_unet_tiny\nmodel: {family: unet}\n")
+    assert load(TrainConfig, old).model.family == "sa1"
+    assert load(TrainConfig, "configs/train_unet_tiny.yaml", ["model.family=unet"]).model.family == "sa1"
+    cfg = load(TrainConfig, "configs/train_dit_tiny.yaml", ["model.family=dit"])
+    assert cfg.model.family == "sao" and cfg.model.latent_dim == 8
+    with pytest.raises(ConfigError, match=r"choose one of \['sao', 'sa1'\]"):
+        load(TrainConfig, "configs/train_dit_tiny.yaml", ["model.family=transformer"])
+
+
 def test_unet_text_tokens_must_fit_context():
     with pytest.raises(ConfigError, match="exceed"):
         load(TrainConfig, "configs/train_unet_sa1.yaml", ["model.text_tokens=78"])

@@ -82,7 +82,7 @@ def setup(tmp_path_factory):
 
 def test_text_source_must_fit_the_family(setup):
     root, clap_dir = setup
-    with pytest.raises(ConfigError, match="does not fit model.family unet"):
+    with pytest.raises(ConfigError, match="does not fit model.family sa1"):
         run_config(root, clap_dir, 10, **{"text.source": "t5"})
     with pytest.raises(ConfigError, match="needs text.path"):
         run_config(root, clap_dir, 10, **{"text.path": "null"})

@@ -1,8 +1,8 @@
-"""`TrainConfig`: the typed schema of a diffusion training run (one YAML in configs/ + dotted overrides).
+"""`TrainConfig`: the typed schema of a diffusion training run (a YAML, e.g. a packaged one, + dotted overrides).
 
     from sa_jax.config import load
     from sa_jax.training import TrainConfig
-    cfg = load(TrainConfig, "configs/train_dit_tiny.yaml", ["steps=100", "optim.lr=1e-4"])
+    cfg = load(TrainConfig, "train_dit_tiny", ["steps=100", "optim.lr=1e-4"])
 """
 
 from __future__ import annotations
@@ -18,23 +18,31 @@ from sa_jax.models.sa1_conditioning import IntConditionerConfig
 from sa_jax.models.unet import UNetConfig
 
 
+# The two model families, named as everywhere in sa-jax (checkpoints, pipeline, CLI): `sao` is Stable Audio
+# Open (T5 + number timing conditioners -> DiT), `sa1` the paper, Stable Audio 1.0 (CLAP + integer timing
+# tokens -> U-Net). Older training configs named them by their denoiser; those names are read as these.
+FAMILIES = ("sao", "sa1")
+OLD_FAMILY_NAMES = {"dit": "sao", "unet": "sa1"}
+
+
 @dataclass
 class ModelConfig:
-    """The denoiser and its conditioners. `family: dit` is Stable Audio Open (DiT + number
-    conditioners), `family: unet` the paper (U-Net + integer timing tokens)."""
+    """The denoiser and its conditioners. `family: sao` is Stable Audio Open (DiT + number
+    conditioners), `family: sa1` the paper (U-Net + integer timing tokens); the old names
+    `dit` and `unet` are read as these."""
 
-    family: Literal["dit", "unet"] = "dit"
-    dit: DiTConfig = field(default_factory=DiTConfig)
-    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)   # dit only
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    timing: IntConditionerConfig = field(default_factory=IntConditionerConfig)     # unet only
-    text_tokens: int = 77          # unet only: text tokens before the two timing tokens
-    text_dim: int = 768            # unet only: width of the text features
+    family: Literal["sao", "sa1"] = field(default="sao", metadata={"aliases": OLD_FAMILY_NAMES})
+    dit: DiTConfig = field(default_factory=DiTConfig)                              # sao only
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)   # sao only
+    unet: UNetConfig = field(default_factory=UNetConfig)                           # sa1 only
+    timing: IntConditionerConfig = field(default_factory=IntConditionerConfig)     # sa1 only
+    text_tokens: int = 77          # sa1 only: text tokens before the two timing tokens
+    text_dim: int = 768            # sa1 only: width of the text features
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: bool = False            # recompute each block in the backward pass (less memory, more compute)
 
     def validate(self) -> None:
-        if self.family == "unet":
+        if self.family == "sa1":
             if self.text_tokens + 2 > self.unet.context_embedding_max_length:
                 raise ConfigError(f"model: text_tokens {self.text_tokens} + 2 timing tokens exceed the U-Net's "
                                   f"context_embedding_max_length {self.unet.context_embedding_max_length}")
@@ -51,7 +59,7 @@ class ModelConfig:
 
     @property
     def latent_dim(self) -> int:
-        return self.dit.io_channels if self.family == "dit" else self.unet.in_channels
+        return self.dit.io_channels if self.family == "sao" else self.unet.in_channels
 
 
 @dataclass
@@ -232,7 +240,7 @@ class TrainConfig:
                               "each batch), or pre-encode with `sa-jax encode` and use data.kind latents")
         if self.demo.every and (self.text.source not in ("t5", "clap") or not self.autoencoder.path):
             raise ConfigError("demo.every needs a real text encoder (text.source t5 or clap) and autoencoder.path")
-        want = {"dit": "t5", "unet": "clap"}[self.model.family]
+        want = {"sao": "t5", "sa1": "clap"}[self.model.family]
         if self.text.source in ("t5", "clap") and self.text.source != want:
             raise ConfigError(f"text.source {self.text.source} does not fit model.family {self.model.family} "
                               f"(which takes {want} features)")

@@ -196,7 +196,7 @@ def inference_model(cfg, params, frozen: FrozenModels):
 
     m = cfg.model
     params = jax.device_get(params)
-    if m.family == "dit":
+    if m.family == "sao":
         family = SAOFamily(m.dit, params["denoiser"], m.conditioning, params["conditioner"], frozen.text_encoder,
                            m.compute_dtype)
         defaults = SamplingDefaults()

@@ -3,9 +3,9 @@
     params = init_params(cfg.model, key, frames)        # {"conditioner": ..., "denoiser": ...}
     v = predict(cfg.model, params, x_t, t, text, text_mask, seconds_start, seconds_total, drop_key, p)
 
-`dit` (Stable Audio Open): SAOConditioner -> (cross-attention tokens, global vector) -> DiT; CFG
+`sao` (Stable Audio Open): SAOConditioner -> (cross-attention tokens, global vector) -> DiT; CFG
 dropout zeroes a batch item's whole cross-attention tensor (`cfg_dropout`), the global vector is
-kept. `unet` (the paper): SA1Conditioner -> 79 context tokens -> UNet1d; CFG dropout replaces a
+kept. `sa1` (the paper): SA1Conditioner -> 79 context tokens -> UNet1d; CFG dropout replaces a
 batch item's context by the U-Net's learned null embedding (mask unchanged), as UNetCFG1d does.
 Latents are (batch, channels, frames) as in the data pipeline and the reference.
 """
@@ -28,14 +28,14 @@ from sa_jax.nn import DTYPES
 
 def text_shape(model) -> tuple[int, int]:
     """(tokens, width) of the text features the conditioner takes."""
-    if model.family == "dit":
+    if model.family == "sao":
         return model.conditioning.max_length, model.conditioning.text_dim
     return model.text_tokens, model.text_dim
 
 
 def _modules(model):
     dt = DTYPES[model.compute_dtype]
-    if model.family == "dit":
+    if model.family == "sao":
         return sao_cond.SAOConditioner(model.conditioning), DiT(model.dit, dt, model.remat)
     return (SA1Conditioner(model.text_dim, model.timing, model.timing), UNet1d(model.unet, dt, model.remat))
 
@@ -49,7 +49,7 @@ def init_params(model, key: jax.Array, frames: int = 16) -> dict:
     z = jnp.zeros((1,))
     pc = cond.init(k1, text, mask, z, z)["params"]
     x = jnp.zeros((1, model.latent_dim, frames))
-    if model.family == "dit":
+    if model.family == "sao":
         cross, glob = cond.apply({"params": pc}, text, mask, z, z)
         pd = den.init(k2, x, z, cross, glob)["params"]
     else:
@@ -62,7 +62,7 @@ def predict(model, params, x_t, t, text, text_mask, seconds_start, seconds_total
             drop_prob: float = 0.0):
     """The network output (v or velocity) for noisy latents x_t (batch, channels, frames)."""
     cond, den = _modules(model)
-    if model.family == "dit":
+    if model.family == "sao":
         cross, glob = cond.apply({"params": params["conditioner"]}, text, text_mask, seconds_start, seconds_total)
         if drop_key is not None and drop_prob > 0:
             cross = cfg_dropout(drop_key, cross, drop_prob)

@@ -55,15 +55,12 @@ from sa_jax.nn import DTYPES
 
 log = logging.getLogger("sa_jax.training.vae")
 
-# The paper's VAE (configs/vae_sa1.yaml): the default model when a config gives none.
-_SA1_VAE = {
-    "encoder": {"type": "dac", "config": {"in_channels": 2, "latent_dim": 128, "d_model": 128,
-                                          "strides": [4, 4, 8, 8]}},
-    "decoder": {"type": "dac", "config": {"out_channels": 2, "latent_dim": 64, "channels": 1536,
-                                          "rates": [8, 8, 4, 4]}},
-    "bottleneck": {"type": "vae"}, "latent_dim": 64, "downsampling_ratio": 1024, "io_channels": 2,
-    "sample_rate": 44100,
-}
+
+def _sa1_vae() -> AutoencoderConfig:
+    """The paper's VAE (the packaged configs/vae_sa1.yaml): the default model when a config gives none."""
+    from sa_jax.config import load_yaml
+
+    return config_from_dict(load_yaml("vae_sa1")["autoencoder"])
 
 
 @dataclass
@@ -130,7 +127,7 @@ class VAELogConfig:
 @dataclass
 class VAETrainConfig:
     trainer: Literal["vae"] = "vae"   # picks this schema in `sa-jax train` (see commands/train.py)
-    model: AutoencoderConfig = field(default_factory=lambda: config_from_dict(_SA1_VAE))
+    model: AutoencoderConfig = field(default_factory=_sa1_vae)
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="folder", window=65536, batch_size=8))
     losses: VAELossConfig = field(default_factory=VAELossConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
