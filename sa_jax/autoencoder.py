@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.checkpoints import sat_config
 from sa_jax.audio import AudioError, check_finite
 from sa_jax.checkpoints import autoencoder as importer
-from sa_jax.checkpoints import store
+from sa_jax.checkpoints import sat_config, store
 from sa_jax.checkpoints.io import CheckpointError, read_state_dict
 from sa_jax.config import ConfigError, load_yaml, to_dict
 from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
@@ -44,7 +43,8 @@ def _as_config(config: Any) -> AutoencoderConfig:
         if "model_type" in config and "model" in config:
             return sat_config.autoencoder_config(config)
         return config_from_dict(config.get("autoencoder", config))
-    raise ConfigError(f"an autoencoder config must be an AutoencoderConfig, a dict or a path, got {type(config).__name__}")
+    raise ConfigError("an autoencoder config must be an AutoencoderConfig, a dict or a path, "
+                      f"got {type(config).__name__}")
 
 
 class Autoencoder:

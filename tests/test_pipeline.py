@@ -243,7 +243,8 @@ def test_sample_command_writes_wavs_and_spectrograms(tiny, tmp_path, capsys):
     assert cli(["sample", "--model", str(root), "--prompts-file", str(prompts), "--seconds-total", "0.5",
                 "--steps", "4", "--batch-size", "2", "--max-batch", "2", "--out", str(out)]) == 0
     wavs = sorted(out.glob("*.wav"))
-    assert [w.name for w in wavs] == ["000_128-bpm-tech-house-drum-loop_0.wav", "000_128-bpm-tech-house-drum-loop_1.wav",
+    assert [w.name for w in wavs] == ["000_128-bpm-tech-house-drum-loop_0.wav",
+                                      "000_128-bpm-tech-house-drum-loop_1.wav",
                                       "001_rain-on-a-roof_0.wav", "001_rain-on-a-roof_1.wav"]
     data, sr = sf.read(wavs[0], dtype="float32")
     assert sr == SAMPLE_RATE and data.shape == (256, 2)
@@ -294,9 +295,10 @@ def sat_folder(tmp_path_factory):
     from unittest import mock
 
     from safetensors.torch import save_file
-    from sa_jax.testing.sat_ref import sat_module
     from test_autoencoder_parity import small_sat_config
     from test_t5 import _tokenizer
+
+    from sa_jax.testing.sat_ref import sat_module
 
     factory = sat_module("models.factory")
     tok = _tokenizer()

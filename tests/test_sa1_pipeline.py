@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from sa_jax import StableAudio
 from sa_jax.testing.kdiffusion_ref import kdiffusion
 from sa_jax.testing.reference import import_reference
-from sa_jax import StableAudio
 
 SAMPLE_RATE = 1000          # a small rate keeps a 1 s window tiny
 FRAMES = 64                 # latent frames in the window

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from sa_jax.checkpoints import store
 from sa_jax.errors import CheckpointError, ConfigError
 
 TOKENIZER_DIR = "tokenizer"  # the text encoder's tokenizer inside an sa-jax checkpoint
@@ -58,9 +59,12 @@ class Loaded(NamedTuple):
 
 
 class Family:
-    """What the families share: saving the text encoder's tokenizer beside the parameters."""
+    """What the families share: the config.yaml sections they need, and saving the text encoder's
+    tokenizer beside the parameters."""
 
     name: str
+    title: str  # "an SAO model", for errors
+    sections: tuple[str, ...] = ()  # the config.yaml sections `from_checkpoint` reads
     objective = "v"
     cfg_rescale = 0.0
     defaults = SamplingDefaults()
@@ -69,12 +73,18 @@ class Family:
     def save_files(self, folder: Path) -> None:
         self.text_encoder.tokenizer.save_pretrained(str(Path(folder) / TOKENIZER_DIR))
 
+    @classmethod
+    def check_sections(cls, config: dict, folder: Path) -> None:
+        missing = [k for k in cls.sections if k not in config]
+        if missing:
+            raise CheckpointError(f"{Path(folder) / store.CONFIG_FILE} lacks the section(s) {missing} of {cls.title}")
+
 
 def sat_autoencoder(model_config: dict, state: dict, weights: Path, dtype: str):
     """The `Autoencoder` of a stable-audio-tools model (`pretransform.model.*` of its state dict)."""
-    from sa_jax.checkpoints import sat_config
     from sa_jax.autoencoder import Autoencoder
     from sa_jax.checkpoints import autoencoder as ae_importer
+    from sa_jax.checkpoints import sat_config
 
     config = sat_config.autoencoder_config(model_config)
     return Autoencoder(config, ae_importer.from_sat(state, config, str(weights)), dtype)

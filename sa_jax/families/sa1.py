@@ -40,6 +40,8 @@ class SA1Family(Family):
     """Conditioning is {"embedding": (batch, 79, cond_dim), "mask": (batch, 79) bool}."""
 
     name = "sa1"
+    title = "a Stable Audio 1.0 model"
+    sections = ("unet", "clap_text", "timing")
     objective = "v"
     cfg_rescale = 0.4  # UNetCFG1d's scale_phi, applied whenever the reference guides
     defaults = SamplingDefaults(**SAMPLING_DEFAULTS)
@@ -104,9 +106,7 @@ class SA1Family(Family):
         from sa_jax.models.bert import BertConfig, TextEncoder, load_tokenizer
         from sa_jax.models.unet import config_from_dict
 
-        missing = [k for k in ("unet", "clap_text", "timing") if k not in config]
-        if missing:
-            raise CheckpointError(f"{folder}: config.yaml lacks the section(s) {missing} of a Stable Audio 1.0 model")
+        cls.check_sections(config, folder)
         text = TextEncoder(from_dict(BertConfig, config["clap_text"], "clap_text"), params["clap_text"],
                            load_tokenizer(Path(folder) / TOKENIZER_DIR), config.get("text_tokens", CLAP_TOKENS),
                            what="CLAP text encoder")

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from sa_jax.checkpoints import store
 from sa_jax.config import from_dict, to_dict
 from sa_jax.errors import CheckpointError, ConfigError
 from sa_jax.families import TOKENIZER_DIR, Family, Loaded, SamplingDefaults, sat_autoencoder
@@ -37,6 +36,8 @@ class SAOFamily(Family):
     """
 
     name = "sao"
+    title = "an SAO model"
+    sections = ("dit", "conditioning", "t5")
     objective = "v"
     cfg_rescale = 0.0  # the DiT wrapper's scale_phi: guidance is not rescaled
     defaults = SamplingDefaults()  # the model card's
@@ -90,9 +91,7 @@ class SAOFamily(Family):
         from sa_jax.models.dit import DiTConfig
         from sa_jax.models.t5 import T5Config, T5TextEncoder, load_tokenizer
 
-        missing = [k for k in ("dit", "conditioning", "t5") if k not in config]
-        if missing:
-            raise CheckpointError(f"{folder / store.CONFIG_FILE} lacks the section(s) {missing} of an SAO model")
+        cls.check_sections(config, folder)
         dit = from_dict(DiTConfig, config["dit"], "dit")
         cond = from_dict(ConditioningConfig, config["conditioning"], "conditioning")
         t5 = from_dict(T5Config, config["t5"], "t5")
@@ -166,7 +165,8 @@ def load_sat(path: Path, model_config: dict, t5: str | Path | None, dtype: str) 
             raise FileNotFoundError(
                 f"{path} is a stable-audio-tools checkpoint, whose T5 text encoder ({t5_name}) is not stored in "
                 f"its weights: pass t5=PATH (--t5 PATH) to a local Hugging Face {t5_name} folder (config.json, "
-                f"model.safetensors, tokenizer.json or spiece.model, tokenizer_config.json), or put one at {path / 't5'}")
+                f"model.safetensors, tokenizer.json or spiece.model, tokenizer_config.json), or put one at "
+                f"{path / 't5'}")
         t5 = path / "t5"
     encoder = T5TextEncoder.load(t5, max_length=cond_cfg.max_length)  # names missing files first
     weights = find_sat_weights(path)
