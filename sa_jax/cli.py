@@ -13,6 +13,7 @@ COMMANDS = [
     "vae",  # encode, decode, roundtrip
     "convert",
     "params",
+    "configs",  # the packaged configs (configs/), by name
     "sample",  # text-to-audio generation (sa_jax/pipeline.py)
     "synth",  # synthetic corpus (sa_jax/data/synth.py)
     "train",  # diffusion training (sa_jax/training)

@@ -1,4 +1,5 @@
-"""`sa-jax params CONFIG`: parameter count of a model config, without building weights."""
+"""`sa-jax params CONFIG`: parameter count of a model config (a YAML or a packaged config's name, e.g.
+`unet_sa1`), without building weights."""
 
 from __future__ import annotations
 
@@ -42,6 +43,6 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("params", help="count the parameters of a model config")
-    p.add_argument("config", help="a YAML config in configs/")
+    p.add_argument("config", help="a model YAML, or a packaged config's name (unet_sa1, vae_sao; `sa-jax configs`)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. autoencoder.latent_dim=32")
     p.set_defaults(func=run)

@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from sa_jax.config import CONFIG_DIR as CONFIGS  # the packaged configs (works from an installed wheel too)
 
 # Per-stage settings: the full recipe, and the --quick smoke run.
 FULL = {

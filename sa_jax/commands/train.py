@@ -19,14 +19,11 @@ TRAINERS = {
 
 
 def trainer_of(path) -> str:
-    """The `trainer:` of a config YAML (default `diffusion`), checked against TRAINERS."""
-    import yaml
+    """The `trainer:` of a config YAML or packaged config name (default `diffusion`; its `base:` chain
+    may set it), checked against TRAINERS."""
+    from sa_jax.config import ConfigError, load_yaml
 
-    from sa_jax.config import ConfigError
-
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    name = data.get("trainer", "diffusion") if isinstance(data, dict) else "diffusion"
+    name = load_yaml(path).get("trainer", "diffusion")
     if name not in TRAINERS:
         raise ConfigError(f"{path}: trainer {name!r} is not known; valid trainers: {', '.join(TRAINERS)}")
     return name
@@ -71,7 +68,8 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a model from a config: diffusion, VAE or CLAP (resumes automatically)")
     p.add_argument("--config", required=True,
-                   help="a training YAML (configs/train_*.yaml); its `trainer:` key picks diffusion, vae or clap")
+                   help="a training YAML, or a packaged config's name (train_unet_small; `sa-jax configs` "
+                        "lists them); its `trainer:` key picks diffusion, vae or clap")
     p.add_argument("overrides", nargs="*",
                    help="dotted overrides, e.g. steps=1000 optim.lr=1.0e-4")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
