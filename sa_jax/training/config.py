@@ -12,17 +12,16 @@ from typing import Literal, Optional
 
 from sa_jax.config import ConfigError
 from sa_jax.data.config import DataConfig
+from sa_jax.families import OLD_NAMES as OLD_FAMILY_NAMES
 from sa_jax.models.conditioners import ConditioningConfig
 from sa_jax.models.dit import DiTConfig
 from sa_jax.models.sa1_conditioning import IntConditionerConfig
 from sa_jax.models.unet import UNetConfig
 
-
 # The two model families, named as everywhere in sa-jax (checkpoints, pipeline, CLI): `sao` is Stable Audio
 # Open (T5 + number timing conditioners -> DiT), `sa1` the paper, Stable Audio 1.0 (CLAP + integer timing
-# tokens -> U-Net). Older training configs named them by their denoiser; those names are read as these.
-FAMILIES = ("sao", "sa1")
-OLD_FAMILY_NAMES = {"dit": "sao", "unet": "sa1"}
+# tokens -> U-Net). Older training configs named them by their denoiser; those names (sa_jax.families.OLD_NAMES)
+# are read as these.
 
 
 @dataclass
