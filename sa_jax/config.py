@@ -23,6 +23,7 @@ packaged name); a cycle is a ConfigError naming the chain.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -175,16 +176,19 @@ def config_names() -> dict[str, Path]:
     return found
 
 
-def config_description(path: str | Path) -> str:
-    """The first comment line of a config file (its one-line description), or ""."""
+def config_description(path: str | Path, width: int = 110) -> str:
+    """The first sentence of a config file's leading comment (its description), at most `width` characters."""
+    lines = []
     with open(path) as f:
         for line in f:
-            line = line.strip()
-            if line.startswith("#"):
-                return line.lstrip("#").strip()
-            if line:
-                return ""
-    return ""
+            text = line.strip().lstrip("#").strip()
+            if not line.startswith("#") or line.startswith("#  ") or not text:   # the end, or an example
+                break
+            lines.append(text)
+    text = " ".join(lines)
+    end = re.search(r"\.(\s|$)", text)
+    text = (text[:end.start() + 1] if end else text).rstrip(":")
+    return text if len(text) <= width else text[:width - 4].rsplit(" ", 1)[0] + " ..."
 
 
 def resolve_config(ref: str | Path, relative_to: str | Path | None = None) -> Path:
