@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
+
 from sa_jax.errors import ConfigError  # noqa: F401  (re-exported)
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ import pytest
 
 from sa_jax.checkpoints import sat_config
 from sa_jax.config import ConfigError, apply_overrides, from_dict, load, load_yaml, to_dict
-from sa_jax.models.autoencoder import (DACDecoderConfig, OobleckEncoderConfig, config_from_dict)
+from sa_jax.models.autoencoder import DACDecoderConfig, OobleckEncoderConfig, config_from_dict
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ def test_yaml_with_dotted_overrides(tmp_path):
 
 
 def test_unknown_keys_list_the_valid_ones(tmp_path):
-    with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \['learning_rate'\]; valid keys are \['betas', 'lr'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"optim: unknown key\(s\) \['learning_rate'\]; valid keys are \['betas', 'lr'\]"):
         load(Run, None, ["optim.learning_rate=3"])
     with pytest.raises(ConfigError, match="valid keys are"):
         from_dict(Run, {"stepz": 3})
