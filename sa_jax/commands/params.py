@@ -22,9 +22,14 @@ def run(args) -> int:
 
     data = apply_overrides(load_yaml(args.config), args.overrides)
     kind = data.get("model_type")
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    if kind is None and data.get("trainer") == "vae":          # a VAE run config: its model section
+        kind, data = "autoencoder", {"autoencoder": model}
+    elif kind is None and model.get("family") in ("sa1", "unet") and "unet" in model:   # a U-Net run config
+        kind, data = "unet", {"unet": model["unet"]}
     if kind not in KINDS or kind not in data:
-        raise ValueError(f"{args.config}: model_type {kind!r} with a {kind!r} section is needed; "
-                         f"countable model types are {list(KINDS)}")
+        raise ValueError(f"{args.config}: model_type {kind!r} with a {kind!r} section is needed (or a VAE or "
+                         f"U-Net training config); countable model types are {list(KINDS)}")
     shapes = _shapes(kind, data[kind])
     total = 0
     groups: dict[str, int] = {}
