@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["Autoencoder", "StableAudio"]
+__all__ = ["Autoencoder", "Clap", "StableAudio"]
 
 
 def __getattr__(name):  # lazy, so `import sa_jax` does not import JAX
@@ -10,6 +10,10 @@ def __getattr__(name):  # lazy, so `import sa_jax` does not import JAX
         from sa_jax.autoencoder import Autoencoder
 
         return Autoencoder
+    if name == "Clap":
+        from sa_jax.encoders import Clap
+
+        return Clap
     if name == "StableAudio":
         from sa_jax.pipeline import StableAudio
 

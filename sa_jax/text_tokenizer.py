@@ -4,7 +4,7 @@ Pretrained tokenizers (roberta-base's BPE) come from hubs that may be out of rea
 from scratch on a captioned corpus only needs the words its prompts use. `build_word_tokenizer`
 makes one with the `tokenizers` library and wraps it as a transformers `PreTrainedTokenizerFast`,
 so `save_pretrained(folder)`, `AutoTokenizer.from_pretrained(folder)` and
-`sa_jax.models.bert.load_tokenizer(folder)` all work, as with RoBERTa's.
+`sa_jax.checkpoints.tokenizer.load_tokenizer(folder)` all work, as with RoBERTa's.
 
 - Special tokens in RoBERTa's places: `<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3, `<mask>` 4, so a
   RoBERTa-layout text tower (`BertConfig(positions="roberta", pad_token_id=1)`) takes its ids.

@@ -12,8 +12,9 @@ import shutil
 import numpy as np
 import pytest
 
-from sa_jax.models.clap import (Clap, ClapAudioFeatures, ClapConfig, HTSATConfig, audio_features,
-                                load_clap_text_encoder, log_mel, mel_filters)
+from sa_jax import Clap
+from sa_jax.encoders import load_clap_text_encoder
+from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, HTSATConfig, audio_features, log_mel, mel_filters
 from sa_jax.testing.sat_ref import randomize, rel_err
 
 torch = pytest.importorskip("torch")

@@ -13,6 +13,7 @@ import pytest
 
 from sa_jax.checkpoints import sao
 from sa_jax.checkpoints.io import CheckpointError
+from sa_jax.encoders import T5TextEncoder
 from sa_jax.models.conditioners import (ConditioningConfig, NumberConditionerConfig, cfg_dropout,
                                         init_params, make_conditioner)
 from sa_jax.models.dit import DiT, make_denoiser
@@ -239,7 +240,7 @@ def test_diffusers_pipeline_folder_loads(tmp_path):
     loaded = sao.load_diffusers_pipeline(tmp_path)
     dit_cfg, dit_params = loaded["dit"]
     cond_cfg, cond_params = loaded["conditioning"]
-    encoder = loaded["text_encoder"]
+    encoder = T5TextEncoder(*loaded["t5"], loaded["tokenizer"], cond_cfg.max_length)
     assert encoder.max_length == 12 and cond_cfg.max_length == 12 and cond_cfg.text_projection
 
     prompts = ["128 bpm tech house drum loop", "rain"]

@@ -8,7 +8,8 @@ import torch
 
 from sa_jax.testing.reference import import_reference
 from sa_jax.checkpoints.io import CheckpointError
-from sa_jax.models.sa1_conditioning import SA1Conditioner, import_sat
+from sa_jax.checkpoints.unet import timing_from_sat as import_sat
+from sa_jax.models.sa1_conditioning import SA1Conditioner
 
 
 def test_int_conditioners_and_context_match_reference():

@@ -29,7 +29,7 @@ LAYERS = [
     {"cli", "commands", "ui", "__main__", "testing"},
     {"training", "eval", "metrics", "ablate"},
     {"pipeline"},
-    {"families", "autoencoder"},
+    {"families", "autoencoder", "encoders"},
     {"checkpoints"},
     {"models"},
     {"nn"},
@@ -37,7 +37,7 @@ LAYERS = [
      "configs"},
 ]
 # Names the package root resolves lazily, and the module each one lives in.
-FACADE = {"Autoencoder": "autoencoder", "StableAudio": "pipeline", "__version__": "errors"}
+FACADE = {"Autoencoder": "autoencoder", "Clap": "encoders", "StableAudio": "pipeline", "__version__": "errors"}
 
 
 def layer_of(top: str) -> int:

@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sa_jax.checkpoints import sao
-from sa_jax.checkpoints.io import CheckpointError
-from sa_jax.models.t5 import T5Config, T5Encoder, T5TextEncoder, check_t5_folder
+from sa_jax.checkpoints.io import CheckpointError, read_weights
+from sa_jax.checkpoints.t5 import check_t5_folder, import_t5
+from sa_jax.encoders import T5TextEncoder
+from sa_jax.models.t5 import T5Config, T5Encoder
 from sa_jax.testing.sat_ref import randomize, rel_err, state_dict
 
 torch = pytest.importorskip("torch")
@@ -45,7 +46,7 @@ def test_matches_transformers(ff):
     model = randomize(transformers.T5EncoderModel(hf), seed=1)
     config = T5Config.from_hf(hf.to_dict())
     assert config.gated == (ff != "relu")
-    params = sao.import_t5(state_dict(model), config)
+    params = import_t5(state_dict(model), config)
     ids, mask = _ids_and_mask()
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64)))
@@ -63,16 +64,16 @@ def test_whole_seq2seq_checkpoint_imports_and_mismatch_is_one_error():
     hf = _hf_config("relu")
     full = transformers.T5ForConditionalGeneration(hf)
     config = T5Config.from_hf(hf.to_dict())
-    sao.import_t5(state_dict(full), config)          # decoder and lm_head keys are not the encoder's
+    import_t5(state_dict(full), config)          # decoder and lm_head keys are not the encoder's
     deeper = state_dict(transformers.T5EncoderModel(_hf_config("relu", layers=3)))
     deeper["encoder.block.0.layer.0.SelfAttention.q.weight"] = np.zeros((3, 3), np.float32)
     with pytest.raises(CheckpointError) as e:
-        sao.import_t5(deeper, config, source="t5-folder/model.safetensors")
+        import_t5(deeper, config, source="t5-folder/model.safetensors")
     msg = str(e.value)
     assert "t5-folder/model.safetensors" in msg and "encoder.block.2.layer.0.SelfAttention.q.weight" in msg
     assert "(3, 3)" in msg
     with pytest.raises(CheckpointError, match="DenseReluDense.wi_0"):   # a gated config against a ReLU file
-        sao.import_t5(state_dict(full), T5Config.from_hf(_hf_config("gated-gelu").to_dict()))
+        import_t5(state_dict(full), T5Config.from_hf(_hf_config("gated-gelu").to_dict()))
 
 
 def _tokenizer():
@@ -150,7 +151,7 @@ def test_t5_base_shape_matches_transformers():   # about 15 s on two cores
     model = randomize(transformers.T5EncoderModel(hf), seed=5)
     config = T5Config.from_hf(hf.to_dict())
     assert config == T5Config()
-    params = sao.import_t5(state_dict(model), config)
+    params = import_t5(state_dict(model), config)
     ids, mask = _ids_and_mask(batch=2, length=128, vocab=32128)
     mask[1, 40:] = False
     ids[~mask] = 0
@@ -184,7 +185,7 @@ def test_matches_stable_audio_tools_t5_conditioner():
     with torch.no_grad(), pytest.warns(UserWarning, match="autocast"):
         full, _ = ref(prompts, "cpu")
     config = T5Config.from_hf(model.config.to_dict())
-    encoder = T5TextEncoder(config, sao.import_t5(state_dict(ref.model), config), tok, max_length=12)
+    encoder = T5TextEncoder(config, import_t5(state_dict(ref.model), config), tok, max_length=12)
     ours, mask = encoder(prompts)
     np.testing.assert_array_equal(np.asarray(mask), ref_mask.numpy())
     err32, err16 = rel_err(ours, full.numpy()), rel_err(ours, half.float().numpy())
@@ -198,8 +199,8 @@ def test_sharded_weights_load(t5_folder, tmp_path):
     assert (tmp_path / "model.safetensors.index.json").is_file()
     shards = sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
     assert len(shards) > 1
-    state = sao.read_weights(tmp_path, ["model.safetensors", "model.safetensors.index.json"])
+    state = read_weights(tmp_path, ["model.safetensors", "model.safetensors.index.json"])
     np.testing.assert_array_equal(state["shared.weight"], model.shared.weight.detach().numpy())
     (tmp_path / shards[-1]).unlink()
     with pytest.raises(CheckpointError, match=shards[-1]):
-        sao.read_weights(tmp_path, ["model.safetensors.index.json"])
+        read_weights(tmp_path, ["model.safetensors.index.json"])

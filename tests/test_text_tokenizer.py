@@ -46,7 +46,8 @@ def test_vocabulary_is_ordered_by_count_and_capped():
 def test_save_and_load_round_trip(tmp_path):
     from transformers import AutoTokenizer
 
-    from sa_jax.models.bert import load_tokenizer, tokenize
+    from sa_jax.checkpoints.tokenizer import load_tokenizer
+    from sa_jax.encoders import tokenize
 
     tok = build_word_tokenizer(TEXTS)
     tok.save_pretrained(tmp_path / "tok")

@@ -101,7 +101,8 @@ def test_export_round_trip_and_text_conditioner(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from sa_jax.checkpoints.clap import import_hf_clap, load_hf_clap
-    from sa_jax.models.clap import Clap, ClapConfig
+    from sa_jax.encoders import Clap
+    from sa_jax.models.clap import ClapConfig
     from sa_jax.text_tokenizer import build_word_tokenizer
     from sa_jax.testing.sat_ref import randomize, rel_err, state_dict
 
@@ -192,7 +193,7 @@ CHILD = textwrap.dedent("""
     v = {{"params": state.params, "batch_stats": state.batch_stats}}
     np.savez(out + ".npz", **flat(v))
     if mode == "full":
-        from sa_jax.models.bert import load_tokenizer
+        from sa_jax.checkpoints.tokenizer import load_tokenizer
         import dataclasses
         tok = load_tokenizer(os.path.join(run, "tokenizer"))
         result = {{}}

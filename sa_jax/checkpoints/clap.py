@@ -355,8 +355,6 @@ def laion_text_config(state: dict[str, np.ndarray], text_heads: int | None = Non
 def load_clap_text(path: str | Path, text_heads: int | None = None) -> tuple[BertConfig, dict]:
     """(config, params) of the text tower alone, from a transformers ClapModel folder or a LAION-CLAP
     checkpoint; the audio side of the file is not read (any HTSAT variant or fusion type will do)."""
-    from sa_jax.models.bert import read_bert_config
-
     path = Path(path)
     if path.is_dir():
         weights = next((path / f for f in _HF_WEIGHTS if (path / f).is_file()), None)
@@ -374,6 +372,44 @@ def load_clap_text(path: str | Path, text_heads: int | None = None) -> tuple[Ber
 
 
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_bert_config(folder: str | Path) -> BertConfig:
+    """The BertConfig of a Hugging Face BertModel/RobertaModel/ClapModel folder's config.json."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json")
+    with open(path) as f:
+        data = json.load(f)
+    if data.get("model_type") == "clap":
+        data = {"model_type": "clap_text_model", **data.get("text_config", {})}
+    return BertConfig.from_hf(data)
+
+
+def check_bert_folder(folder: str | Path) -> Path:
+    """The weight file of a Hugging Face BertModel/RobertaModel folder; FileNotFoundError naming
+    everything that is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"text encoder folder {folder} does not exist or is not a directory")
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    weights = next((folder / f for f in _HF_WEIGHTS if (folder / f).is_file()), None)
+    if weights is None:
+        missing.append(f"weights: one of {', '.join(_HF_WEIGHTS)}")
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a complete text encoder folder; missing: {'; '.join(missing)}")
+    return weights
+
+
+def load_bert(folder: str | Path) -> tuple[BertConfig, dict]:
+    """(config, params) of a Hugging Face BertModel/RobertaModel folder (config.json +
+    model.safetensors or pytorch_model.bin); the pooler is on when the file has one."""
+    weights = check_bert_folder(folder)
+    state = read_state_dict(weights)
+    config = with_pooler(read_bert_config(folder), state, bert_prefix(state))
+    return config, import_bert(state, config, source=str(weights))
 
 
 def load_hf_clap(folder: str | Path) -> tuple[ClapConfig, dict]:

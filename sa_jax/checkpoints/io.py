@@ -3,8 +3,9 @@ every importer raises when keys or shapes do not line up."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from sa_jax.errors import CheckpointError  # noqa: F401  (re-exported)
@@ -25,7 +26,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             return _to_float32(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
-        except Exception as e:  # bf16 tensors: numpy cannot hold them; go through torch
+        except Exception as e:  # bf16 tensors: numpy cannot hold them; go through JAX
             if "bfloat16" not in str(e).lower() and "bf16" not in str(e).lower():
                 raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
             return _read_safetensors_via_jax(path)
@@ -46,6 +47,28 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
                 for k, v in obj.items() if hasattr(v, "detach")}
     raise CheckpointError(f"{path}: unknown weight format {suffix!r}; use .safetensors, .ckpt, .pt, .pth or .bin")
+
+
+def read_weights(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The state dict in `folder` stored under the first of `names` that exists; a
+    `*.safetensors.index.json` reads all of its shards."""
+    folder = Path(folder)
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            with open(path) as f:
+                shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise CheckpointError(f"{path} lists shard(s) that are not in {folder}: {missing}")
+            state: dict[str, np.ndarray] = {}
+            for shard in shards:
+                state.update(read_state_dict(folder / shard))
+            return state
+        return read_state_dict(path)
+    raise CheckpointError(f"no weights in {folder}: looked for {', '.join(names)}")
 
 
 def _read_safetensors_via_jax(path: Path) -> dict[str, np.ndarray]:

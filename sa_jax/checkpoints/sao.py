@@ -1,4 +1,4 @@
-"""Importing the Stable Audio Open DiT, its conditioners and the T5 encoder.
+"""Importing the Stable Audio Open DiT and its conditioners (the T5 encoder: sa_jax.checkpoints.t5).
 
 Formats:
 * stable-audio-tools: one `model.safetensors` (or `.ckpt`) of the whole conditioned diffusion model
@@ -8,102 +8,64 @@ Formats:
   local Hugging Face folder.
 * diffusers `StableAudioPipeline` folder: `transformer/`, `projection_model/`, `text_encoder/`,
   `tokenizer/` (and `vae/`, imported elsewhere).
-* Hugging Face T5 (`T5EncoderModel` or a whole seq2seq `T5ForConditionalGeneration`).
 
-Each format is a table of (foreign key pattern, our parameter path pattern, transform), with `{i}`
-standing for the block index, plus buffers the reference stores that hold no learned state
-(LayerNorm betas kept at zero, rotary frequencies), which are checked rather than loaded. Every
-key that does not line up -- a file key no row takes, a parameter no key provides, a shape that
-differs, a buffer with an unexpected value -- is collected, and all of them are raised together
-as one CheckpointError.
+Each format is a table of rows (foreign key pattern, our parameter path pattern, transform) with
+`{i}` standing for the block index (sa_jax.checkpoints.table), plus buffers the reference stores
+that hold no learned state (LayerNorm betas kept at zero, rotary frequencies), which are checked
+rather than loaded. Every key that does not line up -- a file key no row takes, a parameter no key
+provides, a shape that differs, a buffer with an unexpected value -- is collected, and all of them
+are raised together as one CheckpointError.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, mismatch_report, read_state_dict
-from sa_jax.tree import unflatten
+from sa_jax.checkpoints.io import CheckpointError, read_state_dict, read_weights
+from sa_jax.checkpoints.t5 import convert_t5, load_t5
+from sa_jax.checkpoints.table import (Report, Row, conv1x1, convert_into, equals, expand, flat, fuse, linear,
+                                      zeros)
 from sa_jax.config import ConfigError, from_dict
 from sa_jax.models import conditioners as cond_mod
 from sa_jax.models import dit as dit_mod
-from sa_jax.models import t5 as t5_mod
 from sa_jax.models.conditioners import ConditioningConfig, NumberConditionerConfig
 from sa_jax.models.dit import DiTConfig
 from sa_jax.models.t5 import T5Config
-
-Transform = Callable[..., np.ndarray] | None
-# (foreign key or keys to fuse, our parameter path, transform of the foreign array(s))
-Row = tuple[str | tuple[str, ...], str, Transform]
-# (foreign key, check returning a problem description or None)
-Buffer = tuple[str, Callable[[np.ndarray], str | None]]
-
-
-def _t(w):          # torch Linear weight (out, in) -> Flax kernel (in, out)
-    return w.T
-
-
-def _conv1x1(w):    # torch Conv1d weight (out, in, 1) -> Flax kernel (in, out)
-    return w[:, :, 0].T
-
-
-def _flat(w):
-    return w.reshape(-1)
-
-
-def _fuse(*ws):     # separate q/k/v (or k/v) Linear weights -> one fused kernel
-    return np.concatenate(ws, axis=0).T
-
-
-def _zeros(w):
-    return None if not np.any(w) else f"expected zeros (a bias-free LayerNorm), max |value| {np.abs(w).max():.3g}"
-
-
-def _equals(expected: np.ndarray, what: str):
-    def check(w):
-        if w.shape != expected.shape:
-            return f"{what}: shape {w.shape}, expected {expected.shape}"
-        if not np.allclose(w, expected, rtol=1e-5, atol=1e-6):
-            return f"{what} differ from the model's"
-        return None
-    return check
 
 
 # --------------------------------------------------------------------------------------------
 # Tables
 
 _SAT_DIT_TOP: list[Row] = [
-    ("timestep_features.weight", "timestep_features/kernel", _flat),
-    ("to_timestep_embed.0.weight", "to_timestep_embed/in_proj/kernel", _t),
+    ("timestep_features.weight", "timestep_features/kernel", flat),
+    ("to_timestep_embed.0.weight", "to_timestep_embed/in_proj/kernel", linear),
     ("to_timestep_embed.0.bias", "to_timestep_embed/in_proj/bias", None),
-    ("to_timestep_embed.2.weight", "to_timestep_embed/out_proj/kernel", _t),
+    ("to_timestep_embed.2.weight", "to_timestep_embed/out_proj/kernel", linear),
     ("to_timestep_embed.2.bias", "to_timestep_embed/out_proj/bias", None),
-    ("to_cond_embed.0.weight", "to_cond_embed/in_proj/kernel", _t),
-    ("to_cond_embed.2.weight", "to_cond_embed/out_proj/kernel", _t),
-    ("to_global_embed.0.weight", "to_global_embed/in_proj/kernel", _t),
-    ("to_global_embed.2.weight", "to_global_embed/out_proj/kernel", _t),
-    ("preprocess_conv.weight", "preprocess_conv/kernel", _conv1x1),
-    ("postprocess_conv.weight", "postprocess_conv/kernel", _conv1x1),
-    ("transformer.project_in.weight", "project_in/kernel", _t),
-    ("transformer.project_out.weight", "project_out/kernel", _t),
+    ("to_cond_embed.0.weight", "to_cond_embed/in_proj/kernel", linear),
+    ("to_cond_embed.2.weight", "to_cond_embed/out_proj/kernel", linear),
+    ("to_global_embed.0.weight", "to_global_embed/in_proj/kernel", linear),
+    ("to_global_embed.2.weight", "to_global_embed/out_proj/kernel", linear),
+    ("preprocess_conv.weight", "preprocess_conv/kernel", conv1x1),
+    ("postprocess_conv.weight", "postprocess_conv/kernel", conv1x1),
+    ("transformer.project_in.weight", "project_in/kernel", linear),
+    ("transformer.project_out.weight", "project_out/kernel", linear),
 ]
 _SAT_DIT_BLOCK: list[Row] = [
     ("transformer.layers.{i}.pre_norm.gamma", "layers_{i}/pre_norm/scale", None),
-    ("transformer.layers.{i}.self_attn.to_qkv.weight", "layers_{i}/self_attn/qkv/kernel", _t),
-    ("transformer.layers.{i}.self_attn.to_out.weight", "layers_{i}/self_attn/out/kernel", _t),
+    ("transformer.layers.{i}.self_attn.to_qkv.weight", "layers_{i}/self_attn/qkv/kernel", linear),
+    ("transformer.layers.{i}.self_attn.to_out.weight", "layers_{i}/self_attn/out/kernel", linear),
     ("transformer.layers.{i}.cross_attend_norm.gamma", "layers_{i}/cross_attn_norm/scale", None),
-    ("transformer.layers.{i}.cross_attn.to_q.weight", "layers_{i}/cross_attn/q/kernel", _t),
-    ("transformer.layers.{i}.cross_attn.to_kv.weight", "layers_{i}/cross_attn/kv/kernel", _t),
-    ("transformer.layers.{i}.cross_attn.to_out.weight", "layers_{i}/cross_attn/out/kernel", _t),
+    ("transformer.layers.{i}.cross_attn.to_q.weight", "layers_{i}/cross_attn/q/kernel", linear),
+    ("transformer.layers.{i}.cross_attn.to_kv.weight", "layers_{i}/cross_attn/kv/kernel", linear),
+    ("transformer.layers.{i}.cross_attn.to_out.weight", "layers_{i}/cross_attn/out/kernel", linear),
     ("transformer.layers.{i}.ff_norm.gamma", "layers_{i}/ff_norm/scale", None),
-    ("transformer.layers.{i}.ff.ff.0.proj.weight", "layers_{i}/ff/proj_in/kernel", _t),
+    ("transformer.layers.{i}.ff.ff.0.proj.weight", "layers_{i}/ff/proj_in/kernel", linear),
     ("transformer.layers.{i}.ff.ff.0.proj.bias", "layers_{i}/ff/proj_in/bias", None),
-    ("transformer.layers.{i}.ff.ff.2.weight", "layers_{i}/ff/proj_out/kernel", _t),
+    ("transformer.layers.{i}.ff.ff.2.weight", "layers_{i}/ff/proj_out/kernel", linear),
     ("transformer.layers.{i}.ff.ff.2.bias", "layers_{i}/ff/proj_out/bias", None),
 ]
 _SAT_DIT_BLOCK_BUFFERS = ["transformer.layers.{i}.pre_norm.beta", "transformer.layers.{i}.cross_attend_norm.beta",
@@ -111,33 +73,33 @@ _SAT_DIT_BLOCK_BUFFERS = ["transformer.layers.{i}.pre_norm.beta", "transformer.l
 
 _DIFFUSERS_DIT_TOP: list[Row] = [
     ("time_proj.weight", "timestep_features/kernel", None),
-    ("timestep_proj.0.weight", "to_timestep_embed/in_proj/kernel", _t),
+    ("timestep_proj.0.weight", "to_timestep_embed/in_proj/kernel", linear),
     ("timestep_proj.0.bias", "to_timestep_embed/in_proj/bias", None),
-    ("timestep_proj.2.weight", "to_timestep_embed/out_proj/kernel", _t),
+    ("timestep_proj.2.weight", "to_timestep_embed/out_proj/kernel", linear),
     ("timestep_proj.2.bias", "to_timestep_embed/out_proj/bias", None),
-    ("cross_attention_proj.0.weight", "to_cond_embed/in_proj/kernel", _t),
-    ("cross_attention_proj.2.weight", "to_cond_embed/out_proj/kernel", _t),
-    ("global_proj.0.weight", "to_global_embed/in_proj/kernel", _t),
-    ("global_proj.2.weight", "to_global_embed/out_proj/kernel", _t),
-    ("preprocess_conv.weight", "preprocess_conv/kernel", _conv1x1),
-    ("postprocess_conv.weight", "postprocess_conv/kernel", _conv1x1),
-    ("proj_in.weight", "project_in/kernel", _t),
-    ("proj_out.weight", "project_out/kernel", _t),
+    ("cross_attention_proj.0.weight", "to_cond_embed/in_proj/kernel", linear),
+    ("cross_attention_proj.2.weight", "to_cond_embed/out_proj/kernel", linear),
+    ("global_proj.0.weight", "to_global_embed/in_proj/kernel", linear),
+    ("global_proj.2.weight", "to_global_embed/out_proj/kernel", linear),
+    ("preprocess_conv.weight", "preprocess_conv/kernel", conv1x1),
+    ("postprocess_conv.weight", "postprocess_conv/kernel", conv1x1),
+    ("proj_in.weight", "project_in/kernel", linear),
+    ("proj_out.weight", "project_out/kernel", linear),
 ]
 _DIFFUSERS_DIT_BLOCK: list[Row] = [
     ("transformer_blocks.{i}.norm1.weight", "layers_{i}/pre_norm/scale", None),
     (("transformer_blocks.{i}.attn1.to_q.weight", "transformer_blocks.{i}.attn1.to_k.weight",
-      "transformer_blocks.{i}.attn1.to_v.weight"), "layers_{i}/self_attn/qkv/kernel", _fuse),
-    ("transformer_blocks.{i}.attn1.to_out.0.weight", "layers_{i}/self_attn/out/kernel", _t),
+      "transformer_blocks.{i}.attn1.to_v.weight"), "layers_{i}/self_attn/qkv/kernel", fuse),
+    ("transformer_blocks.{i}.attn1.to_out.0.weight", "layers_{i}/self_attn/out/kernel", linear),
     ("transformer_blocks.{i}.norm2.weight", "layers_{i}/cross_attn_norm/scale", None),
-    ("transformer_blocks.{i}.attn2.to_q.weight", "layers_{i}/cross_attn/q/kernel", _t),
+    ("transformer_blocks.{i}.attn2.to_q.weight", "layers_{i}/cross_attn/q/kernel", linear),
     (("transformer_blocks.{i}.attn2.to_k.weight", "transformer_blocks.{i}.attn2.to_v.weight"),
-     "layers_{i}/cross_attn/kv/kernel", _fuse),
-    ("transformer_blocks.{i}.attn2.to_out.0.weight", "layers_{i}/cross_attn/out/kernel", _t),
+     "layers_{i}/cross_attn/kv/kernel", fuse),
+    ("transformer_blocks.{i}.attn2.to_out.0.weight", "layers_{i}/cross_attn/out/kernel", linear),
     ("transformer_blocks.{i}.norm3.weight", "layers_{i}/ff_norm/scale", None),
-    ("transformer_blocks.{i}.ff.net.0.proj.weight", "layers_{i}/ff/proj_in/kernel", _t),
+    ("transformer_blocks.{i}.ff.net.0.proj.weight", "layers_{i}/ff/proj_in/kernel", linear),
     ("transformer_blocks.{i}.ff.net.0.proj.bias", "layers_{i}/ff/proj_in/bias", None),
-    ("transformer_blocks.{i}.ff.net.2.weight", "layers_{i}/ff/proj_out/kernel", _t),
+    ("transformer_blocks.{i}.ff.net.2.weight", "layers_{i}/ff/proj_out/kernel", linear),
     ("transformer_blocks.{i}.ff.net.2.bias", "layers_{i}/ff/proj_out/bias", None),
 ]
 # diffusers' LayerNorms carry a bias; Stable Audio's are bias-free, so a converted model has zeros.
@@ -146,8 +108,8 @@ _DIFFUSERS_DIT_BLOCK_BUFFERS = ["transformer_blocks.{i}.norm1.bias", "transforme
 
 
 def _number_rows(src: str, dst: str) -> list[Row]:
-    return [(f"{src}.0.weights", f"{dst}/embedder/weights", _flat),
-            (f"{src}.1.weight", f"{dst}/embedder/proj/kernel", _t),
+    return [(f"{src}.0.weights", f"{dst}/embedder/weights", flat),
+            (f"{src}.1.weight", f"{dst}/embedder/proj/kernel", linear),
             (f"{src}.1.bias", f"{dst}/embedder/proj/bias", None)]
 
 
@@ -155,7 +117,7 @@ def _sat_conditioner_rows(config: ConditioningConfig) -> list[Row]:
     rows = _number_rows("seconds_start.embedder.embedding", "seconds_start")
     rows += _number_rows("seconds_total.embedder.embedding", "seconds_total")
     if config.text_projection:
-        rows += [("prompt.proj_out.weight", "prompt_proj/kernel", _t), ("prompt.proj_out.bias", "prompt_proj/bias", None)]
+        rows += [("prompt.proj_out.weight", "prompt_proj/kernel", linear), ("prompt.proj_out.bias", "prompt_proj/bias", None)]
     return rows
 
 
@@ -163,98 +125,8 @@ def _diffusers_projection_rows(config: ConditioningConfig) -> list[Row]:
     rows = _number_rows("start_number_conditioner.time_positional_embedding", "seconds_start")
     rows += _number_rows("end_number_conditioner.time_positional_embedding", "seconds_total")
     if config.text_projection:
-        rows += [("text_projection.weight", "prompt_proj/kernel", _t), ("text_projection.bias", "prompt_proj/bias", None)]
+        rows += [("text_projection.weight", "prompt_proj/kernel", linear), ("text_projection.bias", "prompt_proj/bias", None)]
     return rows
-
-
-def _t5_rows(config: T5Config) -> list[Row]:
-    rows: list[Row] = [("shared.weight", "shared", None),
-                       ("encoder.final_layer_norm.weight", "final_norm/scale", None),
-                       ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                        "block_0_attn/relative_attention_bias", None)]
-    ff = ("wi_0", "wi_1", "wo") if config.gated else ("wi", "wo")
-    for i in range(config.num_layers):
-        b = f"encoder.block.{i}.layer"
-        rows.append((f"{b}.0.layer_norm.weight", f"block_{i}_attn_norm/scale", None))
-        rows += [(f"{b}.0.SelfAttention.{n}.weight", f"block_{i}_attn/{n}/kernel", _t) for n in "qkvo"]
-        rows.append((f"{b}.1.layer_norm.weight", f"block_{i}_ff_norm/scale", None))
-        rows += [(f"{b}.1.DenseReluDense.{n}.weight", f"block_{i}_ff/{n}/kernel", _t) for n in ff]
-    return rows
-
-
-# Keys of a whole seq2seq T5 checkpoint that an encoder has no use for.
-_T5_IGNORED = (r"decoder\..*", r"lm_head\.weight")
-
-
-def _expand(rows: Iterable[Row], depth: int) -> list[Row]:
-    out = []
-    for src, dst, fn in rows:
-        if "{i}" in dst:
-            for i in range(depth):
-                s = tuple(k.format(i=i) for k in src) if isinstance(src, tuple) else src.format(i=i)
-                out.append((s, dst.format(i=i), fn))
-        else:
-            out.append((src, dst, fn))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# The one converter
-
-class _Report:
-    """Everything that did not line up, gathered across the parts of one file."""
-
-    def __init__(self):
-        self.unmatched: list[str] = []
-        self.missing: list[str] = []
-        self.bad: list[str] = []
-
-    def raise_if_any(self, what: str, source: str):
-        if self.unmatched or self.missing or self.bad:
-            raise CheckpointError(mismatch_report(what, source, self.unmatched, self.missing, self.bad))
-
-
-def _convert(state: dict[str, np.ndarray], rows: Sequence[Row], want: dict[str, tuple[int, ...]],
-             report: _Report, prefix: str = "", buffers: Sequence[Buffer] = (),
-             ignore: Sequence[str] = ()) -> dict:
-    """Map the keys of `state` that start with `prefix` through `rows`; record problems in `report`."""
-    part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    used: set[str] = set()
-    flat: dict[str, np.ndarray] = {}
-    covered: set[str] = set()
-    for src, dst, fn in rows:
-        keys = src if isinstance(src, tuple) else (src,)
-        covered.add(dst)
-        absent = [prefix + k for k in keys if k not in part]
-        if absent:
-            report.missing += [f"{k} (for {dst})" for k in absent]
-            used.update(k for k in keys if k in part)
-            continue
-        used.update(keys)
-        arrays = [np.asarray(part[k], np.float32) for k in keys]
-        shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
-        try:
-            value = fn(*arrays) if fn is not None else arrays[0]
-        except (ValueError, IndexError) as e:
-            report.bad.append(f"{prefix}{keys[0]}: file {shapes} cannot become {dst} ({e})")
-            continue
-        if dst not in want:
-            report.bad.append(f"{prefix}{keys[0]}: the model has no parameter {dst}")
-        elif tuple(value.shape) != want[dst]:
-            report.bad.append(f"{prefix}{keys[0]}: file {shapes} -> {tuple(value.shape)}, model {dst} needs {want[dst]}")
-        else:
-            flat[dst] = np.ascontiguousarray(value)
-    for key, check in buffers:
-        if key in part:
-            used.add(key)
-            problem = check(np.asarray(part[key], np.float32))
-            if problem:
-                report.bad.append(f"{prefix}{key}: {problem}")
-    patterns = [re.compile(p) for p in ignore]
-    report.unmatched += [prefix + k for k in part
-                         if k not in used and not any(p.fullmatch(k) for p in patterns)]
-    report.missing += [f"{p} (no row of the import table provides it)" for p in sorted(set(want) - covered)]
-    return unflatten(flat)
 
 
 def _rotary_inv_freq(config: DiTConfig) -> np.ndarray:
@@ -262,30 +134,17 @@ def _rotary_inv_freq(config: DiTConfig) -> np.ndarray:
     return (1.0 / (config.rotary_base ** (np.arange(0, d, 2, dtype=np.float32) / d))).astype(np.float32)
 
 
-def _dit_sat(state, config: DiTConfig, report: _Report, prefix: str) -> dict:
-    rows = _expand(_SAT_DIT_TOP + _SAT_DIT_BLOCK, config.depth)
-    buffers = [(k.format(i=i), _zeros) for k in _SAT_DIT_BLOCK_BUFFERS for i in range(config.depth)]
-    buffers.append(("transformer.rotary_pos_emb.inv_freq", _equals(_rotary_inv_freq(config), "rotary frequencies")))
-    return _convert(state, rows, dit_mod.param_shapes(config), report, prefix, buffers)
+def _dit_sat(state, config: DiTConfig, report: Report, prefix: str) -> dict:
+    rows = expand(_SAT_DIT_TOP + _SAT_DIT_BLOCK, i=range(config.depth))
+    checks = [(k.format(i=i), zeros) for k in _SAT_DIT_BLOCK_BUFFERS for i in range(config.depth)]
+    checks.append(("transformer.rotary_pos_emb.inv_freq", equals(_rotary_inv_freq(config), "rotary frequencies")))
+    return convert_into(report, state, rows, dit_mod.param_shapes(config), prefix, checks)
 
 
-def _dit_diffusers(state, config: DiTConfig, report: _Report) -> dict:
-    rows = _expand(_DIFFUSERS_DIT_TOP + _DIFFUSERS_DIT_BLOCK, config.depth)
-    buffers = [(k.format(i=i), _zeros) for k in _DIFFUSERS_DIT_BLOCK_BUFFERS for i in range(config.depth)]
-    return _convert(state, rows, dit_mod.param_shapes(config), report, "", buffers)
-
-
-def _t5(state, config: T5Config, report: _Report, prefix: str = "") -> dict:
-    part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    # The encoder's token embedding is tied to `shared`; files hold either name, or both.
-    alias = "encoder.embed_tokens.weight"
-    if alias in part:
-        if "shared.weight" not in part:
-            part["shared.weight"] = part.pop(alias)
-        elif np.array_equal(np.asarray(part["shared.weight"]), np.asarray(part[alias])):
-            part.pop(alias)
-    return _convert(part, _t5_rows(config), t5_mod.param_shapes(config), report, "",
-                    ignore=_T5_IGNORED + (r"decoder\.embed_tokens\.weight",))
+def _dit_diffusers(state, config: DiTConfig, report: Report) -> dict:
+    rows = expand(_DIFFUSERS_DIT_TOP + _DIFFUSERS_DIT_BLOCK, i=range(config.depth))
+    checks = [(k.format(i=i), zeros) for k in _DIFFUSERS_DIT_BLOCK_BUFFERS for i in range(config.depth)]
+    return convert_into(report, state, rows, dit_mod.param_shapes(config), "", checks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +153,7 @@ def _t5(state, config: T5Config, report: _Report, prefix: str = "") -> dict:
 def import_dit_sat(state: dict[str, np.ndarray], config: DiTConfig, prefix: str = "model.model.",
                    source: str = "the stable-audio-tools state dict") -> dict:
     """DiT parameters from a stable-audio-tools state dict (keys under `prefix`)."""
-    report = _Report()
+    report = Report()
     params = _dit_sat(state, config, report, prefix)
     report.raise_if_any(f"the DiT ({_describe_dit(config)})", source)
     return params
@@ -303,7 +162,7 @@ def import_dit_sat(state: dict[str, np.ndarray], config: DiTConfig, prefix: str 
 def import_dit_diffusers(state: dict[str, np.ndarray], config: DiTConfig,
                          source: str = "the diffusers StableAudioDiTModel state dict") -> dict:
     """DiT parameters from a diffusers `StableAudioDiTModel` state dict."""
-    report = _Report()
+    report = Report()
     params = _dit_diffusers(state, config, report)
     report.raise_if_any(f"the DiT ({_describe_dit(config)})", source)
     return params
@@ -313,9 +172,9 @@ def import_conditioners_sat(state: dict[str, np.ndarray], config: ConditioningCo
                             prefix: str = "conditioner.conditioners.",
                             source: str = "the stable-audio-tools state dict") -> dict:
     """Number conditioners (and the optional text projection) from a stable-audio-tools state dict."""
-    report = _Report()
-    params = _convert(state, _sat_conditioner_rows(config), cond_mod.param_shapes(config), report, prefix,
-                      ignore=(r"prompt\.model\..*",))
+    report = Report()
+    params = convert_into(report, state, _sat_conditioner_rows(config), cond_mod.param_shapes(config), prefix,
+                          ignore=(r"prompt\.model\..*",))
     report.raise_if_any("the SAO conditioners", source)
     return params
 
@@ -323,18 +182,9 @@ def import_conditioners_sat(state: dict[str, np.ndarray], config: ConditioningCo
 def import_projection_diffusers(state: dict[str, np.ndarray], config: ConditioningConfig,
                                 source: str = "the diffusers StableAudioProjectionModel state dict") -> dict:
     """Number conditioners (and the optional text projection) from diffusers' projection model."""
-    report = _Report()
-    params = _convert(state, _diffusers_projection_rows(config), cond_mod.param_shapes(config), report)
+    report = Report()
+    params = convert_into(report, state, _diffusers_projection_rows(config), cond_mod.param_shapes(config))
     report.raise_if_any("the SAO conditioners", source)
-    return params
-
-
-def import_t5(state: dict[str, np.ndarray], config: T5Config, prefix: str = "",
-              source: str = "the T5 state dict") -> dict:
-    """T5 encoder parameters from a Hugging Face T5 state dict (encoder-only or whole seq2seq)."""
-    report = _Report()
-    params = _t5(state, config, report, prefix)
-    report.raise_if_any(f"the T5 encoder ({config.num_layers} layers, width {config.d_model})", source)
     return params
 
 
@@ -348,17 +198,18 @@ def import_sat_checkpoint(state: dict[str, np.ndarray], dit: DiTConfig, conditio
     trainable T5 (`conditioner.conditioners.prompt.model.*`) and `t5` is given, it is imported too.
     Returns {"dit": ..., "conditioners": ..., "t5": ... or None}.
     """
-    report = _Report()
+    report = Report()
     known = ("model.model.", "conditioner.conditioners.", "pretransform.")
     report.unmatched += [k for k in state if not k.startswith(known)]
     out: dict[str, dict | None] = {"t5": None}
     out["dit"] = _dit_sat(state, dit, report, "model.model.")
     cond_prefix = "conditioner.conditioners."
     t5_prefix = cond_prefix + "prompt.model."
-    out["conditioners"] = _convert(state, _sat_conditioner_rows(conditioning), cond_mod.param_shapes(conditioning),
-                                   report, cond_prefix, ignore=() if t5 is None else (r"prompt\.model\..*",))
+    out["conditioners"] = convert_into(report, state, _sat_conditioner_rows(conditioning),
+                                       cond_mod.param_shapes(conditioning), cond_prefix,
+                                       ignore=() if t5 is None else (r"prompt\.model\..*",))
     if t5 is not None and any(k.startswith(t5_prefix) for k in state):
-        out["t5"] = _t5(state, t5, report, t5_prefix)
+        out["t5"] = convert_t5(report, state, t5, t5_prefix)
     report.raise_if_any(f"Stable Audio Open (DiT {_describe_dit(dit)})", source)
     return out
 
@@ -499,28 +350,6 @@ def sat_model_configs(model_config: dict) -> tuple[DiTConfig, ConditioningConfig
 # --------------------------------------------------------------------------------------------
 # Files
 
-def read_weights(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The state dict in `folder` stored under the first of `names` that exists; a
-    `*.safetensors.index.json` reads all of its shards."""
-    folder = Path(folder)
-    for name in names:
-        path = folder / name
-        if not path.is_file():
-            continue
-        if name.endswith(".index.json"):
-            with open(path) as f:
-                shards = sorted(set(json.load(f).get("weight_map", {}).values()))
-            missing = [s for s in shards if not (folder / s).is_file()]
-            if missing:
-                raise CheckpointError(f"{path} lists shard(s) that are not in {folder}: {missing}")
-            state: dict[str, np.ndarray] = {}
-            for shard in shards:
-                state.update(read_state_dict(folder / shard))
-            return state
-        return read_state_dict(path)
-    raise CheckpointError(f"no weights in {folder}: looked for {', '.join(names)}")
-
-
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
                       "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin")
 
@@ -549,30 +378,33 @@ def load_diffusers_projection(folder: str | Path, max_length: int = 128) -> tupl
     return config, import_projection_diffusers(read_weights(folder, _DIFFUSERS_WEIGHTS), config, source=str(folder))
 
 
-def load_diffusers_pipeline(folder: str | Path, t5_dtype=None, max_length: int | None = None) -> dict:
-    """DiT, conditioners and text encoder of a diffusers StableAudioPipeline folder.
+def load_diffusers_pipeline(folder: str | Path, max_length: int | None = None) -> dict:
+    """DiT, conditioners, T5 encoder and tokenizer of a diffusers StableAudioPipeline folder.
 
     Returns {"dit": (DiTConfig, params), "conditioning": (ConditioningConfig, params),
-    "text_encoder": T5TextEncoder}. The VAE (`vae/`) is imported by the autoencoder importer.
-    `max_length` (text tokens) defaults to the tokenizer's `model_max_length`, as the diffusers
-    pipeline pads to it (128 if the tokenizer leaves it unbounded); Stable Audio Open uses 128.
+    "t5": (T5Config, params), "tokenizer": the T5 tokenizer}. The VAE (`vae/`) is imported by the
+    autoencoder importer. `max_length` (text tokens, in the conditioning config) defaults to the
+    tokenizer's `model_max_length`, as the diffusers pipeline pads to it (128 if the tokenizer leaves
+    it unbounded); Stable Audio Open uses 128.
     """
-    import jax.numpy as jnp
+    from sa_jax.checkpoints.t5 import check_t5_folder
+    from sa_jax.checkpoints.tokenizer import load_tokenizer
 
     folder = Path(folder)
     needed = ["transformer", "projection_model", "text_encoder", "tokenizer"]
     missing = [n + "/" for n in needed if not (folder / n).is_dir()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a diffusers StableAudioPipeline folder; missing {missing}")
-    encoder = t5_mod.T5TextEncoder.load(folder / "text_encoder", folder / "tokenizer",
-                                        dtype=t5_dtype or jnp.float32)
+    check_t5_folder(folder / "text_encoder", folder / "tokenizer")   # names missing files first
+    tokenizer = load_tokenizer(folder / "tokenizer")
+    t5 = load_t5(folder / "text_encoder")
     if max_length is None:
-        max_length = getattr(encoder.tokenizer, "model_max_length", 128)
+        max_length = getattr(tokenizer, "model_max_length", 128)
         if not isinstance(max_length, int) or max_length > 4096:   # "unbounded" sentinel in HF tokenizers
             max_length = 128
-    encoder.max_length = max_length
     cond = load_diffusers_projection(folder / "projection_model", max_length)
-    return {"dit": load_diffusers_dit(folder / "transformer"), "conditioning": cond, "text_encoder": encoder}
+    return {"dit": load_diffusers_dit(folder / "transformer"), "conditioning": cond, "t5": t5,
+            "tokenizer": tokenizer}
 
 
 def unwrap_training_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -606,7 +438,7 @@ def load_sat(model_config: str | Path | dict, weights: str | Path) -> dict:
     or `.ckpt`; a training checkpoint is unwrapped, preferring its EMA weights).
 
     Returns {"dit": (DiTConfig, params), "conditioning": (ConditioningConfig, params), "t5_name": str}.
-    The T5 encoder is loaded separately from a local folder with `T5TextEncoder.load`.
+    The T5 encoder is loaded separately from a local folder (`sa_jax.encoders.T5TextEncoder.load`).
     """
     if not isinstance(model_config, dict):
         model_config = _read_json(Path(model_config))

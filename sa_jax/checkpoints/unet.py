@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sa_jax.checkpoints.io import CheckpointError, mismatch_report
@@ -113,3 +114,18 @@ def from_sat(state: dict[str, np.ndarray], config: UNetConfig, source: str, pref
     if unmatched or missing or bad:
         raise CheckpointError(mismatch_report("the U-Net config", source, unmatched, missing, bad))
     return unflatten(flat)
+
+
+def timing_from_sat(state: dict, features: int = 768, prefix: str = "conditioner.conditioners.") -> dict:
+    """Our SA1Conditioner params (sa_jax.models.sa1_conditioning) from a stable-audio-tools Stable
+    Audio 1.0 model's `int_embedder` tables (the number of rows is the file's)."""
+    params = {}
+    for name in ("seconds_start", "seconds_total"):
+        key = f"{prefix}{name}.int_embedder.weight"
+        if key not in state:
+            raise CheckpointError(f"the file has no {key} (the {name} integer embedding table)")
+        table = state[key]
+        if table.ndim != 2 or table.shape[1] != features:
+            raise CheckpointError(f"{key} has shape {tuple(table.shape)}; expected (rows, {features})")
+        params[name] = {"embedding": jnp.asarray(table, jnp.float32)}
+    return params

@@ -103,7 +103,9 @@ class SA1Family(Family):
 
     @classmethod
     def from_checkpoint(cls, config: dict, params: dict, folder: Path, dtype: str) -> "SA1Family":
-        from sa_jax.models.bert import BertConfig, TextEncoder, load_tokenizer
+        from sa_jax.checkpoints.tokenizer import load_tokenizer
+        from sa_jax.encoders import TextEncoder
+        from sa_jax.models.bert import BertConfig
         from sa_jax.models.unet import config_from_dict
 
         cls.check_sections(config, folder)
@@ -166,8 +168,8 @@ def load_sat(folder: Path, model_config: dict, clap: str | Path | None, clap_tok
     from sa_jax.autoencoder import find_sat_weights
     from sa_jax.checkpoints import unet as unet_importer
     from sa_jax.checkpoints.io import read_state_dict
-    from sa_jax.models.clap import load_clap_text_encoder
-    from sa_jax.models.sa1_conditioning import import_sat
+    from sa_jax.checkpoints.unet import timing_from_sat
+    from sa_jax.encoders import load_clap_text_encoder
 
     folder = Path(folder)
     unet_config, prompt, timing = sat_sections(model_config)
@@ -183,7 +185,7 @@ def load_sat(folder: Path, model_config: dict, clap: str | Path | None, clap_tok
     weights = find_sat_weights(folder)
     state = read_state_dict(weights)
     unet_params = unet_importer.from_sat(state, unet_config, str(weights), prefix="model.model.")
-    timing_params = import_sat(state, unet_config.context_embedding_features)
+    timing_params = timing_from_sat(state, unet_config.context_embedding_features)
     autoencoder = sat_autoencoder(model_config, state, weights, dtype)
     text = load_clap_text_encoder(clap, clap_tokenizer, max_length=CLAP_TOKENS)
     family = SA1Family(unet_config, unet_params, timing_params, text, prompt.get("feature_layer_ix", -2),

@@ -89,7 +89,9 @@ class SAOFamily(Family):
     def from_checkpoint(cls, config: dict, params: dict, folder: Path, dtype: str) -> "SAOFamily":
         from sa_jax.models.conditioners import ConditioningConfig
         from sa_jax.models.dit import DiTConfig
-        from sa_jax.models.t5 import T5Config, T5TextEncoder, load_tokenizer
+        from sa_jax.checkpoints.tokenizer import load_tokenizer
+        from sa_jax.encoders import T5TextEncoder
+        from sa_jax.models.t5 import T5Config
 
         cls.check_sections(config, folder)
         dit = from_dict(DiTConfig, config["dit"], "dit")
@@ -134,10 +136,12 @@ def load_diffusers(path: Path, dtype: str) -> Loaded:
     tokenizer/, vae/; scheduler/ is read only for sigma_min / sigma_max)."""
     from sa_jax.autoencoder import Autoencoder
     from sa_jax.checkpoints import sao
+    from sa_jax.encoders import T5TextEncoder
 
     loaded = sao.load_diffusers_pipeline(path)
     (dit_cfg, dit_params), (cond_cfg, cond_params) = loaded["dit"], loaded["conditioning"]
-    family = SAOFamily(dit_cfg, dit_params, cond_cfg, cond_params, loaded["text_encoder"], dtype)
+    encoder = T5TextEncoder(*loaded["t5"], loaded["tokenizer"], cond_cfg.max_length)
+    family = SAOFamily(dit_cfg, dit_params, cond_cfg, cond_params, encoder, dtype)
     autoencoder = Autoencoder.load(path, dtype=dtype)
     with open(path / "transformer" / "config.json") as f:
         frames = int(json.load(f).get("sample_size", 1024))
@@ -157,7 +161,7 @@ def load_sat(path: Path, model_config: dict, t5: str | Path | None, dtype: str) 
     from sa_jax.autoencoder import find_sat_weights
     from sa_jax.checkpoints import sao
     from sa_jax.checkpoints.io import read_state_dict
-    from sa_jax.models.t5 import T5TextEncoder
+    from sa_jax.encoders import T5TextEncoder
 
     dit_cfg, cond_cfg, t5_name = sao.sat_model_configs(model_config)
     if t5 is None:

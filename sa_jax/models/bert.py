@@ -1,5 +1,5 @@
-"""A BERT/RoBERTa-family text encoder in Flax, and loading it (weights, config, tokenizer) from a
-local Hugging Face folder.
+"""A BERT/RoBERTa-family text encoder in Flax (its importer: sa_jax.checkpoints.clap; with a
+tokenizer: sa_jax.encoders.TextEncoder).
 
 The encoder follows the original BERT layout that RoBERTa and CLAP's text tower share: token,
 position and token-type embeddings summed and layer-normed, then `num_layers` post-norm blocks
@@ -9,24 +9,18 @@ how positions are numbered: BERT counts 0, 1, 2, ...; RoBERTa (and CLAP's text t
 `pad_token_id + 1` and gives padding tokens the padding position, so a row's positions do not
 depend on how much padding follows it.
 
-`TextEncoder.__call__` returns every hidden state (the embedding output first, then each
-layer's output), so a conditioner can take layer -2 as Stable Audio 1.0 does with CLAP.
-
-transformers is used only for tokenizers and to read `config.json`; the math is ours.
+`BertEncoder` returns every hidden state (the embedding output first, then each layer's output),
+so a conditioner can take layer -2 as Stable Audio 1.0 does with CLAP.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sa_jax.config import ConfigError
 
@@ -196,123 +190,3 @@ class BertEncoder(nn.Module):
         if c.pooler:
             pooled = jnp.tanh(_dense(c.hidden_size, self.dtype, "pooler")(h[:, 0])).astype(jnp.float32)
         return tuple(s.astype(jnp.float32) for s in states), pooled
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenising prompts
-
-def load_tokenizer(folder: str | Path):
-    """The Hugging Face tokenizer saved in `folder` (local files only). Raises FileNotFoundError
-    naming the folder and the files a tokenizer needs when they are not there."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"tokenizer folder {folder} does not exist or is not a directory")
-    have_fast = (folder / "tokenizer.json").is_file()
-    have_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    have_wordpiece = (folder / "vocab.txt").is_file()
-    if not (have_fast or have_bpe or have_wordpiece):
-        raise FileNotFoundError(
-            f"no tokenizer in {folder}: need tokenizer.json, or vocab.json + merges.txt (RoBERTa/CLAP), "
-            f"or vocab.txt (BERT); the folder holds {sorted(p.name for p in folder.iterdir()) or 'nothing'}")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as e:  # transformers raises many types; say where and what
-        raise FileNotFoundError(f"could not load a tokenizer from {folder} ({type(e).__name__}: {e})") from None
-
-
-def tokenize(tokenizer, prompts: Sequence[str] | str, max_length: int, pad_to_max: bool = True,
-             what: str = "text encoder") -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask bool), both (batch, max_length) int32/bool. Prompts longer than
-    `max_length` tokens are truncated, with a warning that names them and says by how much."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("the prompt list is empty; give at least one prompt")
-    bad = [p for p in prompts if not isinstance(p, str)]
-    if bad:
-        raise TypeError(f"prompts must be strings, got {bad[:3]}")
-    lengths = [len(ids) for ids in tokenizer(prompts, truncation=False)["input_ids"]]
-    long = [(i, n) for i, n in enumerate(lengths) if n > max_length]
-    if long:
-        desc = "; ".join(f"prompt {i} ({prompts[i][:40]!r}...) has {n} tokens" for i, n in long[:5])
-        warnings.warn(f"{len(long)} prompt(s) longer than the {what}'s {max_length} tokens were truncated to "
-                      f"{max_length} tokens (the rest is ignored): {desc}", UserWarning, stacklevel=3)
-    enc = tokenizer(prompts, truncation=True, max_length=max_length,
-                    padding="max_length" if pad_to_max else "longest", return_tensors="np")
-    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(bool)
-
-
-# --------------------------------------------------------------------------------------------
-# A text encoder loaded from a local folder
-
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def read_bert_config(folder: str | Path) -> BertConfig:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json")
-    with open(path) as f:
-        data = json.load(f)
-    if data.get("model_type") == "clap":
-        data = {"model_type": "clap_text_model", **data.get("text_config", {})}
-    return BertConfig.from_hf(data)
-
-
-class TextEncoder:
-    """A BERT/RoBERTa-family encoder with its tokenizer.
-
-    `encoder(prompts)` -> (hidden_states, mask): `hidden_states[layer]` is (batch, max_length,
-    hidden) float32 for layer in -(num_layers+1)..num_layers (0 is the embedding output, -1 the
-    last layer, -2 the penultimate); `mask` is (batch, max_length) bool, True at real tokens.
-    """
-
-    def __init__(self, config: BertConfig, params: dict, tokenizer, max_length: int | None = None,
-                 dtype: Dtype = jnp.float32, what: str = "text encoder"):
-        config.validate()
-        self.config, self.params, self.tokenizer, self.what = config, params, tokenizer, what
-        self.max_length = config.max_tokens if max_length is None else int(max_length)
-        if not 0 < self.max_length <= config.max_tokens:
-            raise ValueError(f"max_length {self.max_length} must be in 1..{config.max_tokens} "
-                             "(the encoder's position table)")
-        self.module = BertEncoder(config, dtype)
-        self._apply = jax.jit(lambda p, i, m: self.module.apply({"params": p}, i, m))
-
-    @classmethod
-    def load(cls, folder: str | Path, max_length: int | None = None, dtype: Dtype = jnp.float32,
-             tokenizer_folder: str | Path | None = None) -> "TextEncoder":
-        """From a Hugging Face BertModel/RobertaModel folder (config.json + model.safetensors or
-        pytorch_model.bin + tokenizer files; the tokenizer may live in `tokenizer_folder`)."""
-        from sa_jax.checkpoints.clap import bert_prefix, import_bert, with_pooler
-        from sa_jax.checkpoints.io import read_state_dict
-
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"text encoder folder {folder} does not exist or is not a directory")
-        missing = []
-        if not (folder / "config.json").is_file():
-            missing.append("config.json")
-        weights = next((folder / f for f in _WEIGHT_FILES if (folder / f).is_file()), None)
-        if weights is None:
-            missing.append(f"weights: one of {', '.join(_WEIGHT_FILES)}")
-        if missing:
-            raise FileNotFoundError(f"{folder} is not a complete text encoder folder; missing: {'; '.join(missing)}")
-        config = read_bert_config(folder)
-        tokenizer = load_tokenizer(tokenizer_folder or folder)
-        state = read_state_dict(weights)
-        config = with_pooler(config, state, bert_prefix(state))
-        params = import_bert(state, config, source=str(weights))
-        return cls(config, params, tokenizer, max_length, dtype)
-
-    def tokenize(self, prompts: Sequence[str] | str) -> tuple[np.ndarray, np.ndarray]:
-        if self.tokenizer is None:
-            raise ValueError(f"this {self.what} has no tokenizer; load it with a tokenizer folder")
-        return tokenize(self.tokenizer, prompts, self.max_length, what=self.what)
-
-    def __call__(self, prompts: Sequence[str] | str):
-        ids, mask = self.tokenize(prompts)
-        states, _ = self._apply(self.params, jnp.asarray(ids), jnp.asarray(mask))
-        return states, jnp.asarray(mask)

@@ -6,7 +6,7 @@ up in a learned table of max_val - min_val + 1 rows (the reference indexes by th
 itself, without subtracting min_val; with min_val 0 the two agree), one 768-d token each. The
 U-Net's cross-attention context is [77 CLAP tokens (penultimate text layer), seconds_start,
 seconds_total] = 79 tokens, with the CLAP attention mask extended by ones for the timing tokens.
-There is no global conditioning.
+There is no global conditioning. The timing tables are imported by sa_jax.checkpoints.unet.timing_from_sat.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from sa_jax.config import ConfigError
@@ -62,19 +61,3 @@ class SA1Conditioner(nn.Module):
         context = jnp.concatenate([text.astype(jnp.float32), start, total], axis=1)
         mask = jnp.concatenate([jnp.asarray(text_mask).astype(bool), jnp.ones((b, 2), bool)], axis=1)
         return context, mask
-
-
-def import_sat(state: dict, features: int = 768, prefix: str = "conditioner.conditioners.") -> dict:
-    """Our SA1Conditioner params from a stable-audio-tools model's `int_embedder` tables."""
-    from sa_jax.checkpoints.io import CheckpointError
-
-    params = {}
-    for name in ("seconds_start", "seconds_total"):
-        key = f"{prefix}{name}.int_embedder.weight"
-        if key not in state:
-            raise CheckpointError(f"the file has no {key} (the {name} integer embedding table)")
-        table = state[key]
-        if table.ndim != 2 or table.shape[1] != features:
-            raise CheckpointError(f"{key} has shape {tuple(table.shape)}; expected (rows, {features})")
-        params[name] = {"embedding": jnp.asarray(table, jnp.float32)}
-    return params

@@ -1,4 +1,4 @@
-"""The T5 encoder in Flax, and loading it (weights, config, tokenizer) from a local folder.
+"""The T5 encoder in Flax (its importer: sa_jax.checkpoints.t5; with a tokenizer: sa_jax.encoders).
 
 Mirrors Hugging Face's `T5EncoderModel`: token embedding (not scaled), `num_layers` pre-norm
 blocks of self-attention and feed-forward, RMS norm without mean subtraction or bias (float32
@@ -8,18 +8,14 @@ the buckets for keys to the right; within each half, exact buckets for short dis
 logarithmic ones up to `relative_attention_max_distance`). Only the first block owns the bias
 table; later blocks reuse its output. The feed-forward is ReLU (original T5, as `t5-base` used by
 Stable Audio Open) or gated (`gated-gelu`, tanh-approximate GELU, for T5 v1.1 and FLAN-T5).
-
-transformers is used only for the tokenizer and to read `config.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -183,104 +179,6 @@ def param_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
     ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
     tree = jax.eval_shape(lambda k, i: T5Encoder(config).init(k, i)["params"], jax.random.key(0), ids)
     return flat_shapes(tree)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading from a local Hugging Face folder
-
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model.fp16.safetensors", "pytorch_model.bin")
-_TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
-
-
-def check_t5_folder(folder: str | Path, tokenizer_folder: str | Path | None = None) -> tuple[Path, Path]:
-    """Check that `folder` holds a T5 encoder (config + weights) and a tokenizer (in `folder` or
-    `tokenizer_folder`); raise FileNotFoundError naming every missing file and where it was looked for."""
-    folder = Path(folder)
-    tok = Path(tokenizer_folder) if tokenizer_folder is not None else folder
-    if not folder.is_dir():
-        raise FileNotFoundError(f"T5 folder {folder} does not exist or is not a directory")
-    missing = []
-    if not (folder / "config.json").is_file():
-        missing.append(f"config.json (in {folder})")
-    if not any((folder / f).is_file() for f in _WEIGHT_FILES):
-        missing.append(f"weights: one of {', '.join(_WEIGHT_FILES)} (in {folder})")
-    if not tok.is_dir():
-        missing.append(f"tokenizer folder {tok}")
-    else:
-        if not any((tok / f).is_file() for f in _TOKENIZER_FILES):
-            missing.append(f"tokenizer: one of {', '.join(_TOKENIZER_FILES)} (in {tok})")
-        if not (tok / "tokenizer_config.json").is_file() and not (tok / "config.json").is_file():
-            missing.append(f"tokenizer_config.json (in {tok})")
-    if missing:
-        raise FileNotFoundError(f"{folder} is not a complete T5 encoder folder; missing:\n  "
-                                + "\n  ".join(missing))
-    return folder, tok
-
-
-def read_t5_config(folder: str | Path) -> T5Config:
-    path = Path(folder) / "config.json"
-    with open(path) as f:
-        data = json.load(f)
-    model_type = data.get("model_type", "t5")
-    if model_type not in ("t5", "umt5", "mt5"):
-        raise ConfigError(f"{path}: model_type {model_type!r} is not a T5 model")
-    return T5Config.from_hf(data)
-
-
-def load_tokenizer(folder: str | Path):
-    """The Hugging Face tokenizer saved in `folder` (local files only)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as e:  # transformers raises many types; say where and what
-        raise FileNotFoundError(f"could not load a tokenizer from {folder} ({type(e).__name__}: {e})") from None
-
-
-class T5TextEncoder:
-    """Prompts -> (embeddings (batch, max_length, d_model) float32, mask (batch, max_length) bool).
-
-    Tokenises with padding to `max_length` and truncation, runs the Flax encoder, and zeroes the
-    embeddings at padding positions, as stable-audio-tools' T5Conditioner does.
-    """
-
-    def __init__(self, config: T5Config, params: dict, tokenizer, max_length: int = 128,
-                 dtype: Dtype = jnp.float32):
-        self.config, self.params, self.tokenizer = config, params, tokenizer
-        self.max_length = max_length
-        self.module = T5Encoder(config, dtype)
-        self._apply = jax.jit(self._embed)
-
-    def _embed(self, params, ids, mask):
-        h = self.module.apply({"params": params}, ids, mask)
-        return h * mask[..., None].astype(h.dtype)
-
-    @classmethod
-    def load(cls, folder: str | Path, tokenizer_folder: str | Path | None = None, max_length: int = 128,
-             dtype: Dtype = jnp.float32) -> "T5TextEncoder":
-        from sa_jax.checkpoints.sao import import_t5, read_weights
-
-        folder, tok = check_t5_folder(folder, tokenizer_folder)
-        config = read_t5_config(folder)
-        params = import_t5(read_weights(folder, _WEIGHT_FILES), config, source=str(folder))
-        return cls(config, params, load_tokenizer(tok), max_length, dtype)
-
-    def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("the prompt list is empty; give at least one prompt")
-        bad = [p for p in prompts if not isinstance(p, str)]
-        if bad:
-            raise TypeError(f"prompts must be strings, got {bad[:3]}")
-        enc = self.tokenizer(prompts, truncation=True, max_length=self.max_length, padding="max_length",
-                             return_tensors="np")
-        return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(bool)
-
-    def __call__(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
-        ids, mask = self.tokenize(prompts)
-        return self._apply(self.params, jnp.asarray(ids), jnp.asarray(mask)), jnp.asarray(mask)
 
 
 def replace(config: T5Config, **changes) -> T5Config:

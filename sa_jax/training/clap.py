@@ -35,7 +35,7 @@ Run directory (`checkpoint.dir`):
                       iterator, the config
     export/           a transformers ClapModel folder: config.json, model.safetensors,
                       preprocessor_config.json and the tokenizer. Loads with
-                      `sa_jax.models.clap.Clap.load(export)`, `transformers.ClapModel.from_pretrained`,
+                      `sa_jax.Clap.load(export)`, `transformers.ClapModel.from_pretrained`,
                       and as the SA1 conditioner: `clap_text_conditioner(export)` (=
                       `load_clap_text_encoder(export, export)`; `sa1.load_sat(..., clap=export)`).
 """
@@ -164,7 +164,7 @@ class ClapTrainConfig:
 def run_tokenizer(cfg: ClapTrainConfig, run_dir: Path, print_fn=print):
     """The run's tokenizer: `run_dir/tokenizer` when it exists (a resumed run keeps its ids), else
     built from the corpus (or copied from text.tokenizer) and saved there."""
-    from sa_jax.models.bert import load_tokenizer
+    from sa_jax.checkpoints.tokenizer import load_tokenizer
 
     folder = run_dir / TOKENIZER_DIR
     if not (folder / "tokenizer_config.json").is_file():
@@ -242,7 +242,7 @@ def clap_dataset(pipe, model: ClapConfig, seed: int):
 
 def prepare_batch(tokenizer, max_length: int, raw: dict) -> dict:
     """A CLAP data batch -> the arrays the train step takes (prompts tokenized here)."""
-    from sa_jax.models.bert import tokenize
+    from sa_jax.encoders import tokenize
 
     ids, mask = tokenize(tokenizer, [str(p) for p in raw["prompt"]], max_length, what="CLAP text tower")
     return {"input_ids": ids, "attention_mask": mask, "features": np.asarray(raw["features"], np.float32),
@@ -556,7 +556,7 @@ def export_clap(config: ClapConfig, variables: dict, folder, tokenizer_folder=No
     (tmp / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2))
     (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(config), indent=2))
     if tokenizer_folder is not None:
-        from sa_jax.models.bert import load_tokenizer
+        from sa_jax.checkpoints.tokenizer import load_tokenizer
 
         tok = load_tokenizer(tokenizer_folder)
         tok.model_max_length = max_length
@@ -568,16 +568,16 @@ def export_clap(config: ClapConfig, variables: dict, folder, tokenizer_folder=No
 
 def load_exported_clap(folder, max_length: int = 77, dtype=jnp.float32):
     """The whole CLAP of an export (`Clap.load(folder)`: tokenizer, both towers, score)."""
-    from sa_jax.models.clap import Clap
+    from sa_jax.encoders import Clap
 
     return Clap.load(folder, max_length=max_length, dtype=dtype)
 
 
 def clap_text_conditioner(folder, max_length: int = 77, dtype=jnp.float32):
     """The exported text tower as Stable Audio 1.0's frozen CLAP conditioner: a
-    `sa_jax.models.bert.TextEncoder`; `hidden, mask = enc(prompts)`, `hidden[-2]` is the
+    `sa_jax.encoders.TextEncoder`; `hidden, mask = enc(prompts)`, `hidden[-2]` is the
     penultimate layer (batch, max_length, hidden). The same call `sa1.load_sat(..., clap=folder)` makes."""
-    from sa_jax.models.clap import load_clap_text_encoder
+    from sa_jax.encoders import load_clap_text_encoder
 
     return load_clap_text_encoder(folder, folder, max_length=max_length, dtype=dtype)
 
@@ -590,7 +590,7 @@ def embed_dataset(config: ClapConfig, variables: dict, tokenizer, data: DataConf
     """(text_emb (n, d), audio_emb (n, d), labels) of every example of `data` read once in order
     (no shuffle, first crop); `labels` are the metadata values under `labels_key` (or None)."""
     from sa_jax.data import DataPipeline
-    from sa_jax.models.bert import tokenize
+    from sa_jax.encoders import tokenize
 
     data = replace(data, shuffle=False, random_crop=False, num_epochs=1, drop_remainder=False, phase_flip=False)
     pipe = DataPipeline(data)

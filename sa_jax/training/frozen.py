@@ -77,12 +77,12 @@ def load_frozen(cfg) -> FrozenModels:
     t, text_encoder = cfg.text, None
     n, d = text_shape(cfg.model)
     if t.source == "t5":
-        from sa_jax.models.t5 import T5TextEncoder
+        from sa_jax.encoders import T5TextEncoder
 
         text_encoder = T5TextEncoder.load(t.path, t.tokenizer, max_length=n)
         width = text_encoder.config.d_model
     elif t.source == "clap":
-        from sa_jax.models.clap import load_clap_text_encoder
+        from sa_jax.encoders import load_clap_text_encoder
 
         text_encoder = load_clap_text_encoder(t.path, t.tokenizer or t.path, max_length=n)
         width = text_encoder.config.hidden_size

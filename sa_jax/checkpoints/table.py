@@ -1,0 +1,205 @@
+"""The one engine every importer uses: a table of rows maps a foreign state dict onto our flat
+parameter paths, and everything that does not line up is reported together.
+
+A row is `(foreign key(s), our path(s), transform)`:
+- one foreign key -> one path: `("blocks.{i}.attn.to_out.weight", "layers_{i}/attn/out/kernel", linear)`;
+- several foreign keys fused into one path: a tuple of keys, the transform takes all of them
+  (`fuse`, e.g. diffusers' separate q/k/v -> one qkv kernel);
+- one foreign key split into several paths: a tuple of paths, the transform returns a tuple
+  (`split(3, linear)`, e.g. LAION's fused qkv -> query/key/value).
+`{i}`, `{j}`, ... in keys and paths are filled in by `expand(rows, i=range(n), ...)`; an importer
+builds its table from the config (block counts, optional layers), then calls `convert`.
+
+`convert` fails loudly: one CheckpointError lists every file key no row takes (less the `ignore`
+patterns), every model parameter no key provides (by the foreign key the table expected, or as
+"no row of the import table provides it"), and every shape mismatch. Buffers that hold no learned
+state are either ignored (`ignore`: regexes a whole key must match) or checked (`checks`: key -> function returning a problem or None).
+Paths may carry a collection (`params/...`, `batch_stats/...`) when `want` does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from sa_jax.errors import CheckpointError
+from sa_jax.tree import unflatten
+
+Transform = Callable[..., np.ndarray | tuple[np.ndarray, ...]] | None
+Row = tuple[str | tuple[str, ...], str | tuple[str, ...], Transform]
+# (foreign key, check returning a problem description or None)
+Check = tuple[str, Callable[[np.ndarray], str | None]]
+
+
+# --------------------------------------------------------------------------------------------
+# Transforms (torch layouts -> ours)
+
+def linear(w):      # torch Linear weight (out, in) -> Flax kernel (in, out)
+    return w.T
+
+
+def conv1d(w):      # torch Conv1d (out, in, k) -> (k, in, out)
+    return w.transpose(2, 1, 0)
+
+
+def conv1d_t(w):    # torch ConvTranspose1d (in, out, k) -> (k, in, out)
+    return w.transpose(2, 0, 1)
+
+
+def conv1x1(w):     # torch Conv1d (out, in, 1) -> Flax Dense kernel (in, out)
+    return w[:, :, 0].T
+
+
+def conv2d(w):      # torch Conv2d (out, in, kh, kw) -> (kh, kw, in, out)
+    return w.transpose(2, 3, 1, 0)
+
+
+def flat(w):        # (out, 1, 1) weight-norm gains, (1, C, 1) Snake parameters, ... -> (C,)
+    return w.reshape(-1)
+
+
+def fuse(*ws):      # separate q/k/v (or k/v) Linear weights -> one fused kernel
+    return np.concatenate(ws, axis=0).T
+
+
+def split(n: int, fn: Transform = None):
+    """One fused tensor (n * C, ...) -> n tensors, each through `fn`."""
+    def transform(w):
+        return tuple(fn(p) if fn else p for p in np.split(w, n, axis=0))
+    return transform
+
+
+def zeros(w):
+    return None if not np.any(w) else f"expected zeros (a bias-free LayerNorm), max |value| {np.abs(w).max():.3g}"
+
+
+def equals(expected: np.ndarray, what: str):
+    def check(w):
+        if w.shape != expected.shape:
+            return f"{what}: shape {w.shape}, expected {expected.shape}"
+        if not np.allclose(w, expected, rtol=1e-5, atol=1e-6):
+            return f"{what} differ from the model's"
+        return None
+    return check
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+def expand(rows: Iterable[Row], **ranges: Iterable[int]) -> list[Row]:
+    """Each row once per combination of the placeholders it uses ({i}, {j}, ...), in order."""
+    out: list[Row] = []
+    names = list(ranges)
+    for src, dst, fn in rows:
+        text = " ".join(src if isinstance(src, tuple) else (src,)) + " " + \
+            " ".join(dst if isinstance(dst, tuple) else (dst,))
+        used = [n for n in names if "{" + n + "}" in text]
+        for values in itertools.product(*(ranges[n] for n in used)):
+            subs = dict(zip(used, values))
+            fill = (lambda s: s.format(**subs)) if used else (lambda s: s)
+            out.append((tuple(map(fill, src)) if isinstance(src, tuple) else fill(src),
+                        tuple(map(fill, dst)) if isinstance(dst, tuple) else fill(dst), fn))
+    return out
+
+
+def prefixed(rows: Iterable[Row], src: str = "", dst: str = "") -> list[Row]:
+    """`rows` with `src` put before every foreign key and `dst` before every path."""
+    def s(k):
+        return src + k
+    def d(p):
+        return f"{dst}/{p}" if dst else p
+    return [(tuple(map(s, k)) if isinstance(k, tuple) else s(k), tuple(map(d, p)) if isinstance(p, tuple) else d(p),
+             fn) for k, p, fn in rows]
+
+
+def strip(state: dict, prefix: str) -> dict:
+    """The entries of `state` under `prefix`, with the prefix taken off."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else dict(state)
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+
+def mismatch_report(what: str, source: str, unmatched: Iterable[str], missing: Iterable[str],
+                    bad_shapes: Iterable[str]) -> str:
+    """One readable message listing every unmatched key, missing key and shape mismatch."""
+    lines = [f"{source} does not fit {what}:"]
+    for title, items in (("keys in the file that the model has no place for", unmatched),
+                         ("model weights the file does not provide", missing),
+                         ("shape mismatches", bad_shapes)):
+        items = sorted(items)
+        if items:
+            lines.append(f"  {len(items)} {title}:")
+            lines += [f"    {k}" for k in items]
+    return "\n".join(lines)
+
+
+class Report:
+    """Everything that did not line up, gathered across the parts of one file."""
+
+    def __init__(self):
+        self.unmatched: list[str] = []
+        self.missing: list[str] = []
+        self.bad: list[str] = []
+
+    def raise_if_any(self, what: str, source: str):
+        if self.unmatched or self.missing or self.bad:
+            raise CheckpointError(mismatch_report(what, source, self.unmatched, self.missing, self.bad))
+
+
+def convert_into(report: Report, state: dict, rows: Sequence[Row], want: dict[str, tuple[int, ...]],
+                 prefix: str = "", checks: Sequence[Check] = (), ignore: Sequence[str] = ()) -> dict:
+    """Map the keys of `state` under `prefix` through `rows` into a nested tree of `want`'s paths;
+    record every problem in `report` (`convert` raises them)."""
+    part = strip(state, prefix)
+    used: set[str] = set()
+    out: dict[str, np.ndarray] = {}
+    covered: set[str] = set()
+    for src, dst, fn in rows:
+        keys = src if isinstance(src, tuple) else (src,)
+        paths = dst if isinstance(dst, tuple) else (dst,)
+        covered.update(paths)
+        absent = [prefix + k for k in keys if k not in part]
+        if absent:
+            report.missing += [f"{k} (for {', '.join(paths)})" for k in absent]
+            used.update(k for k in keys if k in part)
+            continue
+        used.update(keys)
+        arrays = [np.asarray(part[k], np.float32) for k in keys]
+        shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+        try:
+            values = fn(*arrays) if fn is not None else arrays[0]
+        except (ValueError, IndexError) as e:
+            report.bad.append(f"{prefix}{keys[0]}: file {shapes} cannot become {', '.join(paths)} ({e})")
+            continue
+        for path, value in zip(paths, values if isinstance(dst, tuple) else (values,)):
+            if path not in want:
+                report.bad.append(f"{prefix}{keys[0]}: the model has no parameter {path}")
+            elif tuple(value.shape) != want[path]:
+                report.bad.append(f"{prefix}{keys[0]}: file {shapes} -> {tuple(value.shape)}, model {path} needs "
+                                  f"{want[path]}")
+            else:
+                out[path] = np.ascontiguousarray(value)
+    for key, check in checks:
+        if key in part:
+            used.add(key)
+            problem = check(np.asarray(part[key], np.float32))
+            if problem:
+                report.bad.append(f"{prefix}{key}: {problem}")
+    patterns = [re.compile(p) for p in ignore]
+    report.unmatched += [prefix + k for k in part if k not in used and not any(p.fullmatch(k) for p in patterns)]
+    report.missing += [f"{p} (no row of the import table provides it)" for p in sorted(set(want) - covered)]
+    return unflatten(out)
+
+
+def convert(state: dict, rows: Sequence[Row], want: dict[str, tuple[int, ...]], what: str, source: str,
+            prefix: str = "", checks: Sequence[Check] = (), ignore: Sequence[str] = ()) -> dict:
+    """`convert_into` one part, raising a CheckpointError (`what`, `source` in its first line) that
+    lists every problem."""
+    report = Report()
+    tree = convert_into(report, state, rows, want, prefix, checks, ignore)
+    report.raise_if_any(what, source)
+    return tree
