@@ -108,3 +108,19 @@ def test_fsdp_rules_pick_dimension_and_replicate():
     assert tuple(leaf_spec("params/pre_norm/kernel", (64, 64), m, cfg)) == ()      # "!" rule first
     assert tuple(leaf_spec("params/x/bias", (1024,), m, cfg)) == ()                # no rule matches
     assert tuple(leaf_spec("params/x/kernel", (2, 4), m, cfg)) == ()               # below fsdp_min_size
+
+
+def test_run_configs_by_name_and_through_base(tmp_path):
+    """`--config NAME` takes a packaged config; a run YAML based on another inherits its trainer and model."""
+    from sa_jax.commands.train import trainer_of
+
+    assert trainer_of("train_vae_small") == "vae" and trainer_of("train_unet_small") == "diffusion"
+    assert trainer_of("configs/train_clap_tiny.yaml") == "clap"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: train_unet_small\nsteps: 20\nmodel: {unet: {channels: 32}}\n")
+    cfg = load(TrainConfig, mine)
+    small = load(TrainConfig, "train_unet_small")
+    assert (cfg.steps, cfg.model.unet.channels, small.model.unet.channels) == (20, 32, 64)
+    assert cfg.model.unet.multipliers == small.model.unet.multipliers and cfg.optim == small.optim
+    with pytest.raises(ConfigError, match="packaged configs"):
+        trainer_of("train_unet_huge")
