@@ -32,8 +32,8 @@ def main() -> int:
     from sa_jax.parallel import batch_sharding, make_mesh
     from sa_jax.training import TrainConfig
     from sa_jax.training import model as tm
-    from sa_jax.training.loop import memory_report, step_flops
-    from sa_jax.training.step import make_train_step, state_shardings
+    from sa_jax.training.diffusion import make_train_step, state_shardings
+    from sa_jax.training.engine import memory_report, step_flops
 
     cfg = load(TrainConfig, args.config, ["mesh.shape=[1,-1]", *args.overrides])
     mesh = make_mesh(cfg.mesh)

@@ -6,7 +6,7 @@ trained the same way in PyTorch, both on this machine's CPU.
 Each case is one model size of one family with one batch (batch size, latent frames, context
 tokens the same on both sides) and one training step at a time:
 
-  sa-jax   sa_jax.training.step.create_state + make_train_step on a one-device mesh: conditioner,
+  sa-jax   sa_jax.training.diffusion.create_state + make_train_step on a one-device mesh: conditioner,
            denoiser, v-objective MSE, AdamW (clipped), EMA, the non-finite guard, all in one jit.
   torch    stable-audio-tools' UNetCFG1d (models/adp.py) or DiffusionTransformer (models/dit.py):
            the v-objective as DiffusionCondTrainingWrapper computes it (t ~ U(0, 1),
@@ -87,7 +87,7 @@ def bench_sa_jax(case, ref_state, steps, warmup):
 
     from sa_jax.parallel import make_mesh
     from sa_jax.training import model as tm
-    from sa_jax.training.step import create_state, make_train_step
+    from sa_jax.training.diffusion import create_state, make_train_step
 
     cfg = sa_jax_config(case)
     mesh = make_mesh(cfg.mesh)

@@ -17,11 +17,12 @@ def test_quick_recipe_end_to_end(tmp_path):
     out = tmp_path / "small"
     assert main(["recipe", "small", "--out", str(out), "--quick"]) == 0
     for done in ("corpus/metadata.jsonl", "heldout/metadata.jsonl", "vae/export/config.yaml", "vae_silence",
-                 "clap/export/config.json", "latents/info.json", "vae_quiet/quiet.json", "unet/export/config.yaml", "report.json"):
+                 "clap/export/config.json", "latents/info.json", "vae_quiet/quiet.json", "unet/export/config.yaml",
+                 "report.json"):
         assert (out / done).exists(), done
     stages = json.loads((out / "stages.json").read_text())
-    assert set(stages) == {"corpus", "heldout", "vae", "vae_tail", "vae_flat", "vae_silence", "clap", "latents", "vae_quiet",
-                           "unet", "evaluate"}
+    assert set(stages) == {"corpus", "heldout", "vae", "vae_tail", "vae_flat", "vae_silence", "clap", "latents",
+                           "vae_quiet", "unet", "evaluate"}
 
     report = json.loads((out / "report.json").read_text())
     assert np.isfinite(report["reconstruction"]["stft_distance"])
@@ -34,7 +35,7 @@ def test_quick_recipe_end_to_end(tmp_path):
 
     silence = json.loads((out / "vae_silence" / "silence.json").read_text())
     assert silence["residual"] < 1e-3
-    from sa_jax.autoencoder import Autoencoder   # the latents have unit standard deviation
+    from sa_jax.autoencoder import Autoencoder  # the latents have unit standard deviation
     assert Autoencoder.load(out / "vae_silence").config.scale == pytest.approx(silence["latent_std"])
     report_std = np.concatenate([np.load(f) for f in sorted((out / "latents").rglob("*.npy"))[:8]], axis=-1).std()
     assert 0.5 < report_std < 2.0, report_std

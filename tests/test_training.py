@@ -11,10 +11,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from training_util import tiny_overrides, write_latents
 
 from sa_jax.config import load
 from sa_jax.training import TrainConfig, train
-from training_util import tiny_overrides, write_latents
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 20, 10
@@ -35,7 +35,7 @@ def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     latents = write_latents(root / "latents", count=4)
     lines = []
-    state = train(config(latents, root / "full"), print_fn=lines.append)
+    state = train(config(latents, root / "full"), print_fn=lines.append).state
     return latents, state, lines
 
 
@@ -79,7 +79,7 @@ def test_kill9_then_resume_matches_uninterrupted(reference, tmp_path):
     assert "step 15/" in proc.stdout
     assert sorted(os.listdir(run / "checkpoints")) == ["10"]
     lines = []
-    resumed = train(config(latents, run), print_fn=lines.append)
+    resumed = train(config(latents, run), print_fn=lines.append).state
     assert any("resumed from" in line for line in lines)
     assert int(resumed.step) == STEPS
     for name in ("params", "ema", "opt_state"):
@@ -95,21 +95,19 @@ def test_sigterm_saves_and_stops(reference, tmp_path):
         if line.startswith("step 5/"):
             os.kill(os.getpid(), signal.SIGTERM)
 
-    from sa_jax.training.loop import _Preemption
-
-    state = train(config(latents, run), print_fn=term_at_5)
-    assert int(state.step) == 5
+    result = train(config(latents, run), print_fn=term_at_5)
+    assert int(result.state.step) == result.step == 5
     assert sorted(os.listdir(run / "checkpoints")) == ["5"]
-    assert not (run / "export").exists()
-    assert _Preemption.stopped   # `sa-jax train` exits 143 on it
-    state = train(config(latents, run), print_fn=lambda line: None)   # resumes and finishes
-    assert int(state.step) == config(latents, run).steps and not _Preemption.stopped
+    assert not (run / "export").exists() and result.export_path is None
+    assert result.preempted   # `sa-jax train` exits 143 on it
+    result = train(config(latents, run), print_fn=lambda line: None)   # resumes and finishes
+    assert int(result.state.step) == config(latents, run).steps and not result.preempted
 
 
 def test_nonfinite_step_is_skipped(reference, tmp_path):
     """A batch with NaN latents: the update is skipped and counted; params stay finite."""
     from sa_jax.parallel import batch_sharding, global_batch, make_mesh
-    from sa_jax.training.step import compiled_train_step, create_state
+    from sa_jax.training.diffusion import compiled_train_step, create_state
 
     latents, _, _ = reference
     cfg = config(latents, tmp_path / "run")

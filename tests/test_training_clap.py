@@ -21,8 +21,14 @@ import numpy as np
 import pytest
 
 from sa_jax.config import ConfigError, load
-from sa_jax.training.clap import (ClapTrainConfig, clap_text_conditioner, export_clap, hf_state_dict,
-                                  text_to_audio_top1, train_clap)
+from sa_jax.training.clap import (
+    ClapTrainConfig,
+    clap_text_conditioner,
+    export_clap,
+    hf_state_dict,
+    text_to_audio_top1,
+    train_clap,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/train_clap_tiny.yaml"
@@ -103,8 +109,8 @@ def test_export_round_trip_and_text_conditioner(tmp_path):
     from sa_jax.checkpoints.clap import import_hf_clap, load_hf_clap
     from sa_jax.encoders import Clap
     from sa_jax.models.clap import ClapConfig
-    from sa_jax.text_tokenizer import build_word_tokenizer
     from sa_jax.testing.sat_ref import randomize, rel_err, state_dict
+    from sa_jax.text_tokenizer import build_word_tokenizer
 
     hf = transformers.ClapConfig(
         text_config=dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -158,7 +164,7 @@ def test_loss_falls_micro(data, tmp_path):
     lines = []
     cfg = config(train, tmp_path / "run", "steps=40", "log.every=10", "checkpoint.every=1000",
                  "log.memory_analysis=false", "optim.lr=3.0e-3", *MICRO)
-    state = train_clap(cfg, print_fn=lines.append)
+    state = train_clap(cfg, print_fn=lines.append).state
     curve = losses(lines)
     print(f"\nmicro CLAP, 40 steps: loss every 10 steps {curve}")
     assert len(curve) == 4 and int(state.step) == 40 and int(state.bad_steps) == 0
@@ -189,7 +195,7 @@ CHILD = textwrap.dedent("""
             while not os.path.isdir(os.path.join(run, "checkpoints", "{every}")):   # the async save is committed
                 time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGKILL)
-    state = train_clap(cfg, print_fn=kill_at)
+    state = train_clap(cfg, print_fn=kill_at).state
     v = {{"params": state.params, "batch_stats": state.batch_stats}}
     np.savez(out + ".npz", **flat(v))
     if mode == "full":
@@ -265,7 +271,7 @@ SHARDED = textwrap.dedent("""
     train_dir, run, out, devices = sys.argv[1:5]
     cfg = config(train_dir, run, "steps=10", "log.every=5", "checkpoint.every=1000", f"mesh.shape=[{{devices}}, 1]",
                  *MICRO)
-    state = train_clap(cfg)
+    state = train_clap(cfg).state
     np.savez(out, **flat({{"params": state.params, "batch_stats": state.batch_stats}}))
 """).format(tests=str(ROOT / "tests"))
 

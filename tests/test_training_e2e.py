@@ -137,7 +137,7 @@ def test_training_on_audio_encodes_in_the_step(setup, tmp_path):
                                            "data.silence_db": -100, "checkpoint.dir": str(tmp_path / "run"),
                                            "log.every": 2})
     lines = []
-    state = train(cfg, print_fn=lines.append)
+    state = train(cfg, print_fn=lines.append).state
     curve = [float(x.split("loss ")[1].split()[0]) for x in lines if x.startswith("step ")]
     assert len(curve) == 2 and all(np.isfinite(curve)) and int(state.bad_steps) == 0
     sa = StableAudio.load(tmp_path / "run" / "export")

@@ -26,8 +26,7 @@ SCRIPT = textwrap.dedent("""
     from sa_jax.data import DataPipeline
     from sa_jax.parallel import batch_sharding, global_batch, make_mesh
     from sa_jax.training import TrainConfig
-    from sa_jax.training.loop import prepare_batch
-    from sa_jax.training.step import create_state, make_train_step
+    from sa_jax.training.diffusion import create_state, make_train_step, prepare_batch
 
     latents, steps = sys.argv[1], int(sys.argv[2])
     assert jax.device_count() == 8, jax.devices()

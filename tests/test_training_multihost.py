@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from training_util import write_latents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +28,7 @@ SCRIPT = textwrap.dedent("""
     cfg = load(TrainConfig, "configs/train_dit_tiny.yaml", tiny_overrides(latents, run, **{
         "mesh.shape": "[2,2]", "data.shard_index": "null", "data.shard_count": "null", "data.batch_size": 4,
         "steps": 6, "checkpoint.every": 3}))
-    state = train(cfg, print_fn=lambda s: print(jax.process_index(), s, flush=True))
+    state = train(cfg, print_fn=lambda s: print(jax.process_index(), s, flush=True)).state
     full = multihost_utils.process_allgather(state.params, tiled=True)
     h = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(full))).hexdigest()
     print(f"RESULT {jax.process_index()} {int(state.step)} {h}", flush=True)

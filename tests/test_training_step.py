@@ -12,7 +12,7 @@ import pytest
 from sa_jax.config import load
 from sa_jax.training import TrainConfig
 from sa_jax.training import model as tm
-from sa_jax.training.step import loss_and_aux
+from sa_jax.training.diffusion import loss_and_aux
 
 ROOT = Path(__file__).resolve().parents[1]
 

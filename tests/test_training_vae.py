@@ -133,9 +133,9 @@ RESUME_STEPS, EVERY = 20, 10
 @pytest.mark.slow
 def test_training_improves_held_out_stft_distance_and_exports(corpus):
     from sa_jax import Autoencoder
+    from sa_jax.parallel import make_mesh
     from sa_jax.training.losses import STFTLossConfig
     from sa_jax.training.vae import create_state, stft_distance, train_vae
-    from sa_jax.parallel import make_mesh
 
     root, train, held = corpus
     cfg = _cfg(train, root / "run", steps=STEPS, **{"checkpoint.every": 80, "log.every": 20, "log.demo_every": 80})
@@ -144,7 +144,7 @@ def test_training_improves_held_out_stft_distance_and_exports(corpus):
     init = create_state(cfg, make_mesh(cfg.mesh))
     d0 = stft_distance(cfg, jax.device_get(init.ema), audio, metric)
     lines = []
-    state = train_vae(cfg, print_fn=lines.append)
+    state = train_vae(cfg, print_fn=lines.append).state
     d1 = stft_distance(cfg, jax.device_get(state.ema), audio, metric)
     print(f"\nheld-out multi-resolution STFT distance: init {d0:.4f}, after {STEPS} steps {d1:.4f} "
           f"(factor {d0 / d1:.2f})\n" + "\n".join(lines))
@@ -167,7 +167,7 @@ def test_kill9_then_resume_matches_uninterrupted(corpus, tmp_path):
 
     root, train, _ = corpus
     extra = {"steps": RESUME_STEPS, "checkpoint.every": EVERY, "log.every": 5, "log.demo_every": 0}
-    full = train_vae(_cfg(train, tmp_path / "full", **extra), print_fn=lambda s: None)
+    full = train_vae(_cfg(train, tmp_path / "full", **extra), print_fn=lambda s: None).state
     run = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, signal, sys
@@ -184,7 +184,7 @@ def test_kill9_then_resume_matches_uninterrupted(corpus, tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["10"]
     lines = []
-    resumed = train_vae(_cfg(train, run, **extra), print_fn=lines.append)
+    resumed = train_vae(_cfg(train, run, **extra), print_fn=lines.append).state
     assert any("resumed from" in line and line.endswith("/10") for line in lines), lines
     for name in ("params", "ema", "disc_params", "opt_state", "disc_opt_state"):
         for a, b in zip(_leaves(getattr(resumed, name)), _leaves(getattr(full, name))):
@@ -202,7 +202,7 @@ def test_freeze_encoder_trains_only_the_decoder(corpus, tmp_path):
                **{"checkpoint.every": 6, "log.every": 3, "log.demo_every": 0})
     init = create_state(cfg, make_mesh(cfg.mesh))
     enc0, dec0 = _leaves(init.params["encoder"]), _leaves(init.params["decoder"])
-    state = train_vae(cfg, print_fn=lambda s: None)
+    state = train_vae(cfg, print_fn=lambda s: None).state
     for a, b in zip(_leaves(state.params["encoder"]), enc0):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(_leaves(state.params["decoder"]), dec0))

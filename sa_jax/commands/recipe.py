@@ -67,7 +67,7 @@ QUICK = {
 }
 
 
-def silence_latent(ae, frames: int = 64) -> "np.ndarray":
+def silence_latent(ae, frames: int = 64):
     """The posterior mean of digital silence, per latent channel (the median over the middle frames)."""
     import numpy as np
 
@@ -149,14 +149,12 @@ def save_autoencoder(ae, folder: Path, notes_name: str, notes: dict) -> None:
 
 
 def _train(config: Path, overrides: list[str]) -> None:
-    from sa_jax.cli import main
+    """Train a stage's config with its trainer (the engine), stopping the recipe when SIGTERM stopped it."""
+    from sa_jax.commands.train import train_from
 
-    code = main(["train", "--config", str(config), *overrides])
-    if code == 143:
+    if train_from(config, overrides).preempted:
         raise SystemExit(f"[recipe] stopped by SIGTERM in sa-jax train --config {config} (checkpoint saved); "
                          "rerun the recipe to resume")
-    if code:
-        raise RuntimeError(f"sa-jax train --config {config} failed (exit code {code})")
 
 
 def run_recipe(out, quick: bool = False, log=print) -> dict:
@@ -243,7 +241,8 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
               f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_quiet'}", *s["unet"]]))
 
     def evaluate():
-        from sa_jax.commands.evaluate import evaluate as run_eval, table
+        from sa_jax.commands.evaluate import evaluate as run_eval
+        from sa_jax.commands.evaluate import table
         from sa_jax.pipeline import StableAudio
 
         model = StableAudio.load(out / "unet" / "export")

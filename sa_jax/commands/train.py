@@ -29,19 +29,32 @@ def trainer_of(path) -> str:
     return name
 
 
+def load_run(config, overrides=()):
+    """(the run's config in its trainer's schema, the trainer's train function) for a YAML + overrides."""
+    from sa_jax.config import load
+
+    module, config_class, train_fn = TRAINERS[trainer_of(config)]
+    module = importlib.import_module(module)
+    return load(getattr(module, config_class), config, overrides), getattr(module, train_fn)
+
+
+def train_from(config, overrides=(), **kwargs):
+    """Train a YAML + overrides with its trainer; returns the `sa_jax.training.engine.RunResult`
+    (keyword arguments go to the train function)."""
+    cfg, train_fn = load_run(config, overrides)
+    return train_fn(cfg, **kwargs)
+
+
 def run(args) -> int:
     from sa_jax.parallel import maybe_initialize_distributed
 
     maybe_initialize_distributed()   # before anything touches a device
     import logging
 
-    from sa_jax.config import load
     from sa_jax.training import TrainingError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    module, config_class, train_fn = TRAINERS[trainer_of(args.config)]
-    module = importlib.import_module(module)
-    cfg = load(getattr(module, config_class), args.config, args.overrides)
+    cfg, train_fn = load_run(args.config, args.overrides)
     if args.print_config:
         import sys
 
@@ -51,14 +64,12 @@ def run(args) -> int:
 
         yaml.safe_dump(to_dict(cfg), sys.stdout, sort_keys=False)
         return 0
-    from sa_jax.training.loop import _Preemption
-
     try:
-        getattr(module, train_fn)(cfg)
+        result = train_fn(cfg)
     except TrainingError as e:
         print(f"sa-jax train: {e}")
         return 3
-    if _Preemption.stopped:
+    if result.preempted:
         print("sa-jax train: stopped by SIGTERM before the last step; the checkpoint is saved, run the same "
               "command again to resume")
         return 143   # 128 + SIGTERM, as a process killed by it

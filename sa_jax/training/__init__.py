@@ -1,11 +1,15 @@
-"""Diffusion training: config schema, sharded train step with EMA, the loop with Orbax checkpoints.
+"""Training: one engine (sa_jax.training.engine) and its tasks: diffusion (this package's `train`),
+`vae`, `clap` and `quiet` (the recipe's decoder fine-tune).
 
     from sa_jax.config import load
     from sa_jax.training import TrainConfig, train
-    state = train(load(TrainConfig, "configs/train_dit_tiny.yaml", ["data.path=latents/"]))
+    result = train(load(TrainConfig, "configs/train_dit_tiny.yaml", ["data.path=latents/"]))
+    result.state, result.step, result.preempted, result.export_path
 """
 
+from sa_jax.errors import TrainingError
 from sa_jax.training.config import TrainConfig
-from sa_jax.training.loop import TrainingError, export_inference, train
+from sa_jax.training.diffusion import export_inference, train
+from sa_jax.training.engine import RunResult
 
-__all__ = ["TrainConfig", "train", "export_inference", "TrainingError"]
+__all__ = ["TrainConfig", "train", "export_inference", "TrainingError", "RunResult"]

@@ -1,11 +1,11 @@
 """CLAP training: (audio crop, prompt) batches, the symmetric contrastive loss with a learned
-temperature, sharded over data on the diffusion trainer's engine (mesh, Orbax checkpoints with
+temperature, sharded over data on the training engine (sa_jax.training.engine: mesh, Orbax checkpoints with
 the grain iterator, exact resume, SIGTERM), then an export that is both a whole CLAP and the
 Stable Audio 1.0 frozen text conditioner.
 
     from sa_jax.config import load
     from sa_jax.training.clap import ClapTrainConfig, train_clap
-    state = train_clap(load(ClapTrainConfig, "configs/train_clap_tiny.yaml", ["data.path=data/synth"]))
+    result = train_clap(load(ClapTrainConfig, "configs/train_clap_tiny.yaml", ["data.path=data/synth"]))
     # or: sa-jax train --config configs/train_clap_tiny.yaml data.path=data/synth
 
 What one step does:
@@ -46,7 +46,6 @@ import json
 import logging
 import math
 import shutil
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -61,12 +60,10 @@ from sa_jax.config import ConfigError
 from sa_jax.data.config import DataConfig
 from sa_jax.models.bert import BertConfig
 from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, ClapModel, HTSATConfig, audio_features, contrastive_loss
-from sa_jax.parallel import batch_sharding, describe, global_batch, tree_shardings
+from sa_jax.training import engine
 from sa_jax.training.config import CheckpointConfig, LogConfig, MeshConfig, OptimConfig
-from sa_jax.training.loop import (_Preemption, check_bad_steps, memory_report, open_run, restore_or_create,
-                                  step_flops)
+from sa_jax.training.engine import RunResult, Task, TrainStateBase, guarded_update, mean_finite
 from sa_jax.training.optim import make_optimizer
-from sa_jax.training.telemetry import Telemetry
 
 log = logging.getLogger("sa_jax.training.clap")
 
@@ -256,14 +253,10 @@ BATCH_KEYS = ("input_ids", "attention_mask", "features", "is_longer")
 # State and step
 
 @flax.struct.dataclass
-class ClapState:
-    step: jax.Array          # int32: updates attempted so far
+class ClapState(TrainStateBase):
     params: Any              # float32
     batch_stats: Any         # HTSAT BatchNorm running statistics
     opt_state: Any
-    key: jax.Array           # base PRNG key data (uint32), so Orbax can store it
-    bad_steps: jax.Array
-    bad_in_a_row: jax.Array
 
 
 def _dtype(cfg):
@@ -282,42 +275,31 @@ def make_optimizer_clap(cfg, total_steps: int):
 
 
 def _init_state(cfg, total_steps, key_data):
-    key = jax.random.wrap_key_data(key_data)
-    k_init, k_train = jax.random.split(key)
+    k_init, k_train = jax.random.split(jax.random.wrap_key_data(key_data))
     c = cfg.model
     ids = jnp.zeros((1, 4), jnp.int32)
     feats = jnp.zeros((1, c.audio.input_channels, 8, c.audio.num_mel_bins), jnp.float32)
     variables = ClapModel(c, _dtype(cfg)).init(k_init, ids, jnp.ones((1, 4), bool), feats)
     params = variables["params"]
     tx, _ = make_optimizer_clap(cfg, total_steps)
-    zero = jnp.zeros((), jnp.int32)
-    return ClapState(step=zero, params=params, batch_stats=variables["batch_stats"], opt_state=tx.init(params),
-                     key=jax.random.key_data(k_train), bad_steps=zero, bad_in_a_row=zero)
+    return ClapState(params=params, batch_stats=variables["batch_stats"], opt_state=tx.init(params),
+                     **engine.counters(k_train))
 
 
 def state_shardings(cfg, total_steps, mesh):
-    key_data = jax.random.key_data(jax.random.key(cfg.seed))
-    abstract = jax.eval_shape(lambda k: _init_state(cfg, total_steps, k), key_data)
-    return abstract, tree_shardings(abstract, mesh, cfg.mesh)
-
-
-_CACHE: dict = {}
+    return engine.abstract_state(lambda k: _init_state(cfg, total_steps, k), cfg.seed, mesh, cfg.mesh)
 
 
 def _fingerprint(cfg, total_steps, mesh, *extra):
-    return (repr((cfg.model, cfg.compute_dtype, cfg.optim, cfg.mesh, total_steps, sorted(cfg.xla_options.items()))),
-            mesh, *extra)
+    return ("clap", repr((cfg.model, cfg.compute_dtype, cfg.optim, cfg.mesh, total_steps,
+                          sorted(cfg.xla_options.items()))), mesh, *extra)
 
 
 def create_state(cfg, total_steps, mesh) -> ClapState:
     """A fresh state from cfg.seed, initialised directly into its shardings."""
-    key = _fingerprint(cfg, total_steps, mesh, "init")
-    key_data = jax.random.key_data(jax.random.key(cfg.seed))
-    if key not in _CACHE:
-        _, shardings = state_shardings(cfg, total_steps, mesh)
-        fn = jax.jit(lambda k: _init_state(cfg, total_steps, k), out_shardings=shardings)
-        _CACHE[key] = fn.lower(key_data).compile(compiler_options=dict(cfg.xla_options) or None)
-    return _CACHE[key](key_data)
+    return engine.init_state(lambda k: _init_state(cfg, total_steps, k), cfg.seed,
+                             state_shardings(cfg, total_steps, mesh)[1], _fingerprint(cfg, total_steps, mesh, "init"),
+                             dict(cfg.xla_options))
 
 
 def clap_loss(cfg, params, batch_stats, batch, key):
@@ -335,7 +317,7 @@ def clap_loss(cfg, params, batch_stats, batch, key):
 
 def train_step(cfg, total_steps, state: ClapState, batch: dict):
     tx, schedule = make_optimizer_clap(cfg, total_steps)
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    key = engine.step_key(state)
     (loss, (stats, aux)), grads = jax.value_and_grad(
         lambda p: clap_loss(cfg, p, state.batch_stats, batch, key), has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
@@ -344,12 +326,7 @@ def train_step(cfg, total_steps, state: ClapState, batch: dict):
     new_params = optax.apply_updates(state.params, updates)
     new_params = {**new_params, **{name: jnp.clip(new_params[name], 0.0, MAX_LOGIT_SCALE)   # LAION: 1/T in [1, 100]
                                    for name in ("logit_scale_a", "logit_scale_t")}}
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    bad = (~ok).astype(jnp.int32)
-    new_state = state.replace(
-        step=state.step + 1, params=keep(new_params, state.params), batch_stats=keep(stats, state.batch_stats),
-        opt_state=keep(new_opt, state.opt_state), bad_steps=state.bad_steps + bad,
-        bad_in_a_row=jnp.where(ok, 0, state.bad_in_a_row + 1))
+    new_state = guarded_update(state, ok, params=new_params, batch_stats=stats, opt_state=new_opt)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": ok,
                "temperature": 1.0 / jnp.exp(state.params["logit_scale_a"]), **aux}
     return new_state, metrics
@@ -358,17 +335,11 @@ def train_step(cfg, total_steps, state: ClapState, batch: dict):
 def compiled_train_step(cfg, total_steps, mesh, state, batch):
     """The train step jitted with the state's shardings (donated) and the batch split over the
     batch axes, compiled ahead of time for these shapes; cached per config, mesh and shapes."""
-    shapes = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
-    key = _fingerprint(cfg, total_steps, mesh, "compiled", shapes)
-    if key not in _CACHE:
-        _, state_shard = state_shardings(cfg, total_steps, mesh)
-        bs = batch_sharding(mesh, cfg.mesh)
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        fn = jax.jit(lambda s, b: train_step(cfg, total_steps, s, b),
-                     in_shardings=(state_shard, {k: bs for k in BATCH_KEYS}),
-                     out_shardings=(state_shard, replicated), donate_argnums=0)
-        _CACHE[key] = fn.lower(state, batch).compile(compiler_options=dict(cfg.xla_options) or None)
-    return _CACHE[key]
+    def build():
+        fn = engine.jit_step(lambda s, b: train_step(cfg, total_steps, s, b), mesh, cfg.mesh,
+                             state_shardings(cfg, total_steps, mesh)[1], BATCH_KEYS)
+        return fn.lower(state, batch).compile(compiler_options=dict(cfg.xla_options) or None)
+    return engine.cached(_fingerprint(cfg, total_steps, mesh, "compiled", engine.batch_shapes(batch)), build)
 
 
 def total_steps(cfg: ClapTrainConfig, examples_per_host: int) -> int:
@@ -383,77 +354,66 @@ def total_steps(cfg: ClapTrainConfig, examples_per_host: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# The loop
+# The task
 
-def train_clap(cfg: ClapTrainConfig, *, stop_at: int | None = None, print_fn=print) -> ClapState:
-    """Train until the configured steps/epochs (or `stop_at`, for tests), checkpointing into
-    cfg.checkpoint.dir and resuming from it; at the end export to `checkpoint.dir/export`.
-    Returns the final ClapState."""
-    from sa_jax.data import DataPipeline
+class ClapTask(Task):
+    name = "clap"
 
-    run_dir, mesh, global_bs = open_run(cfg, print_fn)
-    if global_bs < 2:
-        raise ConfigError("a contrastive loss needs at least 2 pairs per batch; raise data.batch_size")
-    tokenizer = run_tokenizer(cfg, run_dir, print_fn)
-    pipe = DataPipeline(cfg.data)
-    steps = total_steps(cfg, len(pipe))
-    iterator = iter(clap_dataset(pipe, cfg.model, cfg.data.seed))
-    abstract, shardings = state_shardings(cfg, steps, mesh)
-    ckpt, state = restore_or_create(cfg, run_dir, iterator, abstract, shardings,
-                                    lambda: create_state(cfg, steps, mesh), print_fn)
-    print_fn(f"CLAP: mesh {dict(mesh.shape)} on {jax.device_count()} devices ({jax.process_count()} processes); "
-             f"state {describe(state)}; global batch {global_bs}; {steps} steps")
+    def setup(self, run_dir, mesh, global_bs, print_fn):
+        from sa_jax.data import DataPipeline
 
-    end = min(steps, stop_at) if stop_at is not None else steps
-    tel = Telemetry(run_dir, steps, int(state.step), print_fn=print_fn)
-    try:
-        bs = batch_sharding(mesh, cfg.mesh)
-        batch = global_batch(prepare_batch(tokenizer, cfg.text.max_length, next(iterator)), bs)
-        compiled = compiled_train_step(cfg, steps, mesh, state, batch)
-        if cfg.log.memory_analysis:
-            print_fn(memory_report(compiled))
-        flops = step_flops(compiled)
-        window, t_last, s_last = [], time.time(), int(state.step)
-        with _Preemption() as preempt:
-            step = int(state.step)
-            while step < end:
-                if batch is None:
-                    batch = global_batch(prepare_batch(tokenizer, cfg.text.max_length, next(iterator)), bs)
-                state, metrics = compiled(state, batch)
-                batch = None
-                step += 1
-                window.append(metrics)
-                tel.step()
-                if step % cfg.log.every == 0 or step == end:
-                    m = jax.device_get(window)
-                    dt = time.time() - t_last
-                    n = step - s_last
-                    good = [x for x in m if x["finite"]]
-                    mean = lambda k: float(np.mean([float(x[k]) for x in good])) if good else float("nan")
-                    values = {"loss": mean("loss"), "batch_acc": mean("batch_acc"),
-                              "temperature": float(m[-1]["temperature"]), "grad_norm": float(m[-1]["grad_norm"]),
-                              "lr": float(m[-1]["lr"]), "steps_per_s": n / dt}
-                    tel.scalars(step, values, line=(
-                        f"step {step}/{steps}  loss {values['loss']:.4f}  batch_acc {values['batch_acc']:.3f}  "
+        cfg = self.cfg
+        if global_bs < 2:
+            raise ConfigError("a contrastive loss needs at least 2 pairs per batch; raise data.batch_size")
+        self.run_dir = run_dir
+        self.tokenizer = run_tokenizer(cfg, run_dir, print_fn)
+        pipe = DataPipeline(cfg.data)
+        self.total_steps = total_steps(cfg, len(pipe))
+        self.iterator = iter(clap_dataset(pipe, cfg.model, cfg.data.seed))
+
+    def state_shardings(self, mesh):
+        return state_shardings(self.cfg, self.total_steps, mesh)
+
+    def create_state(self, mesh):
+        return create_state(self.cfg, self.total_steps, mesh)
+
+    def describe(self, state, mesh, global_bs):
+        return f"CLAP: {super().describe(state, mesh, global_bs)}; {self.total_steps} steps"
+
+    def prepare(self, raw):
+        return prepare_batch(self.tokenizer, self.cfg.text.max_length, raw)
+
+    def compile(self, mesh, state, batch):
+        self.compiled = compiled_train_step(self.cfg, self.total_steps, mesh, state, batch)
+        return self.compiled
+
+    def step(self, step, state, batch):
+        return self.compiled(state, batch)
+
+    def report(self, window):
+        values = {"loss": mean_finite(window, "loss"), "batch_acc": mean_finite(window, "batch_acc"),
+                  "temperature": float(window[-1]["temperature"]), "grad_norm": float(window[-1]["grad_norm"]),
+                  "lr": float(window[-1]["lr"])}
+        return values, (f"loss {values['loss']:.4f}  batch_acc {values['batch_acc']:.3f}  "
                         f"temperature {values['temperature']:.4f}  grad_norm {values['grad_norm']:.3f}  "
-                        f"lr {values['lr']:.3e}  {n / dt:.2f} steps/s  {n * global_bs / dt:.1f} examples/s  "
-                        f"{flops * n / dt / 1e12:.3f} TFLOP/s/device  skipped {int(state.bad_steps)}"))
-                    window, t_last, s_last = [], time.time(), step
-                    bad_row = int(state.bad_in_a_row)
-                    check_bad_steps(bad_row, cfg.max_bad_steps)
-                if ckpt.at_step(state, iterator, step, end, preempt)[1]:
-                    print_fn(f"SIGTERM: saved step {step}, exiting")
-                    break
-    finally:
-        ckpt.wait()
-        ckpt.close()
-        tel.close()
-    if int(state.step) >= steps and jax.process_index() == 0:
-        path = export_clap(cfg.model, jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
-                           run_dir / EXPORT_DIR, tokenizer_folder=run_dir / TOKENIZER_DIR,
-                           max_length=min(77, cfg.model.text.max_tokens))
-        print_fn(f"exported the CLAP (transformers ClapModel layout, with its tokenizer) to {path}")
-    return state
+                        f"lr {values['lr']:.3e}")
+
+    def export_weights(self, state):
+        return {"params": state.params, "batch_stats": state.batch_stats}
+
+    def export(self, weights, step, path):
+        return export_clap(self.cfg.model, weights, path, tokenizer_folder=self.run_dir / TOKENIZER_DIR,
+                           max_length=min(77, self.cfg.model.text.max_tokens))
+
+    def exported(self, path):
+        return f"exported the CLAP (transformers ClapModel layout, with its tokenizer) to {path}"
+
+
+def train_clap(cfg: ClapTrainConfig, *, stop_at: int | None = None, print_fn=print) -> RunResult:
+    """Train until the configured steps/epochs (or `stop_at`, for tests), checkpointing into
+    cfg.checkpoint.dir and resuming from it (`sa_jax.training.engine.run`); at the end export to
+    `checkpoint.dir/export`."""
+    return engine.run(ClapTask(cfg), stop_at=stop_at, print_fn=print_fn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,13 +524,6 @@ def export_clap(config: ClapConfig, variables: dict, folder, tokenizer_folder=No
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
-
-
-def load_exported_clap(folder, max_length: int = 77, dtype=jnp.float32):
-    """The whole CLAP of an export (`Clap.load(folder)`: tokenizer, both towers, score)."""
-    from sa_jax.encoders import Clap
-
-    return Clap.load(folder, max_length=max_length, dtype=dtype)
 
 
 def clap_text_conditioner(folder, max_length: int = 77, dtype=jnp.float32):

@@ -2,7 +2,7 @@
 
     from sa_jax.config import load
     from sa_jax.training.vae import VAETrainConfig, train_vae
-    state = train_vae(load(VAETrainConfig, "configs/train_vae_tiny.yaml", ["data.path=data/synth"]))
+    result = train_vae(load(VAETrainConfig, "configs/train_vae_tiny.yaml", ["data.path=data/synth"]))
 
 or `sa-jax train --config configs/train_vae_sa1.yaml data.path=... checkpoint.dir=runs/vae` (the
 YAML's `trainer: vae` picks this trainer).
@@ -31,7 +31,6 @@ resumes bitwise equal to an uninterrupted one; SIGTERM saves and stops.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -46,12 +45,12 @@ from sa_jax.config import ConfigError
 from sa_jax.data.config import DataConfig
 from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
 from sa_jax.models.discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
-from sa_jax.parallel import batch_sharding, describe, global_batch, tree_shardings
+from sa_jax.nn import DTYPES
+from sa_jax.training import engine
 from sa_jax.training import losses as L
 from sa_jax.training.config import CheckpointConfig, EMAConfig, MeshConfig
-from sa_jax.training.loop import _Preemption, check_bad_steps, memory_report, open_run, restore_or_create
+from sa_jax.training.engine import RunResult, Task, TrainStateBase, guarded_update, mean_finite
 from sa_jax.training.optim import ema_decay
-from sa_jax.nn import DTYPES
 
 log = logging.getLogger("sa_jax.training.vae")
 
@@ -173,8 +172,7 @@ class VAETrainConfig:
 
 
 @flax.struct.dataclass
-class VAETrainState:
-    step: jax.Array          # int32: batches consumed (generator + discriminator steps)
+class VAETrainState(TrainStateBase):   # step: batches consumed (generator + discriminator steps)
     params: Any              # generator (autoencoder) parameters, float32
     opt_state: Any
     ema: Any                 # EMA of the generator (a copy of params when EMA is off)
@@ -182,9 +180,6 @@ class VAETrainState:
     disc_opt_state: Any
     g_steps: jax.Array       # int32: generator updates attempted
     d_steps: jax.Array       # int32: discriminator updates attempted
-    key: jax.Array           # base PRNG key data
-    bad_steps: jax.Array     # int32: non-finite steps skipped in total
-    bad_in_a_row: jax.Array  # int32
 
 
 def _modules(cfg):
@@ -203,8 +198,7 @@ def make_optimizer(c: VAEOptimConfig):
 
 
 def _init_state(cfg, key_data):
-    key = jax.random.wrap_key_data(key_data)
-    k_g, k_d, k_train = jax.random.split(key, 3)
+    k_g, k_d, k_train = jax.random.split(jax.random.wrap_key_data(key_data), 3)
     gen, disc = _modules(cfg)
     n = max(cfg.model.downsampling_ratio, cfg.discriminator.min_samples())
     n = -(-n // cfg.model.downsampling_ratio) * cfg.model.downsampling_ratio
@@ -214,21 +208,23 @@ def _init_state(cfg, key_data):
     g_opt, _ = make_optimizer(cfg.optim)
     d_opt, _ = make_optimizer(cfg.disc_optim)
     zero = jnp.zeros((), jnp.int32)
-    return VAETrainState(step=zero, params=params, opt_state=g_opt.init(params), ema=params,
-                         disc_params=disc_params, disc_opt_state=d_opt.init(disc_params), g_steps=zero,
-                         d_steps=zero, key=jax.random.key_data(k_train), bad_steps=zero, bad_in_a_row=zero)
+    return VAETrainState(params=params, opt_state=g_opt.init(params), ema=params, disc_params=disc_params,
+                         disc_opt_state=d_opt.init(disc_params), g_steps=zero, d_steps=zero,
+                         **engine.counters(k_train))
 
 
 def state_shardings(cfg, mesh):
-    key_data = jax.random.key_data(jax.random.key(cfg.seed))
-    abstract = jax.eval_shape(lambda k: _init_state(cfg, k), key_data)
-    return abstract, tree_shardings(abstract, mesh, cfg.mesh)
+    return engine.abstract_state(lambda k: _init_state(cfg, k), cfg.seed, mesh, cfg.mesh)
+
+
+def _fingerprint(cfg, mesh, *extra):
+    return ("vae", repr((cfg.model, cfg.losses, cfg.discriminator, cfg.optim, cfg.disc_optim, cfg.ema, cfg.mesh,
+                         cfg.freeze_encoder, cfg.compute_dtype)), mesh, *extra)
 
 
 def create_state(cfg, mesh) -> VAETrainState:
-    _, shardings = state_shardings(cfg, mesh)
-    init = jax.jit(lambda k: _init_state(cfg, k), out_shardings=shardings)
-    return init(jax.random.key_data(jax.random.key(cfg.seed)))
+    return engine.init_state(lambda k: _init_state(cfg, k), cfg.seed, state_shardings(cfg, mesh)[1],
+                             _fingerprint(cfg, mesh, "init"))
 
 
 def _reconstruct(cfg, gen, params, audio, key, frozen_encoder: bool):
@@ -242,16 +238,12 @@ def _reconstruct(cfg, gen, params, audio, key, frozen_encoder: bool):
     return decoded, z, L.kl_loss(mean, std)
 
 
-def _keep_if(ok, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-
-
 def generator_step(cfg, state: VAETrainState, batch: dict):
     gen, disc = _modules(cfg)
     opt, schedule = make_optimizer(cfg.optim)
     w = cfg.losses
     audio = batch["audio"]
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    key = engine.step_key(state)
     adv_on = (state.step >= w.disc_start).astype(jnp.float32)
 
     def loss_fn(params):
@@ -285,11 +277,7 @@ def generator_step(cfg, state: VAETrainState, batch: dict):
         new_ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema, new_params)
     else:
         new_ema = new_params
-    bad = (~ok).astype(jnp.int32)
-    new_state = state.replace(
-        step=state.step + 1, params=_keep_if(ok, new_params, state.params),
-        opt_state=_keep_if(ok, new_opt, state.opt_state), ema=_keep_if(ok, new_ema, state.ema), g_steps=g_steps,
-        bad_steps=state.bad_steps + bad, bad_in_a_row=jnp.where(ok, 0, state.bad_in_a_row + 1))
+    new_state = guarded_update(state, ok, params=new_params, opt_state=new_opt, ema=new_ema).replace(g_steps=g_steps)
     metrics = {"loss": loss, **terms, "grad_norm": grad_norm, "lr": schedule(state.g_steps),
                "latent_std": latent_std, "finite": ok}
     return new_state, metrics
@@ -299,8 +287,7 @@ def discriminator_step(cfg, state: VAETrainState, batch: dict):
     gen, disc = _modules(cfg)
     opt, schedule = make_optimizer(cfg.disc_optim)
     audio = batch["audio"]
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-    decoded, _, _ = _reconstruct(cfg, gen, state.params, audio, key, True)
+    decoded, _, _ = _reconstruct(cfg, gen, state.params, audio, engine.step_key(state), True)
     decoded = jax.lax.stop_gradient(decoded)
 
     def loss_fn(dparams):
@@ -313,11 +300,8 @@ def discriminator_step(cfg, state: VAETrainState, batch: dict):
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt = opt.update(grads, state.disc_opt_state, state.disc_params)
     new_dp = optax.apply_updates(state.disc_params, updates)
-    bad = (~ok).astype(jnp.int32)
-    new_state = state.replace(
-        step=state.step + 1, disc_params=_keep_if(ok, new_dp, state.disc_params),
-        disc_opt_state=_keep_if(ok, new_opt, state.disc_opt_state), d_steps=state.d_steps + 1,
-        bad_steps=state.bad_steps + bad, bad_in_a_row=jnp.where(ok, 0, state.bad_in_a_row + 1))
+    new_state = guarded_update(state, ok, disc_params=new_dp, disc_opt_state=new_opt).replace(
+        d_steps=state.d_steps + 1)
     return new_state, {"disc_loss": loss, "disc_grad_norm": grad_norm, "disc_lr": schedule(state.d_steps),
                        "finite": ok}
 
@@ -331,35 +315,38 @@ def is_discriminator_step(cfg, step: int) -> bool:
     return uses_discriminator(cfg) and step % 2 == 1
 
 
-_CACHE: dict = {}
-
-
-def _fingerprint(cfg, mesh, *extra):
-    return (repr((cfg.model, cfg.losses, cfg.discriminator, cfg.optim, cfg.disc_optim, cfg.ema, cfg.mesh,
-                  cfg.freeze_encoder, cfg.compute_dtype)), mesh, *extra)
-
-
 def compiled_steps(cfg, mesh, state, batch):
-    """(generator step, discriminator step), each jitted with the state's shardings (donated) and
-    compiled ahead of time for these shapes; cached per config, mesh and shapes."""
-    shapes = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
-    key = _fingerprint(cfg, mesh, shapes)
-    if key not in _CACHE:
+    """(generator step, discriminator step or None), each jitted with the state's shardings (donated)
+    and compiled ahead of time for these shapes; cached per config, mesh and shapes."""
+    def build():
         _, shard = state_shardings(cfg, mesh)
-        bs = batch_sharding(mesh, cfg.mesh)
-        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         out = []
         for fn in (generator_step, discriminator_step):
-            jitted = jax.jit(lambda s, b, fn=fn: fn(cfg, s, b), in_shardings=(shard, {k: bs for k in batch}),
-                             out_shardings=(shard, rep), donate_argnums=0)
+            jitted = engine.jit_step(lambda s, b, fn=fn: fn(cfg, s, b), mesh, cfg.mesh, shard, batch)
             out.append(jitted.lower(state, batch).compile() if fn is generator_step or uses_discriminator(cfg)
                        else None)
-        _CACHE[key] = tuple(out)
-    return _CACHE[key]
+        return tuple(out)
+    return engine.cached(_fingerprint(cfg, mesh, engine.batch_shapes(batch)), build)
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation, demos, export
+
+
+def _posterior_mean_fn(cfg, what: str, shape, finish):
+    """jit(params, x -> finish(x, reconstruction from the posterior mean)), cached per model and shape."""
+    def build():
+        gen, _ = _modules(cfg)
+
+        def fn(p, x):
+            mean, _ = gen.apply({"params": p}, x, method=gen.encode_stats)
+            return finish(x, gen.apply({"params": p}, mean, method=gen.decode)[:, :x.shape[1]])
+        return jax.jit(fn)
+    return engine.cached(("vae", what, repr((cfg.model, cfg.compute_dtype)), shape), build)
+
+
+def _samples_last(audio: np.ndarray):
+    return jnp.asarray(np.swapaxes(np.asarray(audio, np.float32), 1, 2))
 
 
 def stft_distance(cfg, params, audio: np.ndarray, stft: L.STFTLossConfig | None = None) -> float:
@@ -367,31 +354,15 @@ def stft_distance(cfg, params, audio: np.ndarray, stft: L.STFTLossConfig | None 
     (batch, channels, samples): the sum/difference A-weighted loss (`losses.stft`, the reference's
     resolutions by default), with the reals as input and reconstructions as target, as in training."""
     stft = stft or cfg.losses.stft
-    key = ("eval", repr((cfg.model, stft, cfg.compute_dtype)), audio.shape)
-    if key not in _CACHE:
-        gen, _ = _modules(cfg)
-
-        def dist(p, x):
-            mean, _ = gen.apply({"params": p}, x, method=gen.encode_stats)
-            y = gen.apply({"params": p}, mean, method=gen.decode)[:, :x.shape[1]]
-            return L.reconstruction_losses(x, y, stft, cfg.model.sample_rate)["mrstft"]
-        _CACHE[key] = jax.jit(dist)
-    x = jnp.asarray(np.swapaxes(np.asarray(audio, np.float32), 1, 2))
-    return float(_CACHE[key](params, x))
+    fn = _posterior_mean_fn(cfg, ("eval", repr(stft)), audio.shape,
+                            lambda x, y: L.reconstruction_losses(x, y, stft, cfg.model.sample_rate)["mrstft"])
+    return float(fn(params, _samples_last(audio)))
 
 
 def reconstruct(cfg, params, audio: np.ndarray) -> np.ndarray:
     """Posterior-mean reconstructions of (batch, channels, samples) audio, same layout."""
-    key = ("recon", repr((cfg.model, cfg.compute_dtype)), audio.shape)
-    if key not in _CACHE:
-        gen, _ = _modules(cfg)
-
-        def rec(p, x):
-            mean, _ = gen.apply({"params": p}, x, method=gen.encode_stats)
-            return gen.apply({"params": p}, mean, method=gen.decode)[:, :x.shape[1]]
-        _CACHE[key] = jax.jit(rec)
-    x = jnp.asarray(np.swapaxes(np.asarray(audio, np.float32), 1, 2))
-    return np.swapaxes(np.asarray(_CACHE[key](params, x)), 1, 2)
+    fn = _posterior_mean_fn(cfg, "recon", audio.shape, lambda x, y: y)
+    return np.swapaxes(np.asarray(fn(params, _samples_last(audio))), 1, 2)
 
 
 def _weights(cfg, state):
@@ -400,121 +371,99 @@ def _weights(cfg, state):
     return state.ema if cfg.ema.enabled else state.params
 
 
-def _demo(cfg, state, demo: np.ndarray, run_dir: Path, telemetry) -> float:
-    """Reconstruct the demo clips (EMA weights when on); write demos/recon_<step>.wav (reals and
-    reconstructions interleaved, one after another) and log them. Returns their STFT distance."""
-    from sa_jax.audio import write_audio
-
-    if jax.process_count() > 1:   # the EMA is sharded across hosts; demos are a single-host feature for now
-        return float("nan")
-    step = int(state.step)
-    weights = jax.device_get(_weights(cfg, state))
-    fakes = reconstruct(cfg, weights, demo)
-    pieces = [a for pair in zip(demo, fakes) for a in pair]
-    write_audio(run_dir / "demos" / f"recon_{step:08d}.wav", np.clip(np.concatenate(pieces, axis=-1), -1, 1),
-                cfg.model.sample_rate)
-    for i, fake in enumerate(fakes):
-        telemetry.audio(step, f"demo/recon_{i}", fake, cfg.model.sample_rate)
-    return stft_distance(cfg, weights, demo)
-
-
 def export_autoencoder(cfg, state, path) -> Path:
     """The generator (its EMA when `ema.enabled`, else the raw weights) as an sa-jax autoencoder
-    checkpoint (`sa_jax.Autoencoder.load(path)`)."""
-    from sa_jax.autoencoder import Autoencoder
-
-    return Autoencoder(cfg.model, jax.device_get(_weights(cfg, state))).save(path, overwrite=True)
+    checkpoint (`sa_jax.Autoencoder.load(path)`), by the engine's export rule."""
+    return engine.export(VAETask(cfg), state, Path(path))
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop
+# The task
 
 _G_KEYS = ("loss", "mrstft", "stft_left", "stft_right", "kl", "adversarial", "feature_matching", "l1")
 
 
-def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None, print_fn=print) -> VAETrainState:
+class VAETask(Task):
+    name = "vae"
+
+    def __init__(self, cfg: VAETrainConfig):
+        super().__init__(cfg)
+        self.tensorboard = cfg.log.tensorboard
+        self.demo_every = cfg.log.demo_every if cfg.log.demo_count else 0
+        self.demo_at_end = bool(cfg.log.demo_count)
+
+    def setup(self, run_dir, mesh, global_bs, print_fn):
+        from sa_jax.data import DataPipeline
+
+        self.iterator = DataPipeline(self.cfg.data).iterator()
+
+    def state_shardings(self, mesh):
+        return state_shardings(self.cfg, mesh)
+
+    def create_state(self, mesh):
+        return create_state(self.cfg, mesh)
+
+    def describe(self, state, mesh, global_bs):
+        count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+        return (f"VAE {count(state.params):,} params, discriminator {count(state.disc_params):,}; "
+                + super().describe(state, mesh, global_bs) + ("; encoder frozen" if self.cfg.freeze_encoder else ""))
+
+    def prepare(self, raw):
+        return {"audio": np.swapaxes(np.asarray(raw["audio"], np.float32), 1, 2)}
+
+    def first_batch(self, batch):
+        # the demo clips: the run's first clips, (batch, channels, samples)
+        self.demo_clips = np.swapaxes(np.asarray(jax.device_get(batch["audio"])[:self.cfg.log.demo_count]), 1, 2)
+
+    def compile(self, mesh, state, batch):
+        self.g_step, self.d_step = compiled_steps(self.cfg, mesh, state, batch)
+        return self.g_step
+
+    def step(self, step, state, batch):
+        return (self.d_step if is_discriminator_step(self.cfg, step) else self.g_step)(state, batch)
+
+    def report(self, window):
+        g = [m for m in window if "loss" in m]
+        d = [m for m in window if "disc_loss" in m]
+        values = {f"train/{k}": mean_finite(g, k) for k in _G_KEYS if g and k in g[0]}
+        if g:
+            values.update({"train/gen_lr": float(g[-1]["lr"]), "train/latent_std": mean_finite(g, "latent_std"),
+                           "train/grad_norm": float(g[-1]["grad_norm"])})
+        if d:
+            values.update({"train/disc_loss": mean_finite(d, "disc_loss"), "train/disc_lr": float(d[-1]["disc_lr"])})
+        v = lambda k: values.get(f"train/{k}", float("nan"))
+        return values, (f"loss {v('loss'):.4f}  mrstft {v('mrstft'):.4f}  kl {v('kl'):.3e}  "
+                        f"adv {v('adversarial'):.4f}  fm {v('feature_matching'):.4f}  disc {v('disc_loss'):.4f}")
+
+    def demo(self, state, run_dir, telemetry):
+        """Reconstruct the demo clips (EMA weights when on); write demos/recon_<step>.wav (reals and
+        reconstructions interleaved, one after another), log them and their STFT distance."""
+        from sa_jax.audio import write_audio
+
+        cfg, step, clips = self.cfg, int(state.step), self.demo_clips
+        weights = jax.device_get(_weights(cfg, state))
+        fakes = reconstruct(cfg, weights, clips)
+        pieces = [a for pair in zip(clips, fakes) for a in pair]
+        write_audio(run_dir / "demos" / f"recon_{step:08d}.wav", np.clip(np.concatenate(pieces, axis=-1), -1, 1),
+                    cfg.model.sample_rate)
+        for i, fake in enumerate(fakes):
+            telemetry.audio(step, f"demo/recon_{i}", fake, cfg.model.sample_rate)
+        dist = stft_distance(cfg, weights, clips)
+        telemetry.scalars(step, {"demo/stft_distance": dist}, line=f"step {step}: demo STFT distance {dist:.4f}")
+
+    def export_weights(self, state):
+        return _weights(self.cfg, state)
+
+    def export(self, weights, step, path):
+        from sa_jax.autoencoder import Autoencoder
+
+        return Autoencoder(self.cfg.model, weights).save(path, overwrite=True)
+
+    def exported(self, path):
+        return f"exported the autoencoder ({'EMA' if self.cfg.ema.enabled else 'raw'} weights) to {path}"
+
+
+def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None, print_fn=print) -> RunResult:
     """Train until cfg.steps (or `stop_at`, for tests), checkpointing into cfg.checkpoint.dir and
-    resuming from it. Returns the final VAETrainState."""
-    from sa_jax.data import DataPipeline
-    from sa_jax.training.telemetry import Telemetry
-
-    run_dir, mesh, global_bs = open_run(cfg, print_fn)
-    iterator = DataPipeline(cfg.data).iterator()
-    abstract, shardings = state_shardings(cfg, mesh)
-    ckpt, state = restore_or_create(cfg, run_dir, iterator, abstract, shardings, lambda: create_state(cfg, mesh),
-                                    print_fn)
-    n_gen = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
-    n_disc = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.disc_params))
-    print_fn(f"VAE {n_gen:,} params, discriminator {n_disc:,}; mesh {dict(mesh.shape)} on {jax.device_count()} "
-             f"devices; state {describe(state)}; global batch {global_bs}"
-             + ("; encoder frozen" if cfg.freeze_encoder else ""))
-    bs = batch_sharding(mesh, cfg.mesh)
-
-    def next_batch():
-        raw = next(iterator)
-        return global_batch({"audio": np.swapaxes(np.asarray(raw["audio"], np.float32), 1, 2)}, bs)
-
-    telemetry = Telemetry(run_dir, cfg.steps, int(state.step), print_fn=print_fn, tensorboard=cfg.log.tensorboard)
-    try:
-        batch = next_batch()
-        demo = np.swapaxes(np.asarray(jax.device_get(batch["audio"])[:cfg.log.demo_count]), 1, 2)
-        g_step, d_step = compiled_steps(cfg, mesh, state, batch)
-        if cfg.log.memory_analysis:
-            print_fn(memory_report(g_step))
-        end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-        g_window, d_window, t_last, s_last = [], [], time.time(), int(state.step)
-        with _Preemption() as preempt:
-            step = int(state.step)
-            while step < end:
-                if batch is None:
-                    batch = next_batch()
-                if is_discriminator_step(cfg, step):
-                    state, m = d_step(state, batch)
-                    d_window.append(m)
-                else:
-                    state, m = g_step(state, batch)
-                    g_window.append(m)
-                batch = None
-                step += 1
-                telemetry.step()
-                if step % cfg.log.every == 0 or step == end:
-                    g, d = jax.device_get(g_window), jax.device_get(d_window)
-                    dt = max(time.time() - t_last, 1e-9)
-                    mean = lambda ms, k: float(np.mean([x[k] for x in ms if x["finite"]])) if ms else float("nan")
-                    values = {f"train/{k}": mean(g, k) for k in _G_KEYS if g and k in g[0]}
-                    if g:
-                        values.update({"train/gen_lr": float(g[-1]["lr"]), "train/latent_std": mean(g, "latent_std"),
-                                       "train/grad_norm": float(g[-1]["grad_norm"])})
-                    if d:
-                        values.update({"train/disc_loss": mean(d, "disc_loss"),
-                                       "train/disc_lr": float(d[-1]["disc_lr"])})
-                    values["perf/steps_per_s"] = (step - s_last) / dt
-                    line = (f"step {step}/{cfg.steps}  loss {values.get('train/loss', float('nan')):.4f}  "
-                            f"mrstft {values.get('train/mrstft', float('nan')):.4f}  "
-                            f"kl {values.get('train/kl', float('nan')):.3e}  "
-                            f"adv {values.get('train/adversarial', float('nan')):.4f}  "
-                            f"fm {values.get('train/feature_matching', float('nan')):.4f}  "
-                            f"disc {values.get('train/disc_loss', float('nan')):.4f}  "
-                            f"{values['perf/steps_per_s']:.2f} steps/s  skipped {int(state.bad_steps)}")
-                    telemetry.scalars(step, values, line=line)
-                    g_window, d_window, t_last, s_last = [], [], time.time(), step
-                    bad_row = int(state.bad_in_a_row)
-                    check_bad_steps(bad_row, cfg.max_bad_steps)
-                if cfg.log.demo_every and step % cfg.log.demo_every == 0 and cfg.log.demo_count:
-                    dist = _demo(cfg, state, demo, run_dir, telemetry)
-                    telemetry.scalars(step, {"demo/stft_distance": dist}, line=f"step {step}: demo STFT distance "
-                                      f"{dist:.4f}")
-                if ckpt.at_step(state, iterator, step, end, preempt)[1]:
-                    print_fn(f"SIGTERM: saved step {step}, exiting")
-                    break
-        finished = int(state.step) >= cfg.steps
-        if finished and cfg.log.demo_count and not (cfg.log.demo_every and cfg.steps % cfg.log.demo_every == 0):
-            _demo(cfg, state, demo, run_dir, telemetry)   # the final demo, unless the loop just made it
-    finally:
-        ckpt.wait()
-        ckpt.close()
-        telemetry.close()
-    if finished and jax.process_count() == 1:
-        path = export_autoencoder(cfg, state, run_dir / "export")
-        print_fn(f"exported the autoencoder ({'EMA' if cfg.ema.enabled else 'raw'} weights) to {path}")
-    return state
+    resuming from it (`sa_jax.training.engine.run`); at the end export to checkpoint.dir/export."""
+    return engine.run(VAETask(cfg), stop_at=stop_at, print_fn=print_fn)

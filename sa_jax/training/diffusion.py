@@ -1,0 +1,296 @@
+"""Diffusion training (the SAO DiT or the paper's U-Net) as a task of the training engine.
+
+    from sa_jax.config import load
+    from sa_jax.training import TrainConfig, train
+    result = train(load(TrainConfig, "configs/train_dit_tiny.yaml", ["data.path=latents/"]))
+    result.state, result.preempted, result.export_path
+
+The state and the step (sharded, donated state):
+
+    state = create_state(cfg, mesh)                   # params, optimiser state, EMA, step, key (sharded)
+    step_fn = make_train_step(cfg, mesh, frozen)      # jit with in/out shardings, state donated
+    state, metrics = step_fn(state, frozen_params, batch)   # batch: global arrays (see `batch_keys`)
+
+`frozen` (sa_jax.training.frozen.FrozenModels; NO_FROZEN: none) holds the frozen text encoder and
+autoencoder; their parameters are the step's second argument. One step: encode audio to latents
+and token ids to text features when the batch holds those, draw t, noise and CFG-dropout
+decisions from fold_in(state.key, state.step) (so a resumed run draws the same numbers), mix x_t
+and the objective's target, MSE of the network output, gradients, AdamW (with optional clipping).
+A non-finite loss or gradient norm leaves params, optimiser state and EMA untouched, still advances
+the step, and counts it in `bad_steps` (total) and `bad_in_a_row`.
+
+Run directory (`checkpoint.dir`), besides what the engine writes (config.yaml, checkpoints/,
+tensorboard/):
+    export/          the inference checkpoint (EMA weights): with a real text encoder and the
+                     autoencoder a whole model for `StableAudio.load`, else the denoiser alone
+    best/, best.json the export of the checkpoint with the lowest interval mean loss so far
+    demo/<step>/     demo audio for fixed prompts (`demo.every`)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sa_jax.config import to_dict
+from sa_jax.diffusion import noised_and_target, sample_timesteps
+from sa_jax.parallel import tree_shardings
+from sa_jax.training import engine
+from sa_jax.training import model as tm
+from sa_jax.training.engine import RunResult, Task, TrainStateBase, guarded_update, mean_finite
+from sa_jax.training.frozen import FrozenModels, load_frozen
+from sa_jax.training.optim import ema_decay, make_optimizer
+
+NO_FROZEN = FrozenModels()
+
+
+# ---------------------------------------------------------------------------------------------
+# State and step
+
+
+def batch_keys(cfg) -> tuple[str, ...]:
+    """The arrays of a step's batch: latents (pre-encoded) or audio (encoded in the step), token ids
+    (a frozen encoder runs in the step) or ready text features, the masks and timing."""
+    x = "latents" if cfg.data.kind == "latents" else "audio"
+    text = "text_ids" if cfg.text.source in ("t5", "clap") else "text"
+    return (x, text, "text_mask", "seconds_start", "seconds_total")
+
+
+@flax.struct.dataclass
+class TrainState(TrainStateBase):
+    params: Any              # float32
+    opt_state: Any
+    ema: Any                 # float32 EMA of params (a copy of params when EMA is off)
+
+
+def _init_state(cfg, key_data):
+    k_init, k_train = jax.random.split(jax.random.wrap_key_data(key_data))
+    params = tm.init_params(cfg.model, k_init)
+    opt, _ = make_optimizer(cfg.optim, cfg.steps)
+    return TrainState(params=params, opt_state=opt.init(params), ema=params, **engine.counters(k_train))
+
+
+def state_shardings(cfg, mesh):
+    """(abstract state, its NamedShardings by the config's FSDP rules)."""
+    return engine.abstract_state(lambda k: _init_state(cfg, k), cfg.seed, mesh, cfg.mesh)
+
+
+def _fingerprint(cfg, mesh, *extra):
+    return ("diffusion", repr((cfg.model, cfg.diffusion, cfg.optim, cfg.ema, cfg.mesh, cfg.steps, batch_keys(cfg))),
+            mesh, *extra)
+
+
+def create_state(cfg, mesh) -> TrainState:
+    """A fresh state from cfg.seed, initialised directly into its shardings (no full copy on one device)."""
+    return engine.init_state(lambda k: _init_state(cfg, k), cfg.seed, state_shardings(cfg, mesh)[1],
+                             _fingerprint(cfg, mesh, "init"))
+
+
+def loss_and_aux(cfg, params, batch, key, frozen: FrozenModels = NO_FROZEN, frozen_params=None):
+    k_t, k_n, k_d = jax.random.split(key, 3)
+    if "audio" in batch:
+        x0 = frozen.encode_audio(frozen_params["vae"], batch["audio"], jax.random.fold_in(key, 3))
+    else:
+        x0 = batch["latents"].astype(jnp.float32)
+    if "text_ids" in batch:
+        text = frozen.encode_text(frozen_params["text"], batch["text_ids"], batch["text_mask"])
+    else:
+        text = batch["text"]
+    t = sample_timesteps(k_t, x0.shape[0], cfg.diffusion.timesteps)
+    noise = jax.random.normal(k_n, x0.shape, jnp.float32)
+    x_t, target = noised_and_target(cfg.diffusion.objective, x0, noise, t)
+    out = tm.predict(cfg.model, params, x_t, t, text, batch["text_mask"], batch["seconds_start"],
+                     batch["seconds_total"], k_d, cfg.diffusion.cfg_dropout)
+    return jnp.mean(jnp.square(out.astype(jnp.float32) - target))
+
+
+def train_step(cfg, frozen: FrozenModels, state: TrainState, frozen_params, batch: dict) -> tuple[TrainState, dict]:
+    opt, schedule = make_optimizer(cfg.optim, cfg.steps)
+    key = engine.step_key(state)
+    loss, grads = jax.value_and_grad(lambda p: loss_and_aux(cfg, p, batch, key, frozen, frozen_params))(state.params)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = opt.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    if cfg.ema.enabled:
+        d = ema_decay(cfg.ema, state.step + 1)
+        new_ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema, new_params)
+    else:
+        new_ema = new_params
+    new_state = guarded_update(state, ok, params=new_params, opt_state=new_opt, ema=new_ema)
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": ok}
+
+
+def frozen_shardings(cfg, mesh, frozen: FrozenModels):
+    """Shardings of the frozen parameters: the same FSDP rules as the trained ones."""
+    return tree_shardings(jax.eval_shape(lambda: frozen.params), mesh, cfg.mesh)
+
+
+def place_frozen(cfg, mesh, frozen: FrozenModels):
+    """The frozen parameters on the mesh (every process loads them from the same files)."""
+    shardings = frozen_shardings(cfg, mesh, frozen)
+    host = jax.device_get(frozen.params)
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]), host, shardings)
+
+
+def make_train_step(cfg, mesh, frozen: FrozenModels = NO_FROZEN):
+    """`step(state, frozen_params, batch) -> (state, metrics)` jitted with the state's shardings in
+    and out (state donated), the frozen parameters sharded as `frozen_shardings`, and the batch
+    split over the mesh's batch axes."""
+    return engine.cached(_fingerprint(cfg, mesh, "step", frozen.signature()), lambda: engine.jit_step(
+        lambda s, f, b: train_step(cfg, frozen, s, f, b), mesh, cfg.mesh, state_shardings(cfg, mesh)[1],
+        batch_keys(cfg), (frozen_shardings(cfg, mesh, frozen),)))
+
+
+def compiled_train_step(cfg, mesh, state, frozen_params, batch, frozen: FrozenModels = NO_FROZEN):
+    """The train step compiled ahead of time for these state and batch shapes (`.memory_analysis()`
+    works on it); cached like `make_train_step`."""
+    key = _fingerprint(cfg, mesh, "compiled", frozen.signature(), engine.batch_shapes(batch))
+    return engine.cached(key, lambda: make_train_step(cfg, mesh, frozen).lower(state, frozen_params, batch).compile())
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches, the inference model, export, demos
+
+
+def prepare_batch(cfg, raw: dict, frozen: FrozenModels = NO_FROZEN) -> dict:
+    """A data-pipeline batch -> the numpy arrays the train step takes (`batch_keys`)."""
+    b = len(raw["prompt"])
+    n, d = tm.text_shape(cfg.model)
+    out = {}
+    if cfg.data.kind == "latents":
+        out["latents"] = np.asarray(raw["latents"], np.float32)
+    else:
+        out["audio"] = np.asarray(raw["audio"], np.float32)
+    if cfg.text.source in ("t5", "clap"):
+        out["text_ids"], out["text_mask"] = frozen.tokenize(raw["prompt"])
+    elif cfg.text.source == "hash":
+        out["text"], out["text_mask"] = tm.hash_text_features(list(raw["prompt"]), n, d, cfg.text.tokens)
+    else:
+        out["text"], out["text_mask"] = tm.zero_text_features(b, n, d)
+    out["seconds_start"] = np.asarray(raw["seconds_start"], np.int32)
+    out["seconds_total"] = np.asarray(raw["seconds_total"], np.int32)
+    return out
+
+
+def inference_model(cfg, params, frozen: FrozenModels):
+    """A `StableAudio` from trained parameters ({"conditioner", "denoiser"}) and the frozen text
+    encoder and autoencoder; None when the run has no real text encoder or no autoencoder."""
+    if frozen.text_encoder is None or frozen.autoencoder is None:
+        return None
+    from sa_jax.families.sao import SAOFamily
+    from sa_jax.pipeline import SamplingDefaults, StableAudio
+
+    m = cfg.model
+    params = jax.device_get(params)
+    if m.family == "sao":
+        family = SAOFamily(m.dit, params["denoiser"], m.conditioning, params["conditioner"], frozen.text_encoder,
+                           m.compute_dtype)
+        defaults = SamplingDefaults()
+    else:
+        from sa_jax.families.sa1 import SAMPLING_DEFAULTS, SA1Family
+
+        family = SA1Family(m.unet, params["denoiser"], params["conditioner"], frozen.text_encoder, cfg.text.layer,
+                           (m.timing, m.timing), m.compute_dtype)
+        defaults = SamplingDefaults(**SAMPLING_DEFAULTS)
+    ratio = frozen.autoencoder.downsampling_ratio
+    frames = (cfg.data.latent_window or cfg.data.window // ratio) if cfg.data.kind == "latents" \
+        else cfg.data.window // ratio
+    return StableAudio(family, frozen.autoencoder, frames * ratio, defaults)
+
+
+def export_inference(cfg, weights, step: int, path, frozen: FrozenModels = NO_FROZEN) -> Path:
+    """Write EMA weights (host arrays) as an sa-jax checkpoint. With a real text encoder and the
+    autoencoder it is a whole text-to-audio model (`StableAudio.load(path)` reads it); otherwise the
+    conditioner and denoiser alone (config.yaml with the model section, params/)."""
+    model = inference_model(cfg, weights, frozen)
+    if model is not None:
+        return model.save(path, overwrite=True)
+    from sa_jax.checkpoints import store
+
+    config = {"model_type": "diffusion_denoiser", "family": cfg.model.family, "model": to_dict(cfg.model),
+              "step": int(step)}
+    return store.save(path, config, jax.device_get(weights), overwrite=True)
+
+
+def write_demos(cfg, state, frozen: FrozenModels, run_dir: Path, telemetry) -> Path:
+    """Demo audio for cfg.demo.prompts from the EMA weights: WAVs in run_dir/demo/<step>/ and TensorBoard."""
+    from sa_jax.audio import write_audio
+
+    d = cfg.demo
+    model = inference_model(cfg, state.ema, frozen)
+    step = int(state.step)
+    audio = model.generate(list(d.prompts), seconds_total=d.seconds_total, steps=d.steps, cfg_scale=d.cfg_scale,
+                           sampler=d.sampler, seed=d.seed)
+    folder = run_dir / "demo" / f"{step:08d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, clip in enumerate(audio):
+        write_audio(folder / f"{i}.wav", clip, model.sample_rate)
+        telemetry.audio(step, f"demo/{i}", clip, model.sample_rate)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# The task
+
+
+class DiffusionTask(Task):
+    name = "diffusion"
+    keep_best = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.demo_every = cfg.demo.every
+
+    def setup(self, run_dir, mesh, global_bs, print_fn):
+        from sa_jax.data import DataPipeline
+
+        self.frozen = load_frozen(self.cfg)
+        self.frozen_params = place_frozen(self.cfg, mesh, self.frozen)
+        self.iterator = DataPipeline(self.cfg.data).iterator()
+
+    def state_shardings(self, mesh):
+        return state_shardings(self.cfg, mesh)
+
+    def create_state(self, mesh):
+        return create_state(self.cfg, mesh)
+
+    def prepare(self, raw):
+        return prepare_batch(self.cfg, raw, self.frozen)
+
+    def compile(self, mesh, state, batch):
+        self.compiled = compiled_train_step(self.cfg, mesh, state, self.frozen_params, batch, self.frozen)
+        return self.compiled
+
+    def step(self, step, state, batch):
+        return self.compiled(state, self.frozen_params, batch)
+
+    def report(self, window):
+        values = {"loss": mean_finite(window, "loss"), "grad_norm": float(window[-1]["grad_norm"]),
+                  "lr": float(window[-1]["lr"])}
+        return values, f"loss {values['loss']:.4f}  grad_norm {values['grad_norm']:.3f}  lr {values['lr']:.3e}"
+
+    def demo(self, state, run_dir, telemetry):
+        folder = write_demos(self.cfg, state, self.frozen, run_dir, telemetry)
+        telemetry.print(f"demo: step {int(state.step)} audio in {folder}")
+
+    def export_weights(self, state):
+        return state.ema
+
+    def export(self, weights, step, path):
+        return export_inference(self.cfg, weights, step, path, self.frozen)
+
+    def exported(self, path):
+        return f"exported the EMA weights to {path}"
+
+
+def train(cfg, *, stop_at: int | None = None, print_fn=print) -> RunResult:
+    """Train until cfg.steps (or `stop_at`, for tests), checkpointing into cfg.checkpoint.dir and
+    resuming from it (`sa_jax.training.engine.run`)."""
+    return engine.run(DiffusionTask(cfg), stop_at=stop_at, print_fn=print_fn)
