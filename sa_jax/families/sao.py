@@ -87,10 +87,10 @@ class SAOFamily(Family):
 
     @classmethod
     def from_checkpoint(cls, config: dict, params: dict, folder: Path, dtype: str) -> "SAOFamily":
-        from sa_jax.models.conditioners import ConditioningConfig
-        from sa_jax.models.dit import DiTConfig
         from sa_jax.checkpoints.tokenizer import load_tokenizer
         from sa_jax.encoders import T5TextEncoder
+        from sa_jax.models.conditioners import ConditioningConfig
+        from sa_jax.models.dit import DiTConfig
         from sa_jax.models.t5 import T5Config
 
         cls.check_sections(config, folder)
