@@ -1,9 +1,9 @@
 """Importing autoencoder weights from stable-audio-tools and diffusers files.
 
-Each format is a table: for every layer of our model (enumerated from the config) the module
-prefix it has in the foreign file and the kind of layer, which fixes how its tensors are renamed
-and transposed. Everything that does not line up (keys the model has no place for, weights the
-file lacks, wrong shapes) is collected and raised as one CheckpointError.
+Each format is a table of rows (sa_jax.checkpoints.table), built from the config: for every layer of
+our model the module prefix it has in the foreign file and the kind of layer, whose tensors are
+renamed and transposed by the kind's rows. Everything that does not line up (keys the model has no
+place for, weights the file lacks, wrong shapes) is collected and raised as one CheckpointError.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, mismatch_report
-from sa_jax.tree import flat_shapes, unflatten
+from sa_jax.checkpoints import table
+from sa_jax.checkpoints.io import CheckpointError
+from sa_jax.checkpoints.table import Row, conv1d, conv1d_t, flat, strip
+from sa_jax.tree import flat_shapes
 from sa_jax.models.autoencoder import (AudioAutoencoder, AutoencoderConfig, OobleckDecoderConfig,
                                        OobleckEncoderConfig, config_from_dict)
 
@@ -25,17 +27,12 @@ Layer = tuple[str, str, str]
 # How each layer kind's tensors are named in PyTorch and turned into ours.
 # Conv weights are (out, in, k) in torch, (k, in, out) here; transposed convs are (in, out, k).
 _KINDS = {
-    "wnconv": {"weight_v": ("weight_v", lambda w: w.transpose(2, 1, 0)),
-               "weight_g": ("weight_g", lambda g: g.reshape(-1)),
-               "bias": ("bias", None)},
-    "wnconv_nobias": {"weight_v": ("weight_v", lambda w: w.transpose(2, 1, 0)),
-                      "weight_g": ("weight_g", lambda g: g.reshape(-1))},
-    "wnconvT": {"weight_v": ("weight_v", lambda w: w.transpose(2, 0, 1)),
-                "weight_g": ("weight_g", lambda g: g.reshape(-1)),
-                "bias": ("bias", None)},
-    "conv": {"weight": ("kernel", lambda w: w.transpose(2, 1, 0)), "bias": ("bias", None)},
-    "snake": {"alpha": ("alpha", lambda a: a.reshape(-1))},
-    "snake_beta": {"alpha": ("alpha", lambda a: a.reshape(-1)), "beta": ("beta", lambda b: b.reshape(-1))},
+    "wnconv": {"weight_v": ("weight_v", conv1d), "weight_g": ("weight_g", flat), "bias": ("bias", None)},
+    "wnconv_nobias": {"weight_v": ("weight_v", conv1d), "weight_g": ("weight_g", flat)},
+    "wnconvT": {"weight_v": ("weight_v", conv1d_t), "weight_g": ("weight_g", flat), "bias": ("bias", None)},
+    "conv": {"weight": ("kernel", conv1d), "bias": ("bias", None)},
+    "snake": {"alpha": ("alpha", flat)},
+    "snake_beta": {"alpha": ("alpha", flat), "beta": ("beta", flat)},
     "elu": {},
 }
 
@@ -156,39 +153,22 @@ def expected_shapes(config: AutoencoderConfig) -> dict[str, tuple[int, ...]]:
     return flat_shapes(jax.eval_shape(lambda a: model.init(jax.random.key(0), a, jax.random.key(0)), x)["params"])
 
 
+def rows(layers: Iterator[Layer]) -> list[Row]:
+    """The import table: every tensor of every layer, by its kind."""
+    return [(f"{src}.{tname}", f"{dst}/{ours}", transform)
+            for src, dst, kind in layers for tname, (ours, transform) in _KINDS[kind].items()]
+
+
 def convert(state: dict[str, np.ndarray], layers: Iterator[Layer], config: AutoencoderConfig,
             source: str, prefix: str = "") -> dict:
     """Map a foreign state dict through a layer table into our nested params."""
-    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else dict(state)
+    state = strip(state, prefix)
     for key in list(state):
         for long, short in _PARAMETRIZED.items():
             if key.endswith("." + long):
                 state[key[: -len(long)] + short] = state.pop(key)
-    want = expected_shapes(config)
-    flat, used, tried, missing, bad = {}, set(), set(), [], []
-    for src, dst, kind in layers:
-        for tname, (ours, transform) in _KINDS[kind].items():
-            key, path = f"{src}.{tname}", f"{dst}/{ours}"
-            tried.add(path)
-            if key not in state:
-                missing.append(f"{prefix}{key} (for {path})")
-                continue
-            used.add(key)
-            value = np.asarray(state[key], np.float32)
-            value = transform(value) if transform else value
-            if path not in want:
-                bad.append(f"{prefix}{key}: the model has no parameter {path}")
-            elif tuple(value.shape) != want[path]:
-                bad.append(f"{prefix}{key}: file {tuple(state[key].shape)} -> {tuple(value.shape)}, "
-                           f"model {path} needs {want[path]}")
-            else:
-                flat[path] = value
-    unmatched = [prefix + k for k in state if k not in used]
-    missing += [f"{p} (no entry in the import table)" for p in set(want) - tried]
-    if unmatched or missing or bad:
-        raise CheckpointError(mismatch_report(f"the autoencoder config ({_describe(config)})",
-                                              source, unmatched, missing, bad))
-    return unflatten(flat)
+    return table.convert({prefix + k: v for k, v in state.items()}, rows(layers), expected_shapes(config),
+                         f"the autoencoder config ({_describe(config)})", source, prefix)
 
 
 def _describe(config: AutoencoderConfig) -> str:

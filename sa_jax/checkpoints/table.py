@@ -13,7 +13,8 @@ builds its table from the config (block counts, optional layers), then calls `co
 `convert` fails loudly: one CheckpointError lists every file key no row takes (less the `ignore`
 patterns), every model parameter no key provides (by the foreign key the table expected, or as
 "no row of the import table provides it"), and every shape mismatch. Buffers that hold no learned
-state are either ignored (`ignore`: regexes a whole key must match) or checked (`checks`: key -> function returning a problem or None).
+state are either ignored (`ignore`: regexes a whole key must match) or checked (`checks`: key ->
+a function returning a problem or None).
 Paths may carry a collection (`params/...`, `batch_stats/...`) when `want` does.
 """
 
