@@ -1,11 +1,12 @@
 """Reading foreign weight files into plain `{key: np.ndarray}` dicts, and the one error type that
-every importer raises when keys or shapes do not line up."""
+every importer raises when keys or shapes do not line up (the importers' shared engine:
+sa_jax.checkpoints.table)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from sa_jax.errors import CheckpointError  # noqa: F401  (re-exported)
@@ -82,18 +83,3 @@ def _read_safetensors_via_jax(path: Path) -> dict[str, np.ndarray]:
 def _to_float32(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
             for k, v in tensors.items()}
-
-
-def mismatch_report(what: str, source: str, unmatched: Iterable[str], missing: Iterable[str],
-                    bad_shapes: Iterable[str]) -> str:
-    """One readable message listing every unmatched key, missing key and shape mismatch."""
-    lines = [f"{source} does not fit {what}:"]
-    for title, items in (("keys in the file that the model has no place for", unmatched),
-                         ("model weights the file does not provide", missing),
-                         ("shape mismatches", bad_shapes)):
-        items = sorted(items)
-        if items:
-            lines.append(f"  {len(items)} {title}:")
-            lines += [f"    {k}" for k in items]
-    return "\n".join(lines)
-

@@ -183,7 +183,7 @@ def convert_into(report: Report, state: dict, rows: Sequence[Row], want: dict[st
                 report.bad.append(f"{prefix}{keys[0]}: file {shapes} -> {tuple(value.shape)}, model {path} needs "
                                   f"{want[path]}")
             else:
-                out[path] = np.ascontiguousarray(value)
+                out[path] = value if value.flags.c_contiguous else np.ascontiguousarray(value)  # keeps 0-d
     for key, check in checks:
         if key in part:
             used.add(key)

@@ -1,8 +1,9 @@
 """Importing stable-audio-tools `UNetCFG1d` weights (`adp_cfg_1d`) into sa_jax.models.unet.
 
-The reference's module tree maps onto ours by an ordered table of key renames; each PyTorch
-`weight` then lands on our `kernel` (transposed to our layout), `scale` (norms) or the null
-embedding table, whichever the module has.
+The reference's module tree maps onto ours by an ordered table of key renames (regex patterns); each
+PyTorch `weight` then lands on our `kernel` (transposed to our layout), `scale` (norms) or the null
+embedding table, whichever the module has. The renamed keys are rows of the shared import table
+(sa_jax.checkpoints.table), which reports every unmatched key, missing weight and shape mismatch.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, mismatch_report
-from sa_jax.tree import flat_shapes, unflatten
+from sa_jax.checkpoints.io import CheckpointError
+from sa_jax.checkpoints.table import Row, conv1d, conv1d_t, convert, linear, strip
+from sa_jax.tree import flat_shapes
 from sa_jax.models.unet import UNet1d, UNetConfig
 
 # (pattern, replacement) applied in order to a reference key (without its outer prefix).
@@ -84,36 +86,24 @@ def _our_path(key: str, want: dict) -> tuple[str | None, str]:
     return None, ""
 
 
-def _transform(value: np.ndarray, how: str) -> np.ndarray:
-    if how == "kernel":  # Linear (out, in) -> (in, out); Conv1d (out, in, k) -> (k, in, out)
-        return value.T if value.ndim == 2 else value.transpose(2, 1, 0)
-    if how == "kernel_t":  # ConvTranspose1d (in, out, k) -> (k, in, out)
-        return value.transpose(2, 0, 1)
-    return value
+_TRANSFORMS = {"copy": None, "kernel": lambda w: linear(w) if w.ndim == 2 else conv1d(w), "kernel_t": conv1d_t}
+
+
+def rows(keys, want: dict) -> list[Row]:
+    """The import table for the reference keys `keys`: a row for each key the renames place."""
+    out = []
+    for key in keys:
+        path, how = _our_path(key, want)
+        if path is not None and path in want:
+            out.append((key, path, _TRANSFORMS[how]))
+    return out
 
 
 def from_sat(state: dict[str, np.ndarray], config: UNetConfig, source: str, prefix: str = "") -> dict:
     """Our U-Net params from a reference state dict. `prefix` is the U-Net's key prefix in the file
     (`model.model.` in a whole stable-audio-tools diffusion model); other keys are ignored then."""
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     want = expected_shapes(config)
-    flat, unmatched, bad, bad_paths = {}, [], [], set()
-    for key, value in state.items():
-        path, how = _our_path(key, want)
-        if path is None or path not in want:
-            unmatched.append(prefix + key)
-            continue
-        value = _transform(np.asarray(value, np.float32), how)
-        if tuple(value.shape) != want[path]:
-            bad.append(f"{prefix}{key}: {tuple(value.shape)} after transposing, model {path} needs {want[path]}")
-            bad_paths.add(path)
-        else:
-            flat[path] = value
-    missing = set(want) - set(flat) - bad_paths
-    if unmatched or missing or bad:
-        raise CheckpointError(mismatch_report("the U-Net config", source, unmatched, missing, bad))
-    return unflatten(flat)
+    return convert(state, rows(strip(state, prefix), want), want, "the U-Net config", source, prefix)
 
 
 def timing_from_sat(state: dict, features: int = 768, prefix: str = "conditioner.conditioners.") -> dict:
