@@ -34,10 +34,9 @@ Dtype = Any
 # --------------------------------------------------------------------------------------------
 # Tokenising prompts
 
-def tokenize(tokenizer, prompts: Sequence[str] | str, max_length: int, pad_to_max: bool = True,
-             what: str = "text encoder") -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask bool), both (batch, max_length) int32/bool. Prompts longer than
-    `max_length` tokens are truncated, with a warning that names them and says by how much."""
+def prompt_list(prompts: Sequence[str] | str) -> list[str]:
+    """`prompts` as a non-empty list of strings (one string is a list of one); ValueError/TypeError
+    otherwise."""
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -46,6 +45,14 @@ def tokenize(tokenizer, prompts: Sequence[str] | str, max_length: int, pad_to_ma
     bad = [p for p in prompts if not isinstance(p, str)]
     if bad:
         raise TypeError(f"prompts must be strings, got {bad[:3]}")
+    return prompts
+
+
+def tokenize(tokenizer, prompts: Sequence[str] | str, max_length: int, pad_to_max: bool = True,
+             what: str = "text encoder") -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask bool), both (batch, max_length) int32/bool. Prompts longer than
+    `max_length` tokens are truncated, with a warning that names them and says by how much."""
+    prompts = prompt_list(prompts)
     lengths = [len(ids) for ids in tokenizer(prompts, truncation=False)["input_ids"]]
     long = [(i, n) for i, n in enumerate(lengths) if n > max_length]
     if long:
@@ -86,14 +93,7 @@ class T5TextEncoder:
         return cls(config, params, load_tokenizer(tok), max_length, dtype)
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("the prompt list is empty; give at least one prompt")
-        bad = [p for p in prompts if not isinstance(p, str)]
-        if bad:
-            raise TypeError(f"prompts must be strings, got {bad[:3]}")
+        prompts = prompt_list(prompts)
         enc = self.tokenizer(prompts, truncation=True, max_length=self.max_length, padding="max_length",
                              return_tensors="np")
         return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(bool)

@@ -1,9 +1,9 @@
 """Importing CLAP and BERT/RoBERTa weights: transformers `ClapModel` folders, LAION-CLAP `.pt`
 checkpoints, and Hugging Face BERT/RoBERTa text encoders.
 
-Each format is a table: for every layer of our model (enumerated from the config) the module
-prefix it has in the foreign file and the kind of layer, which fixes how its tensors are renamed
-and transposed. Buffers that carry no learned state (position-id tables, relative-position
+Each format is a table of rows (sa_jax.checkpoints.table), built from the config: for every layer
+of our model the module prefix it has in the foreign file and the kind of layer, whose rows rename
+and transpose its tensors. Buffers that carry no learned state (position-id tables, relative-position
 indices, shift masks, BatchNorm step counters) and LAION modules that play no part in the
 embeddings (the torchlibrosa front-end, the AudioSet classifier head, the `*_transform` MLPs)
 are listed explicitly and skipped. Everything else that does not line up (keys the model has no
@@ -19,63 +19,59 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import jax
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, mismatch_report, read_state_dict
+from sa_jax.checkpoints.io import CheckpointError, read_state_dict
+from sa_jax.checkpoints.table import Row, conv2d, convert, linear, split, strip
 from sa_jax.models.bert import BertConfig, BertEncoder
 from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, HTSATConfig, variable_shapes
-from sa_jax.tree import flat_shapes, unflatten
-
-# One leaf of a table: foreign key -> list of (our flat path, transform of the tensor).
-Entry = tuple[str, list[tuple[str, Callable[[np.ndarray], np.ndarray] | None]]]
-
-_T = lambda w: w.T                                      # torch Linear (out, in) -> Flax (in, out)
-_CONV = lambda w: w.transpose(2, 3, 1, 0)               # torch Conv2d (out, in, kh, kw) -> (kh, kw, in, out)
+from sa_jax.tree import flat_shapes
 
 
-def _kind(src: str, dst: str, kind: str, params: str = "params", stats: str = "batch_stats") -> Iterator[Entry]:
-    """The leaves of one layer of `kind` at foreign prefix `src` and our module path `dst`."""
-    if kind == "dense":
-        yield f"{src}.weight", [(f"{params}/{dst}/kernel", _T)]
-        yield f"{src}.bias", [(f"{params}/{dst}/bias", None)]
-    elif kind == "dense_nobias":
-        yield f"{src}.weight", [(f"{params}/{dst}/kernel", _T)]
+def _path(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+def _kind(src: str, dst: str, kind: str, params: str = "params", stats: str = "batch_stats") -> Iterator[Row]:
+    """The rows of one layer of `kind` at foreign prefix `src` and our module path `dst`."""
+    if kind in ("dense", "dense_nobias"):
+        yield f"{src}.weight", _path(params, dst, "kernel"), linear
+        if kind == "dense":
+            yield f"{src}.bias", _path(params, dst, "bias"), None
     elif kind == "ln":
-        yield f"{src}.weight", [(f"{params}/{dst}/scale", None)]
-        yield f"{src}.bias", [(f"{params}/{dst}/bias", None)]
+        yield f"{src}.weight", _path(params, dst, "scale"), None
+        yield f"{src}.bias", _path(params, dst, "bias"), None
     elif kind == "conv":
-        yield f"{src}.weight", [(f"{params}/{dst}/kernel", _CONV)]
-        yield f"{src}.bias", [(f"{params}/{dst}/bias", None)]
+        yield f"{src}.weight", _path(params, dst, "kernel"), conv2d
+        yield f"{src}.bias", _path(params, dst, "bias"), None
     elif kind == "bn":
-        yield f"{src}.weight", [(f"{params}/{dst}/scale", None)]
-        yield f"{src}.bias", [(f"{params}/{dst}/bias", None)]
-        yield f"{src}.running_mean", [(f"{stats}/{dst}/mean", None)]
-        yield f"{src}.running_var", [(f"{stats}/{dst}/var", None)]
+        yield f"{src}.weight", _path(params, dst, "scale"), None
+        yield f"{src}.bias", _path(params, dst, "bias"), None
+        yield f"{src}.running_mean", _path(stats, dst, "mean"), None
+        yield f"{src}.running_var", _path(stats, dst, "var"), None
     elif kind == "tensor":
-        yield src, [(f"{params}/{dst}", None)]
-    elif kind == "qkv":                                 # one fused Linear (3C, C) -> three
-        def part(i, fn):
-            return lambda w: fn(np.split(w, 3, axis=0)[i])
-        for tname, ours, fn in (("weight", "kernel", _T), ("bias", "bias", lambda b: b)):
-            yield f"{src}.{tname}", [(f"{params}/{dst}/{q}/{ours}", part(i, fn))
-                                     for i, q in enumerate(("query", "key", "value"))]
+        yield src, _path(params, dst), None
+    elif kind in ("qkv", "qkv_nobias"):                 # one fused Linear (3C, C) -> three
+        yield f"{src}.weight", tuple(_path(params, dst, q, "kernel") for q in _QKV), split(3, linear)
+        if kind == "qkv":
+            yield f"{src}.bias", tuple(_path(params, dst, q, "bias") for q in _QKV), split(3)
     else:
         raise ValueError(kind)
 
 
-def _join(prefix: str, path: str) -> str:
-    return f"{prefix}/{path}" if prefix else path
+_QKV = ("query", "key", "value")
 
 
 # --------------------------------------------------------------------------------------------
 # Tables
 
-def bert_entries(config: BertConfig, src: str = "", dst: str = "", params: str = "params") -> Iterator[Entry]:
+def bert_rows(config: BertConfig, src: str = "", dst: str = "", params: str = "params") -> Iterator[Row]:
     """A Hugging Face BertModel / RobertaModel / ClapTextModel (keys under `src`)."""
-    p = lambda path: _join(dst, path)
+    def p(path):
+        return _path(dst, path)
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         yield from _kind(f"{src}embeddings.{name}.weight", p(name), "tensor", params)
     yield from _kind(f"{src}embeddings.LayerNorm", p("embeddings_norm"), "ln", params)
@@ -92,14 +88,14 @@ def bert_entries(config: BertConfig, src: str = "", dst: str = "", params: str =
         yield from _kind(f"{src}pooler.dense", p("pooler"), "dense", params)
 
 
-def _aff_entries(src: str, dst: str) -> Iterator[Entry]:
+def _aff_rows(src: str, dst: str) -> Iterator[Row]:
     for branch, idx in (("local", ("0", "1", "3", "4")), ("global", ("1", "2", "4", "5"))):
         for i, ours, kind in zip(idx, ("conv1", "bn1", "conv2", "bn2"), ("conv", "bn", "conv", "bn")):
             yield from _kind(f"{src}.{branch}_att.{i}", f"{dst}/{branch}/{ours}", kind)
 
 
-def hf_audio_entries(config: HTSATConfig, src: str = "audio_model.audio_encoder.",
-                     dst: str = "audio_model") -> Iterator[Entry]:
+def hf_audio_rows(config: HTSATConfig, src: str = "audio_model.audio_encoder.",
+                     dst: str = "audio_model") -> Iterator[Row]:
     """transformers' ClapAudioModel encoder."""
     yield from _kind(f"{src}batch_norm", f"{dst}/bn0", "bn")
     yield from _kind(f"{src}patch_embed.proj", f"{dst}/patch_embed/proj", "conv")
@@ -107,7 +103,7 @@ def hf_audio_entries(config: HTSATConfig, src: str = "audio_model.audio_encoder.
         yield from _kind(f"{src}patch_embed.norm", f"{dst}/patch_embed/norm", "ln")
     if config.enable_fusion:
         yield from _kind(f"{src}patch_embed.mel_conv2d", f"{dst}/patch_embed/mel_conv2d", "conv")
-        yield from _aff_entries(f"{src}patch_embed.fusion_model", f"{dst}/patch_embed/fusion")
+        yield from _aff_rows(f"{src}patch_embed.fusion_model", f"{dst}/patch_embed/fusion")
     for i, depth in enumerate(config.depths):
         for j in range(depth):
             s, d = f"{src}layers.{i}.blocks.{j}", f"{dst}/stage_{i}_block_{j}"
@@ -127,10 +123,10 @@ def hf_audio_entries(config: HTSATConfig, src: str = "audio_model.audio_encoder.
     yield from _kind(f"{src}norm", f"{dst}/norm", "ln")
 
 
-def hf_clap_entries(config: ClapConfig) -> Iterator[Entry]:
+def hf_clap_rows(config: ClapConfig) -> Iterator[Row]:
     """transformers' ClapModel."""
-    yield from bert_entries(config.text, "text_model.", "text_model")
-    yield from hf_audio_entries(config.audio)
+    yield from bert_rows(config.text, "text_model.", "text_model")
+    yield from hf_audio_rows(config.audio)
     for tower in ("text", "audio"):
         for k in ("linear1", "linear2"):
             yield from _kind(f"{tower}_projection.{k}", f"{tower}_projection/{k}", "dense")
@@ -138,7 +134,7 @@ def hf_clap_entries(config: ClapConfig) -> Iterator[Entry]:
         yield from _kind(k, k, "tensor")
 
 
-def laion_audio_entries(config: HTSATConfig, src: str = "audio_branch.", dst: str = "audio_model") -> Iterator[Entry]:
+def laion_audio_rows(config: HTSATConfig, src: str = "audio_branch.", dst: str = "audio_model") -> Iterator[Row]:
     """LAION-CLAP's HTSAT_Swin_Transformer (`clap_module/htsat.py`)."""
     yield from _kind(f"{src}bn0", f"{dst}/bn0", "bn")
     yield from _kind(f"{src}patch_embed.proj", f"{dst}/patch_embed/proj", "conv")
@@ -146,16 +142,13 @@ def laion_audio_entries(config: HTSATConfig, src: str = "audio_branch.", dst: st
         yield from _kind(f"{src}patch_embed.norm", f"{dst}/patch_embed/norm", "ln")
     if config.enable_fusion:
         yield from _kind(f"{src}patch_embed.mel_conv2d", f"{dst}/patch_embed/mel_conv2d", "conv")
-        yield from _aff_entries(f"{src}patch_embed.fusion_model", f"{dst}/patch_embed/fusion")
+        yield from _aff_rows(f"{src}patch_embed.fusion_model", f"{dst}/patch_embed/fusion")
     for i, depth in enumerate(config.depths):
         for j in range(depth):
             s, d = f"{src}layers.{i}.blocks.{j}", f"{dst}/stage_{i}_block_{j}"
             yield from _kind(f"{s}.norm1", f"{d}/norm1", "ln")
             yield from _kind(f"{s}.attn.relative_position_bias_table", f"{d}/relative_position_bias_table", "tensor")
-            if config.qkv_bias:
-                yield from _kind(f"{s}.attn.qkv", d, "qkv")
-            else:
-                yield from (e for e in _kind(f"{s}.attn.qkv", d, "qkv") if e[0].endswith("weight"))
+            yield from _kind(f"{s}.attn.qkv", d, "qkv" if config.qkv_bias else "qkv_nobias")
             yield from _kind(f"{s}.attn.proj", f"{d}/proj", "dense")
             yield from _kind(f"{s}.norm2", f"{d}/norm2", "ln")
             yield from _kind(f"{s}.mlp.fc1", f"{d}/fc1", "dense")
@@ -167,10 +160,10 @@ def laion_audio_entries(config: HTSATConfig, src: str = "audio_branch.", dst: st
     yield from _kind(f"{src}norm", f"{dst}/norm", "ln")
 
 
-def laion_clap_entries(config: ClapConfig) -> Iterator[Entry]:
+def laion_clap_rows(config: ClapConfig) -> Iterator[Row]:
     """LAION-CLAP's `CLAP` module (`clap_module/model.py`) with a RoBERTa/BERT text branch."""
-    yield from bert_entries(config.text, "text_branch.", "text_model")
-    yield from laion_audio_entries(config.audio)
+    yield from bert_rows(config.text, "text_branch.", "text_model")
+    yield from laion_audio_rows(config.audio)
     for tower in ("text", "audio"):
         for i, k in (("0", "linear1"), ("2", "linear2")):
             yield from _kind(f"{tower}_projection.{i}", f"{tower}_projection/{k}", "dense")
@@ -179,50 +172,15 @@ def laion_clap_entries(config: ClapConfig) -> Iterator[Entry]:
 
 
 # Buffers without learned state, in either layout.
-_BUFFERS = re.compile(r"(^|\.)(position_ids|token_type_ids|num_batches_tracked|relative_position_index|attn_mask)$")
+_BUFFERS = (r"(.*\.)?(position_ids|token_type_ids|num_batches_tracked|relative_position_index|attn_mask)",)
 # LAION modules that the embeddings never use: torchlibrosa's STFT/mel front-end (the features
 # are computed outside the model), the AudioSet tagging head, and the training-only MLPs.
-_LAION_UNUSED = re.compile(r"^(audio_branch\.(spectrogram_extractor|logmel_extractor|tscam_conv|head)\.|"
-                           r"(text|audio)_transform\.)")
+_LAION_UNUSED = (r"audio_branch\.(spectrogram_extractor|logmel_extractor|tscam_conv|head)\..*",
+                 r"(text|audio)_transform\..*")
 
 
 # --------------------------------------------------------------------------------------------
 # Conversion
-
-def convert(state: dict[str, np.ndarray], entries: Iterator[Entry], want: dict[str, tuple[int, ...]],
-            what: str, source: str, skip: Callable[[str], bool] = lambda k: False) -> dict:
-    """Map a foreign state dict through a table into our nested variables."""
-    flat, used, tried, missing, bad = {}, set(), set(), [], []
-    for key, targets in entries:
-        for path, _ in targets:
-            tried.add(path)
-        if key not in state:
-            missing.append(f"{key} (for {', '.join(p for p, _ in targets)})")
-            continue
-        used.add(key)
-        raw = np.asarray(state[key], np.float32)
-        for path, transform in targets:
-            try:
-                value = transform(raw) if transform else raw
-            except Exception as e:
-                bad.append(f"{key}: file {tuple(raw.shape)} cannot be converted for {path} ({e})")
-                continue
-            if path not in want:
-                bad.append(f"{key}: the model has no variable {path}")
-            elif tuple(value.shape) != want[path]:
-                bad.append(f"{key}: file {tuple(raw.shape)} -> {tuple(value.shape)}, model {path} needs {want[path]}")
-            else:
-                flat[path] = value
-    unmatched = [k for k in state if k not in used and not _BUFFERS.search(k) and not skip(k)]
-    missing += [f"{p} (no entry in the import table)" for p in set(want) - tried]
-    if unmatched or missing or bad:
-        raise CheckpointError(mismatch_report(what, source, unmatched, missing, bad))
-    return unflatten(flat)
-
-
-def _strip(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
 
 def bert_prefix(state: dict[str, np.ndarray]) -> str:
     """The prefix under which a state dict holds a BERT-family encoder ('' for a bare one,
@@ -245,13 +203,12 @@ def import_bert(state: dict[str, np.ndarray], config: BertConfig, source: str = 
     Keys outside `prefix` (auto-detected: '', 'bert.', 'roberta.', 'text_model.', ...), such as
     a masked-LM head or the other CLAP tower, are not the encoder's and are left alone."""
     prefix = bert_prefix(state) if prefix is None else prefix
-    state = _strip(state, prefix)
+    state = strip(state, prefix)
     ids = jax.ShapeDtypeStruct((1, 4), np.int32)
     tree = jax.eval_shape(lambda k, i: BertEncoder(config).init(k, i)["params"], jax.random.key(0), ids)
     want = flat_shapes(tree)
-    entries = ((k, [(p.removeprefix("params/"), f) for p, f in t]) for k, t in bert_entries(config))
     where = source + (f" (keys under {prefix!r})" if prefix else "")
-    return convert(state, entries, want, _describe_text(config), where)
+    return convert(state, list(bert_rows(config, params="")), want, _describe_text(config), where, ignore=_BUFFERS)
 
 
 def _describe(c: ClapConfig) -> str:
@@ -263,20 +220,21 @@ def _describe(c: ClapConfig) -> str:
 
 def import_hf_clap(state: dict[str, np.ndarray], config: ClapConfig, source: str = "state dict") -> dict:
     """`{"params", "batch_stats"}` of `ClapModel(config)` from a transformers ClapModel state dict."""
-    return convert(state, hf_clap_entries(config), variable_shapes(config), _describe(config), source)
+    return convert(state, list(hf_clap_rows(config)), variable_shapes(config), _describe(config), source,
+                   ignore=_BUFFERS)
 
 
 def import_laion_clap(state: dict[str, np.ndarray], config: ClapConfig, source: str = "state dict") -> dict:
     """`{"params", "batch_stats"}` of `ClapModel(config)` from a LAION-CLAP state dict (a DDP
     'module.' prefix is removed first)."""
     state = unwrap_laion(state)
-    return convert(state, laion_clap_entries(config), variable_shapes(config), _describe(config), source,
-                   skip=lambda k: bool(_LAION_UNUSED.match(k)))
+    return convert(state, list(laion_clap_rows(config)), variable_shapes(config), _describe(config), source,
+                   ignore=_BUFFERS + _LAION_UNUSED)
 
 
 def unwrap_laion(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if state and all(k.startswith("module.") for k in state):
-        return _strip(state, "module.")
+        return strip(state, "module.")
     return state
 
 
@@ -386,12 +344,11 @@ def read_bert_config(folder: str | Path) -> BertConfig:
     return BertConfig.from_hf(data)
 
 
-def check_bert_folder(folder: str | Path) -> Path:
-    """The weight file of a Hugging Face BertModel/RobertaModel folder; FileNotFoundError naming
-    everything that is missing."""
-    folder = Path(folder)
+def _hf_weights(folder: Path, what: str, complete: str) -> Path:
+    """The weight file of a Hugging Face model folder (config.json + weights); FileNotFoundError
+    naming everything that is missing."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"text encoder folder {folder} does not exist or is not a directory")
+        raise FileNotFoundError(f"{what} folder {folder} does not exist or is not a directory")
     missing = []
     if not (folder / "config.json").is_file():
         missing.append("config.json")
@@ -399,8 +356,14 @@ def check_bert_folder(folder: str | Path) -> Path:
     if weights is None:
         missing.append(f"weights: one of {', '.join(_HF_WEIGHTS)}")
     if missing:
-        raise FileNotFoundError(f"{folder} is not a complete text encoder folder; missing: {'; '.join(missing)}")
+        raise FileNotFoundError(f"{folder} is not {complete}; missing: {'; '.join(missing)}")
     return weights
+
+
+def check_bert_folder(folder: str | Path) -> Path:
+    """The weight file of a Hugging Face BertModel/RobertaModel folder; FileNotFoundError naming
+    everything that is missing."""
+    return _hf_weights(Path(folder), "text encoder", "a complete text encoder folder")
 
 
 def load_bert(folder: str | Path) -> tuple[BertConfig, dict]:
@@ -416,16 +379,7 @@ def load_hf_clap(folder: str | Path) -> tuple[ClapConfig, dict]:
     """(config, variables) from a transformers ClapModel folder (config.json + model.safetensors
     or pytorch_model.bin)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"CLAP folder {folder} does not exist or is not a directory")
-    missing = []
-    if not (folder / "config.json").is_file():
-        missing.append("config.json")
-    weights = next((folder / f for f in _HF_WEIGHTS if (folder / f).is_file()), None)
-    if weights is None:
-        missing.append(f"weights: one of {', '.join(_HF_WEIGHTS)}")
-    if missing:
-        raise FileNotFoundError(f"{folder} is not a transformers ClapModel folder; missing: {'; '.join(missing)}")
+    weights = _hf_weights(folder, "CLAP", "a transformers ClapModel folder")
     with open(folder / "config.json") as f:
         config = ClapConfig.from_hf(json.load(f))
     if (folder / "preprocessor_config.json").is_file():

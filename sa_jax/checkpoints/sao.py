@@ -117,7 +117,8 @@ def _sat_conditioner_rows(config: ConditioningConfig) -> list[Row]:
     rows = _number_rows("seconds_start.embedder.embedding", "seconds_start")
     rows += _number_rows("seconds_total.embedder.embedding", "seconds_total")
     if config.text_projection:
-        rows += [("prompt.proj_out.weight", "prompt_proj/kernel", linear), ("prompt.proj_out.bias", "prompt_proj/bias", None)]
+        rows += [("prompt.proj_out.weight", "prompt_proj/kernel", linear),
+                 ("prompt.proj_out.bias", "prompt_proj/bias", None)]
     return rows
 
 
@@ -125,7 +126,8 @@ def _diffusers_projection_rows(config: ConditioningConfig) -> list[Row]:
     rows = _number_rows("start_number_conditioner.time_positional_embedding", "seconds_start")
     rows += _number_rows("end_number_conditioner.time_positional_embedding", "seconds_total")
     if config.text_projection:
-        rows += [("text_projection.weight", "prompt_proj/kernel", linear), ("text_projection.bias", "prompt_proj/bias", None)]
+        rows += [("text_projection.weight", "prompt_proj/kernel", linear),
+                 ("text_projection.bias", "prompt_proj/bias", None)]
     return rows
 
 
