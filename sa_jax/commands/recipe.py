@@ -17,9 +17,9 @@ last checkpoint, so rerunning the command continues where it stopped):
     latents/       `sa-jax encode corpus/ latents/ --model vae_silence` (`encode_dataset`, clips padded to
                    64-frame buckets so that few shapes compile)
     vae_quiet/     vae_silence with its decoder fine-tuned on latents/ to play silence for silence latents
-                   (`sa_jax.training.quiet`; the encoder, so the latents, are unchanged): the trained decoder
-                   hums at -46 dBFS over silence and clicks at the window's end, loud enough to hide where
-                   the music stops (bench/RESULTS.md)
+                   (`sa_jax.training.quiet` on the training engine, run directory vae_quiet_run/; the encoder,
+                   so the latents, are unchanged): the trained decoder hums at -46 dBFS over silence and clicks
+                   at the window's end, loud enough to hide where the music stops (bench/RESULTS.md)
     unet/          `sa-jax train --config configs/train_unet_small.yaml` (text.source clap = clap/export,
                    autoencoder.path = vae_quiet) -> unet/export, a whole model: StableAudio.load(unet/export)
     report.json    `sa-jax evaluate unet/export --corpus heldout/`
@@ -227,10 +227,13 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
 
     def quiet():
         from sa_jax.autoencoder import Autoencoder
-        from sa_jax.training.quiet import QuietConfig, quiet_decoder
+        from sa_jax.training.quiet import QuietConfig, train_quiet
 
-        ae, stats = quiet_decoder(Autoencoder.load(out / "vae_silence"), out / "latents", QuietConfig(**s["quiet"]),
-                                  log=log)
+        result, ae, stats = train_quiet(Autoencoder.load(out / "vae_silence"), out / "latents",
+                                        QuietConfig(**s["quiet"]), out / "vae_quiet_run", print_fn=log)
+        if result.preempted:
+            raise SystemExit("[recipe] stopped by SIGTERM in the vae_quiet stage (checkpoint saved in "
+                             f"{out / 'vae_quiet_run'}); rerun the recipe to resume")
         save_autoencoder(ae, out / "vae_quiet", "quiet.json", stats)
         log(f"[recipe] decode(silence): loudest frame {stats['before'][0]:.1f} -> {stats['after'][0]:.1f} dBFS, "
             f"last frame {stats['before'][1]:.1f} -> {stats['after'][1]:.1f} dBFS")

@@ -27,15 +27,22 @@ batch holds latent crops of the encoded corpus:
 from __future__ import annotations
 
 import dataclasses
-import time
+import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from sa_jax.config import ConfigError
+from sa_jax.models.autoencoder import AutoencoderConfig
+from sa_jax.training import engine
+from sa_jax.training.config import CheckpointConfig, LogConfig, MeshConfig
+from sa_jax.training.engine import RunResult, Task, TrainStateBase, guarded_update
 
 
 @dataclasses.dataclass
@@ -51,14 +58,44 @@ class QuietConfig:
     offset: float = 0.04             # std of the per-channel offset on silence latents
     edge_noise: float = 0.3          # largest std of the noise on the last frame of a crop that ends in silence
     seed: int = 0
+    checkpoint_every: int = 100      # checkpoint the run (and its batch RNG) every N steps
+    log_every: int = 50
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "frames"):
+        for name in ("steps", "batch_size", "frames", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"quiet: {name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or min(self.music_weight, self.silence_weight, self.margin, self.noise, self.offset,
                                   self.edge_noise) < 0:
             raise ConfigError("quiet: lr must be positive; the weights, margin, noise, offset and edge_noise >= 0")
+
+
+@dataclasses.dataclass
+class QuietData:
+    batch_size: int
+
+
+@dataclasses.dataclass
+class QuietRunConfig:
+    """What the engine runs: the stage's settings, the autoencoder's config (a resumed run must have the
+    same), and the engine's sections."""
+
+    quiet: QuietConfig
+    model: AutoencoderConfig
+    data: QuietData
+    checkpoint: CheckpointConfig
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    steps: int = 600
+    seed: int = 0
+    max_bad_steps: int = 10
+
+    @classmethod
+    def of(cls, ae, c: QuietConfig, run_dir) -> "QuietRunConfig":
+        return cls(quiet=c, model=ae.config, data=QuietData(c.batch_size), steps=c.steps, seed=c.seed,
+                   checkpoint=CheckpointConfig(dir=str(run_dir), every=c.checkpoint_every, keep=1, async_save=False,
+                                               keep_best=False),
+                   log=LogConfig(every=c.log_every, memory_analysis=False))
 
 
 def silence_levels(ae, seconds: float = 4.0) -> tuple[float, float]:
@@ -72,7 +109,8 @@ def silence_levels(ae, seconds: float = 4.0) -> tuple[float, float]:
 
 
 class _Crops:
-    """Random batches (latents (B, frames, D) scaled for the decoder, music mask, silence mask)."""
+    """Random batches {z: latents (B, frames, D) scaled for the decoder, music mask, silence mask}: an
+    iterator whose state (the RNG's) the engine checkpoints beside the train state."""
 
     def __init__(self, latents_dir, ae, c: QuietConfig):
         from sa_jax.data.latents import open_latents
@@ -123,49 +161,133 @@ class _Crops:
                 silence[b] = 1
             if silence[b, -1]:
                 z[b, :, -1] += rng.normal(0, rng.uniform(0, c.edge_noise), self.d)
-        return jnp.asarray((z * self.scale).transpose(0, 2, 1)), jnp.asarray(music), jnp.asarray(silence)
+        return (z * self.scale).transpose(0, 2, 1), music, silence
+
+    # the iterator protocol, and the state grain's checkpoint handler saves and restores
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        z, music, silence = self.batch()
+        return {"z": z, "music": music, "silence": silence}
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.rng.bit_generator.state).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.rng.bit_generator.state = json.loads(state)
+
+    def start_prefetch(self) -> None:
+        pass
 
 
-def quiet_decoder(ae, latents_dir: str | Path, config: QuietConfig | None = None, log=print):
-    """`ae` (a silence-centred Autoencoder) with its decoder fine-tuned as the module docstring says,
-    trained on the latents folder `latents_dir` (written by `encode_dataset` with this autoencoder).
-    Returns (autoencoder, {"before": silence_levels, "after": silence_levels, "music_l1": last L1})."""
-    from sa_jax.autoencoder import Autoencoder
+@flax.struct.dataclass
+class QuietState(TrainStateBase):
+    decoder: Any
+    opt_state: Any
 
+
+class QuietTask(Task):
+    """The decoder fine-tune on the engine: the state is the decoder and its Adam state; the frozen
+    teacher (the whole autoencoder) is the step's second argument."""
+
+    name = "quiet"
+
+    def __init__(self, ae, latents_dir, c: QuietConfig, run_dir):
+        super().__init__(QuietRunConfig.of(ae, c, run_dir))
+        self.ae, self.latents_dir, self.c = ae, latents_dir, c
+        self.tx = optax.adam(c.lr)
+        self.last = {}
+
+    def setup(self, run_dir, mesh, global_bs, print_fn):
+        self.iterator = _Crops(self.latents_dir, self.ae, self.c)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self.teacher_sharding = jax.tree.map(lambda _: replicated, self.ae.params)
+        self.teacher = jax.device_put(self.ae.params, self.teacher_sharding)
+
+    def _init(self, key_data):
+        decoder = self.ae.params["decoder"]
+        return QuietState(decoder=decoder, opt_state=self.tx.init(decoder),
+                          **engine.counters(jax.random.wrap_key_data(key_data)))
+
+    def state_shardings(self, mesh):
+        return engine.abstract_state(self._init, self.c.seed, mesh, self.cfg.mesh)
+
+    def create_state(self, mesh):
+        return jax.jit(self._init, out_shardings=self.state_shardings(mesh)[1])(engine.seed_key_data(self.c.seed))
+
+    def prepare(self, raw):
+        return raw
+
+    def _step(self, state, teacher, batch):
+        c, module = self.c, self.ae.module
+        decode = lambda decoder, z: module.apply({"params": {**teacher, "decoder": decoder}}, z,
+                                                 method=module.decode)
+        z, music, silence = batch["z"], batch["music"], batch["silence"]
+        target = decode(teacher["decoder"], z)
+
+        def loss_fn(decoder):
+            y = decode(decoder, z)
+            count = jnp.maximum(music.sum(), 1)
+            l1 = (jnp.abs(y - target).mean(-1) * music).sum() / count
+            level = (jnp.abs(target).mean(-1) * music).sum() / count
+            power = ((y ** 2).mean(-1) * silence).sum() / jnp.maximum(silence.sum(), 1)
+            silence_db = 10 * jnp.log10(power + 1e-10)
+            return c.music_weight * l1 / (level + 1e-4) + c.silence_weight * silence_db, (l1, silence_db)
+
+        (loss, (l1, silence_db)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.decoder)
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.decoder)
+        new = guarded_update(state, ok, decoder=optax.apply_updates(state.decoder, updates), opt_state=opt_state)
+        return new, {"loss": loss, "music_l1": l1, "silence_db": silence_db, "finite": ok}
+
+    def compile(self, mesh, state, batch):
+        self.compiled = engine.jit_step(self._step, mesh, self.cfg.mesh, self.state_shardings(mesh)[1], batch,
+                                        (self.teacher_sharding,)).lower(state, self.teacher, batch).compile()
+        return self.compiled
+
+    def step(self, step, state, batch):
+        return self.compiled(state, self.teacher, batch)
+
+    def report(self, window):
+        self.last = {"music_l1": float(window[-1]["music_l1"]), "silence_db": float(window[-1]["silence_db"])}
+        return self.last, f"music L1 {self.last['music_l1']:.4f}  silence {self.last['silence_db']:.1f} dB"
+
+    def autoencoder(self, decoder):
+        from sa_jax.autoencoder import Autoencoder
+
+        return Autoencoder(self.ae.config, {**self.ae.params, "decoder": decoder})
+
+    def export_weights(self, state):
+        return state.decoder
+
+    def export(self, weights, step, path):
+        return self.autoencoder(weights).save(path, overwrite=True)
+
+    def exported(self, path):
+        return f"[quiet] exported the autoencoder with the fine-tuned decoder to {path}"
+
+
+def train_quiet(ae, latents_dir: str | Path, config: QuietConfig | None = None, run_dir=None, *,
+                stop_at: int | None = None, print_fn=print) -> tuple[RunResult, Any, dict]:
+    """Fine-tune `ae`'s decoder (a silence-centred Autoencoder) as the module docstring says on the
+    latents folder `latents_dir` (written by `encode_dataset` with this autoencoder), on the training
+    engine: checkpoints in `run_dir` (None: a temporary folder, no resume), export in run_dir/export.
+    Returns (the engine's RunResult, the autoencoder with the fine-tuned decoder, {"before": silence_levels,
+    "after": silence_levels, "music_l1": the last logged L1})."""
     c = config or QuietConfig()
     c.validate()
-    crops = _Crops(latents_dir, ae, c)
-    module, teacher = ae.module, ae.params
-
-    def decode(decoder, z):
-        return module.apply({"params": {**teacher, "decoder": decoder}}, z, method=module.decode)
-
-    def loss_fn(decoder, z, music, silence, target):
-        y = decode(decoder, z)
-        count = jnp.maximum(music.sum(), 1)
-        l1 = (jnp.abs(y - target).mean(-1) * music).sum() / count
-        level = (jnp.abs(target).mean(-1) * music).sum() / count
-        power = ((y ** 2).mean(-1) * silence).sum() / jnp.maximum(silence.sum(), 1)
-        silence_db = 10 * jnp.log10(power + 1e-10)
-        return c.music_weight * l1 / (level + 1e-4) + c.silence_weight * silence_db, (l1, silence_db)
-
-    tx = optax.adam(c.lr)
-
-    @jax.jit
-    def step(decoder, opt, z, music, silence):
-        target = decode(teacher["decoder"], z)
-        (_, (l1, silence_db)), grads = jax.value_and_grad(loss_fn, has_aux=True)(decoder, z, music, silence, target)
-        updates, opt = tx.update(grads, opt, decoder)
-        return optax.apply_updates(decoder, updates), opt, l1, silence_db
-
+    if run_dir is None:
+        with tempfile.TemporaryDirectory(prefix="sa_jax_quiet_") as tmp:
+            return train_quiet(ae, latents_dir, c, tmp, stop_at=stop_at, print_fn=print_fn)
+    task = QuietTask(ae, latents_dir, c, run_dir)
     before = silence_levels(ae)
-    decoder = teacher["decoder"]
-    opt = tx.init(decoder)
-    t0 = time.time()
-    for i in range(1, c.steps + 1):
-        decoder, opt, l1, silence_db = step(decoder, opt, *crops.batch())
-        if i % 50 == 0 or i == c.steps:
-            log(f"[quiet] step {i}/{c.steps}  music L1 {float(l1):.4f}  silence {float(silence_db):.1f} dB  "
-                f"{i / (time.time() - t0):.2f} steps/s")
-    out = Autoencoder(ae.config, {**teacher, "decoder": jax.device_get(decoder)})
-    return out, {"before": before, "after": silence_levels(out), "music_l1": float(l1)}
+    result = engine.run(task, stop_at=stop_at, print_fn=print_fn)
+    out = task.autoencoder(jax.device_get(result.state.decoder))
+    return result, out, {"before": before, "after": silence_levels(out), "music_l1": task.last.get("music_l1")}
+
+
+def quiet_decoder(ae, latents_dir: str | Path, config: QuietConfig | None = None, log=print, run_dir=None):
+    """`train_quiet` to the end: (autoencoder with the fine-tuned decoder, its silence stats)."""
+    _, out, stats = train_quiet(ae, latents_dir, config, run_dir, print_fn=log)
+    return out, stats
