@@ -154,6 +154,26 @@ def test_convert_then_load_gives_identical_audio(tiny, tmp_path):
     assert cli(["convert", str(root), str(moved)]) == 2   # no silent overwrite
 
 
+def test_old_family_names_still_load(tiny, tmp_path):
+    """A checkpoint whose config.yaml names its family the old training way (dit / unet) loads."""
+    from sa_jax import StableAudio
+    from sa_jax.errors import CheckpointError
+    from sa_jax.families import FAMILIES, family_class
+
+    assert family_class("dit") is FAMILIES["sao"] and family_class("unet") is FAMILIES["sa1"]
+    _, _, sa = tiny
+    path = sa.save(tmp_path / "old")
+    config = path / "config.yaml"
+    config.write_text(config.read_text().replace("family: sao", "family: dit"))
+    loaded = StableAudio.load(path)
+    assert loaded.family.name == "sao"
+    kwargs = dict(seconds_total=0.5, steps=2, seed=1)
+    np.testing.assert_array_equal(loaded.generate(PROMPTS, **kwargs), sa.generate(PROMPTS, **kwargs))
+    config.write_text(config.read_text().replace("family: dit", "family: bogus"))
+    with pytest.raises(CheckpointError, match="model family 'bogus' is not known"):
+        StableAudio.load(path)
+
+
 def test_trim_seed_and_defaults(tiny):
     _, _, sa = tiny
     # most tests here share one compiled loop: batch 2, 4 steps, the default sampler (dpmpp-3m-sde)
