@@ -11,10 +11,8 @@ from __future__ import annotations
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.table import Row, conv1d, conv1d_t, convert, linear, strip
 from sa_jax.tree import flat_shapes
 from sa_jax.models.unet import UNet1d, UNetConfig
@@ -106,16 +104,14 @@ def from_sat(state: dict[str, np.ndarray], config: UNetConfig, source: str, pref
     return convert(state, rows(strip(state, prefix), want), want, "the U-Net config", source, prefix)
 
 
-def timing_from_sat(state: dict, features: int = 768, prefix: str = "conditioner.conditioners.") -> dict:
+def timing_from_sat(state: dict, features: int = 768, prefix: str = "conditioner.conditioners.",
+                    source: str = "the stable-audio-tools state dict") -> dict:
     """Our SA1Conditioner params (sa_jax.models.sa1_conditioning) from a stable-audio-tools Stable
-    Audio 1.0 model's `int_embedder` tables (the number of rows is the file's)."""
-    params = {}
-    for name in ("seconds_start", "seconds_total"):
-        key = f"{prefix}{name}.int_embedder.weight"
-        if key not in state:
-            raise CheckpointError(f"the file has no {key} (the {name} integer embedding table)")
-        table = state[key]
-        if table.ndim != 2 or table.shape[1] != features:
-            raise CheckpointError(f"{key} has shape {tuple(table.shape)}; expected (rows, {features})")
-        params[name] = {"embedding": jnp.asarray(table, jnp.float32)}
-    return params
+    Audio 1.0 model's `int_embedder` tables (the number of rows is the file's; other keys are left to
+    the other importers)."""
+    names = ("seconds_start", "seconds_total")
+    rows = [(f"{n}.int_embedder.weight", f"{n}/embedding", None) for n in names]
+    shapes = {n: np.shape(state.get(f"{prefix}{n}.int_embedder.weight", np.zeros((1,)))) for n in names}
+    want = {f"{n}/embedding": (shapes[n][0] if shapes[n] else 1, features) for n in names}
+    return convert(state, rows, want, f"the integer timing tables (expected (rows, {features}))", source, prefix,
+                   ignore=(r".*",))
