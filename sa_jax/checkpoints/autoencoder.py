@@ -17,9 +17,14 @@ import numpy as np
 from sa_jax.checkpoints import table
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.table import Row, conv1d, conv1d_t, flat, strip
+from sa_jax.models.autoencoder import (
+    AudioAutoencoder,
+    AutoencoderConfig,
+    OobleckDecoderConfig,
+    OobleckEncoderConfig,
+    config_from_dict,
+)
 from sa_jax.tree import flat_shapes
-from sa_jax.models.autoencoder import (AudioAutoencoder, AutoencoderConfig, OobleckDecoderConfig,
-                                       OobleckEncoderConfig, config_from_dict)
 
 # (foreign module prefix, our module path, layer kind)
 Layer = tuple[str, str, str]
@@ -139,7 +144,8 @@ def diffusers_config(cfg: dict) -> AutoencoderConfig:
     return config_from_dict({
         "encoder": {"type": "oobleck", "config": {"in_channels": channels, "channels": hidden,
                                                   "latent_dim": hidden, **common}},
-        "decoder": {"type": "oobleck", "config": {"out_channels": channels, "channels": cfg.get("decoder_channels", 128),
+        "decoder": {"type": "oobleck", "config": {"out_channels": channels,
+                                                  "channels": cfg.get("decoder_channels", 128),
                                                   "latent_dim": latent, "final_tanh": False, **common}},
         "latent_dim": latent, "downsampling_ratio": math.prod(ratios), "io_channels": channels,
         "sample_rate": cfg.get("sampling_rate", 44100),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
 from sa_jax.errors import CheckpointError  # noqa: F401  (re-exported)
 
 

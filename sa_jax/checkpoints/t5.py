@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sa_jax.checkpoints.io import read_weights
-from sa_jax.checkpoints.table import Report, Row, convert_into, expand, linear
+from sa_jax.checkpoints.table import Report, Row, convert_into, expand, linear, strip
 from sa_jax.config import ConfigError
 from sa_jax.models.t5 import T5Config, param_shapes
 
@@ -42,7 +42,7 @@ IGNORED = (r"decoder\..*", r"lm_head\.weight")
 
 def convert_t5(report: Report, state: dict[str, np.ndarray], config: T5Config, prefix: str = "") -> dict:
     """The T5 encoder's params from the keys of `state` under `prefix`; problems go to `report`."""
-    part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    part = strip(state, prefix)
     # The encoder's token embedding is tied to `shared`; files hold either name, or both.
     alias = "encoder.embed_tokens.weight"
     if alias in part:

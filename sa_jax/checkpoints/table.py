@@ -90,30 +90,19 @@ def equals(expected: np.ndarray, what: str):
 # --------------------------------------------------------------------------------------------
 # Tables
 
+def _each(x: str | tuple[str, ...], fn: Callable[[str], str]) -> str | tuple[str, ...]:
+    return tuple(map(fn, x)) if isinstance(x, tuple) else fn(x)
+
+
 def expand(rows: Iterable[Row], **ranges: Iterable[int]) -> list[Row]:
     """Each row once per combination of the placeholders it uses ({i}, {j}, ...), in order."""
     out: list[Row] = []
-    names = list(ranges)
     for src, dst, fn in rows:
-        text = " ".join(src if isinstance(src, tuple) else (src,)) + " " + \
-            " ".join(dst if isinstance(dst, tuple) else (dst,))
-        used = [n for n in names if "{" + n + "}" in text]
+        used = [n for n in ranges if "{" + n + "}" in f"{src} {dst}"]
         for values in itertools.product(*(ranges[n] for n in used)):
             subs = dict(zip(used, values))
-            fill = (lambda s: s.format(**subs)) if used else (lambda s: s)
-            out.append((tuple(map(fill, src)) if isinstance(src, tuple) else fill(src),
-                        tuple(map(fill, dst)) if isinstance(dst, tuple) else fill(dst), fn))
+            out.append((_each(src, lambda s: s.format(**subs)), _each(dst, lambda s: s.format(**subs)), fn))
     return out
-
-
-def prefixed(rows: Iterable[Row], src: str = "", dst: str = "") -> list[Row]:
-    """`rows` with `src` put before every foreign key and `dst` before every path."""
-    def s(k):
-        return src + k
-    def d(p):
-        return f"{dst}/{p}" if dst else p
-    return [(tuple(map(s, k)) if isinstance(k, tuple) else s(k), tuple(map(d, p)) if isinstance(p, tuple) else d(p),
-             fn) for k, p, fn in rows]
 
 
 def strip(state: dict, prefix: str) -> dict:

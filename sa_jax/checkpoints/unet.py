@@ -14,8 +14,8 @@ import jax
 import numpy as np
 
 from sa_jax.checkpoints.table import Row, conv1d, conv1d_t, convert, linear, strip
-from sa_jax.tree import flat_shapes
 from sa_jax.models.unet import UNet1d, UNetConfig
+from sa_jax.tree import flat_shapes
 
 # (pattern, replacement) applied in order to a reference key (without its outer prefix).
 RENAMES = [

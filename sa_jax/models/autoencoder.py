@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from sa_jax.config import ConfigError, from_dict
 from sa_jax.nn.layers import ACTIVATIONS, Conv1d, ConvTranspose1d

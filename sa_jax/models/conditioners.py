@@ -23,9 +23,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from sa_jax.config import ConfigError
 from sa_jax.tree import flat_shapes

@@ -30,9 +30,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from sa_jax.config import ConfigError
 from sa_jax.nn.attention import apply_rotary, attention, layer_norm, rotary_cos_sin

@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 
 from sa_jax.config import ConfigError
