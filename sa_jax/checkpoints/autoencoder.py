@@ -16,7 +16,7 @@ import numpy as np
 
 from sa_jax.checkpoints import table
 from sa_jax.checkpoints.io import CheckpointError
-from sa_jax.checkpoints.table import Row, conv1d, conv1d_t, flat, strip
+from sa_jax.checkpoints.table import Kind, Row, conv1d, conv1d_t, flat, layer, strip
 from sa_jax.models.autoencoder import (
     AudioAutoencoder,
     AutoencoderConfig,
@@ -31,14 +31,16 @@ Layer = tuple[str, str, str]
 
 # How each layer kind's tensors are named in PyTorch and turned into ours.
 # Conv weights are (out, in, k) in torch, (k, in, out) here; transposed convs are (in, out, k).
-_KINDS = {
-    "wnconv": {"weight_v": ("weight_v", conv1d), "weight_g": ("weight_g", flat), "bias": ("bias", None)},
-    "wnconv_nobias": {"weight_v": ("weight_v", conv1d), "weight_g": ("weight_g", flat)},
-    "wnconvT": {"weight_v": ("weight_v", conv1d_t), "weight_g": ("weight_g", flat), "bias": ("bias", None)},
-    "conv": {"weight": ("kernel", conv1d), "bias": ("bias", None)},
-    "snake": {"alpha": ("alpha", flat)},
-    "snake_beta": {"alpha": ("alpha", flat), "beta": ("beta", flat)},
-    "elu": {},
+_WN = [("weight_v", "{dst}/weight_v", conv1d), ("weight_g", "{dst}/weight_g", flat)]
+_BIAS = [("bias", "{dst}/bias", None)]
+_KINDS: dict[str, Kind] = {
+    "wnconv": _WN + _BIAS,
+    "wnconv_nobias": _WN,
+    "wnconvT": [("weight_v", "{dst}/weight_v", conv1d_t), ("weight_g", "{dst}/weight_g", flat)] + _BIAS,
+    "conv": [("weight", "{dst}/kernel", conv1d)] + _BIAS,
+    "snake": [("alpha", "{dst}/alpha", flat)],
+    "snake_beta": [("alpha", "{dst}/alpha", flat), ("beta", "{dst}/beta", flat)],
+    "elu": [],
 }
 
 # torch's newer weight-norm parametrisation stores the same tensors under other names.
@@ -161,8 +163,7 @@ def expected_shapes(config: AutoencoderConfig) -> dict[str, tuple[int, ...]]:
 
 def rows(layers: Iterator[Layer]) -> list[Row]:
     """The import table: every tensor of every layer, by its kind."""
-    return [(f"{src}.{tname}", f"{dst}/{ours}", transform)
-            for src, dst, kind in layers for tname, (ours, transform) in _KINDS[kind].items()]
+    return [row for src, dst, kind in layers for row in layer(src, dst, _KINDS[kind])]
 
 
 def convert(state: dict[str, np.ndarray], layers: Iterator[Layer], config: AutoencoderConfig,

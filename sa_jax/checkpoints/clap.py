@@ -25,44 +25,30 @@ import jax
 import numpy as np
 
 from sa_jax.checkpoints.io import CheckpointError, read_state_dict
-from sa_jax.checkpoints.table import Row, conv2d, convert, linear, split, strip
+from sa_jax.checkpoints.table import Kind, Row, conv2d, convert, layer, linear, split, strip
 from sa_jax.models.bert import BertConfig, BertEncoder
 from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, HTSATConfig, variable_shapes
 from sa_jax.tree import flat_shapes
 
+_DENSE = [("weight", "{params}/{dst}/kernel", linear)]
+_BIAS = [("bias", "{params}/{dst}/bias", None)]
+_NORM = [("weight", "{params}/{dst}/scale", None)] + _BIAS
+_QKV = [("weight", tuple(f"{{params}}/{{dst}}/{q}/kernel" for q in ("query", "key", "value")), split(3, linear))]
+_KINDS: dict[str, Kind] = {
+    "dense": _DENSE + _BIAS,
+    "dense_nobias": _DENSE,
+    "ln": _NORM,
+    "conv": [("weight", "{params}/{dst}/kernel", conv2d)] + _BIAS,
+    "bn": _NORM + [("running_mean", "{stats}/{dst}/mean", None), ("running_var", "{stats}/{dst}/var", None)],
+    "tensor": [("", "{params}/{dst}", None)],
+    "qkv": _QKV + [("bias", tuple(f"{{params}}/{{dst}}/{q}/bias" for q in ("query", "key", "value")), split(3))],
+    "qkv_nobias": _QKV,   # one fused Linear (3C, C) -> query, key, value
+}
 
-def _path(*parts: str) -> str:
-    return "/".join(p for p in parts if p)
 
-
-def _kind(src: str, dst: str, kind: str, params: str = "params", stats: str = "batch_stats") -> Iterator[Row]:
+def _kind(src: str, dst: str, kind: str, params: str = "params", stats: str = "batch_stats") -> list[Row]:
     """The rows of one layer of `kind` at foreign prefix `src` and our module path `dst`."""
-    if kind in ("dense", "dense_nobias"):
-        yield f"{src}.weight", _path(params, dst, "kernel"), linear
-        if kind == "dense":
-            yield f"{src}.bias", _path(params, dst, "bias"), None
-    elif kind == "ln":
-        yield f"{src}.weight", _path(params, dst, "scale"), None
-        yield f"{src}.bias", _path(params, dst, "bias"), None
-    elif kind == "conv":
-        yield f"{src}.weight", _path(params, dst, "kernel"), conv2d
-        yield f"{src}.bias", _path(params, dst, "bias"), None
-    elif kind == "bn":
-        yield f"{src}.weight", _path(params, dst, "scale"), None
-        yield f"{src}.bias", _path(params, dst, "bias"), None
-        yield f"{src}.running_mean", _path(stats, dst, "mean"), None
-        yield f"{src}.running_var", _path(stats, dst, "var"), None
-    elif kind == "tensor":
-        yield src, _path(params, dst), None
-    elif kind in ("qkv", "qkv_nobias"):                 # one fused Linear (3C, C) -> three
-        yield f"{src}.weight", tuple(_path(params, dst, q, "kernel") for q in _QKV), split(3, linear)
-        if kind == "qkv":
-            yield f"{src}.bias", tuple(_path(params, dst, q, "bias") for q in _QKV), split(3)
-    else:
-        raise ValueError(kind)
-
-
-_QKV = ("query", "key", "value")
+    return layer(src, dst, _KINDS[kind], params=params, stats=stats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,7 +57,7 @@ _QKV = ("query", "key", "value")
 def bert_rows(config: BertConfig, src: str = "", dst: str = "", params: str = "params") -> Iterator[Row]:
     """A Hugging Face BertModel / RobertaModel / ClapTextModel (keys under `src`)."""
     def p(path):
-        return _path(dst, path)
+        return f"{dst}/{path}" if dst else path
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         yield from _kind(f"{src}embeddings.{name}.weight", p(name), "tensor", params)
     yield from _kind(f"{src}embeddings.LayerNorm", p("embeddings_norm"), "ln", params)

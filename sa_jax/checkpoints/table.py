@@ -7,8 +7,10 @@ A row is `(foreign key(s), our path(s), transform)`:
   (`fuse`, e.g. diffusers' separate q/k/v -> one qkv kernel);
 - one foreign key split into several paths: a tuple of paths, the transform returns a tuple
   (`split(3, linear)`, e.g. LAION's fused qkv -> query/key/value).
-`{i}`, `{j}`, ... in keys and paths are filled in by `expand(rows, i=range(n), ...)`; an importer
-builds its table from the config (block counts, optional layers), then calls `convert`.
+`{i}`, `{j}`, ... in keys and paths are filled in by `expand(rows, i=range(n), ...)`, and `layer`
+gives the rows of one layer of a kind (a weight-normed conv, a LayerNorm, a fused qkv Linear, ...).
+An importer builds its table from the config (block counts, optional layers) with these, then calls
+`convert`.
 
 `convert` fails loudly: one CheckpointError lists every file key no row takes (less the `ignore`
 patterns), every model parameter no key provides (by the foreign key the table expected, or as
@@ -92,6 +94,19 @@ def equals(expected: np.ndarray, what: str):
 
 def _each(x: str | tuple[str, ...], fn: Callable[[str], str]) -> str | tuple[str, ...]:
     return tuple(map(fn, x)) if isinstance(x, tuple) else fn(x)
+
+
+# A layer kind: the tensors one layer holds, each (foreign tensor name, our path template(s), transform).
+# Templates name the layer's module path `{dst}` and may name collections (`{params}`, `{stats}`).
+Kind = Sequence[tuple[str, str | tuple[str, ...], Transform]]
+
+
+def layer(src: str, dst: str, kind: Kind, **names: str) -> list[Row]:
+    """The rows of one layer: foreign keys `src.tensor` (`src` itself for the tensor name ""), our
+    paths from the kind's templates with `dst` and `names` filled in (an empty name drops out)."""
+    def path(template: str) -> str:
+        return "/".join(p for p in template.format(dst=dst, **names).split("/") if p)
+    return [(f"{src}.{name}" if name else src, _each(template, path), fn) for name, template, fn in kind]
 
 
 def expand(rows: Iterable[Row], **ranges: Iterable[int]) -> list[Row]:

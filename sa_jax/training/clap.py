@@ -459,8 +459,9 @@ def preprocessor_dict(config: ClapConfig) -> dict:
 
 def hf_state_dict(config: ClapConfig, variables: dict) -> dict[str, np.ndarray]:
     """Our `{"params", "batch_stats"}` -> a transformers ClapModel state dict (the import table
-    `sa_jax.checkpoints.clap.hf_clap_entries` run backwards)."""
+    `sa_jax.checkpoints.clap.hf_clap_rows` run backwards)."""
     from sa_jax.checkpoints import clap as ck
+    from sa_jax.checkpoints.table import conv2d, linear
 
     flat = {}
 
@@ -474,10 +475,9 @@ def hf_state_dict(config: ClapConfig, variables: dict) -> dict[str, np.ndarray]:
 
     walk({"params": variables["params"], "batch_stats": variables["batch_stats"]}, "")
     state, used = {}, set()
-    for key, targets in ck.hf_clap_entries(config):
-        if len(targets) != 1:
+:    for key, path, fn in ck.hf_clap_rows(config):
+        if isinstance(key, tuple) or isinstance(path, tuple):
             raise ValueError(f"{key}: the transformers layout maps one tensor to one variable")
-        path, fn = targets[0]
         if path not in flat:
             raise KeyError(f"the model has no variable {path} for {key}")
         inverse = _INVERSE["T"] if fn is ck._T else _INVERSE["CONV"] if fn is ck._CONV else None
