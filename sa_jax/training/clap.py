@@ -475,12 +475,12 @@ def hf_state_dict(config: ClapConfig, variables: dict) -> dict[str, np.ndarray]:
 
     walk({"params": variables["params"], "batch_stats": variables["batch_stats"]}, "")
     state, used = {}, set()
-:    for key, path, fn in ck.hf_clap_rows(config):
+    for key, path, fn in ck.hf_clap_rows(config):
         if isinstance(key, tuple) or isinstance(path, tuple):
             raise ValueError(f"{key}: the transformers layout maps one tensor to one variable")
         if path not in flat:
             raise KeyError(f"the model has no variable {path} for {key}")
-        inverse = _INVERSE["T"] if fn is ck._T else _INVERSE["CONV"] if fn is ck._CONV else None
+        inverse = _INVERSE["T"] if fn is linear else _INVERSE["CONV"] if fn is conv2d else None
         if fn is not None and inverse is None:
             raise ValueError(f"{key}: no inverse for its import transform")
         state[key] = np.array(inverse(flat[path]) if inverse else flat[path], np.float32, order="C")   # keeps 0-d
