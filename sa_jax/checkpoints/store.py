@@ -33,7 +33,9 @@ def save(path: str | Path, config: dict, params: Any, overwrite: bool = False,
          extra: Callable[[Path], None] | None = None) -> Path:
     """Write `config` (plain data) and `params` (a pytree of arrays) as a checkpoint at `path`.
     `extra(folder)` may add files (a tokenizer, say) before the checkpoint is moved into place."""
+    import jax
     import orbax.checkpoint as ocp
+
     from sa_jax import __version__
 
     path = Path(path).absolute()
@@ -46,7 +48,11 @@ def save(path: str | Path, config: dict, params: Any, overwrite: bool = False,
         tmp.mkdir()
         with open(tmp / CONFIG_FILE, "w") as f:
             yaml.safe_dump({"sa_jax_version": __version__, **config}, f, sort_keys=False)
-        with ocp.StandardCheckpointer() as ckptr:
+        # this process alone writes (in a multi-process run the trainers' export calls it on process 0 only,
+        # with the weights gathered to the host), so Orbax must not wait for the others
+        me = jax.process_index()
+        alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+        with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
             ckptr.save(tmp / PARAMS_DIR, params)
             ckptr.wait_until_finished()
         if extra is not None:

@@ -249,11 +249,9 @@ class DiffusionTask(Task):
         self.demo_every = cfg.demo.every
 
     def setup(self, run_dir, mesh, global_bs, print_fn):
-        from sa_jax.data import DataPipeline
-
         self.frozen = load_frozen(self.cfg)
         self.frozen_params = place_frozen(self.cfg, mesh, self.frozen)
-        self.iterator = DataPipeline(self.cfg.data).iterator()
+        super().setup(run_dir, mesh, global_bs, print_fn)
 
     def state_shardings(self, mesh):
         return state_shardings(self.cfg, mesh)

@@ -83,7 +83,11 @@ class Task:
         self.total_steps = cfg.steps   # may be set in `setup` (CLAP's epochs)
 
     def setup(self, run_dir: Path, mesh, global_bs: int, print_fn) -> None:
-        """Before the state: frozen models, tokenizer, the data iterator (`self.iterator`), ..."""
+        """Before the state: frozen models, a tokenizer, ..., and `self.iterator`, the data iterator whose
+        state is checkpointed (default: the audio/latents pipeline of cfg.data)."""
+        from sa_jax.data import DataPipeline
+
+        self.iterator = DataPipeline(self.cfg.data).iterator()
 
     def state_shardings(self, mesh):                       # must
         """(abstract state, its shardings)."""
@@ -480,5 +484,6 @@ def run(task: Task, *, stop_at: int | None = None, print_fn=print) -> RunResult:
     path = None
     if finished:
         path = export(task, state, run_dir / "export")
-        print_fn(task.exported(path))
+        if jax.process_index() == 0:
+            print_fn(task.exported(path))
     return RunResult(state, int(state.step), preempted and not finished, path)

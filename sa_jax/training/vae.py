@@ -392,11 +392,6 @@ class VAETask(Task):
         self.demo_every = cfg.log.demo_every if cfg.log.demo_count else 0
         self.demo_at_end = bool(cfg.log.demo_count)
 
-    def setup(self, run_dir, mesh, global_bs, print_fn):
-        from sa_jax.data import DataPipeline
-
-        self.iterator = DataPipeline(self.cfg.data).iterator()
-
     def state_shardings(self, mesh):
         return state_shardings(self.cfg, mesh)
 
