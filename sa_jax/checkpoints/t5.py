@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sa_jax.checkpoints.io import read_weights
-from sa_jax.checkpoints.table import Report, Row, convert_into, expand, linear, strip
+from sa_jax.checkpoints.table import Report, Row, convert, convert_into, expand, linear, strip
 from sa_jax.config import ConfigError
 from sa_jax.models.t5 import T5Config, param_shapes
 
@@ -40,8 +40,7 @@ def rows(config: T5Config) -> list[Row]:
 IGNORED = (r"decoder\..*", r"lm_head\.weight")
 
 
-def convert_t5(report: Report, state: dict[str, np.ndarray], config: T5Config, prefix: str = "") -> dict:
-    """The T5 encoder's params from the keys of `state` under `prefix`; problems go to `report`."""
+def _encoder_part(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     part = strip(state, prefix)
     # The encoder's token embedding is tied to `shared`; files hold either name, or both.
     alias = "encoder.embed_tokens.weight"
@@ -50,16 +49,19 @@ def convert_t5(report: Report, state: dict[str, np.ndarray], config: T5Config, p
             part["shared.weight"] = part.pop(alias)
         elif np.array_equal(np.asarray(part["shared.weight"]), np.asarray(part[alias])):
             part.pop(alias)
-    return convert_into(report, part, rows(config), param_shapes(config), ignore=IGNORED)
+    return part
+
+
+def convert_t5(report: Report, state: dict[str, np.ndarray], config: T5Config, prefix: str = "") -> dict:
+    """The T5 encoder's params from the keys of `state` under `prefix`; problems go to `report`."""
+    return convert_into(report, _encoder_part(state, prefix), rows(config), param_shapes(config), ignore=IGNORED)
 
 
 def import_t5(state: dict[str, np.ndarray], config: T5Config, prefix: str = "",
               source: str = "the T5 state dict") -> dict:
     """T5 encoder parameters from a Hugging Face T5 state dict (encoder-only or whole seq2seq)."""
-    report = Report()
-    params = convert_t5(report, state, config, prefix)
-    report.raise_if_any(f"the T5 encoder ({config.num_layers} layers, width {config.d_model})", source)
-    return params
+    return convert(_encoder_part(state, prefix), rows(config), param_shapes(config),
+                   f"the T5 encoder ({config.num_layers} layers, width {config.d_model})", source, ignore=IGNORED)
 
 
 # --------------------------------------------------------------------------------------------
