@@ -1,7 +1,7 @@
 """Two processes on localhost train together through `jax.distributed` (CPU, gloo collectives):
 2 devices each, a (data=2, fsdp=2) mesh over the 4, each process reading its own data shard. Both
 must finish at the same step with identical (all-gathered) parameters, and a checkpoint both wrote.
-The engine's export rule holds on several processes: a CLAP run (parameters sharded across both
+The engine's export rule holds on several processes: a CLAP run (parameters split by FSDP across both
 processes) writes its export once, and it holds the run's final weights."""
 
 import os
@@ -89,7 +89,7 @@ CLAP = textwrap.dedent("""
     from sa_jax.training.clap import train_clap
     data, run = sys.argv[1], sys.argv[2]
     cfg = config(data, run, "steps=4", "checkpoint.every=2", "log.every=2", "data.batch_size=4",
-                 "mesh.shape=[2,2]", "mesh.fsdp_min_size=16", *MICRO)
+                 "mesh.shape=[1,4]", "mesh.fsdp_min_size=16", *MICRO)   # parameters split over both processes
     result = train_clap(cfg, print_fn=lambda s: print(jax.process_index(), s, flush=True))
     weights = multihost_utils.process_allgather({"params": result.state.params,
                                                  "batch_stats": result.state.batch_stats}, tiled=True)
@@ -100,8 +100,9 @@ CLAP = textwrap.dedent("""
 
 @pytest.mark.slow   # ~30 s on a shared 2-core CPU
 def test_clap_on_two_processes_exports_once_with_the_final_weights(tmp_path):
-    """CLAP's export used to fetch the weights on process 0 alone, which fails for arrays that span
-    both processes. With the engine's rule every process gathers, process 0 writes, once."""
+    """CLAP's export used to fetch the weights on process 0 alone, which fails when FSDP splits them over
+    both processes (process 0 holds half of each array). With the engine's rule every process gathers,
+    process 0 writes, once."""
     import numpy as np
     from test_training_clap import flat
 
