@@ -7,7 +7,7 @@
 - `tokenize`: prompts -> (ids, mask) padded to a length, warning about truncated prompts.
 
 The Flax modules and their configs live in sa_jax.models (t5, bert, clap); the weights come through
-the importers in sa_jax.checkpoints (t5, clap) and the tokenizers through
+the importers in sa_jax.checkpoints (t5, bert, clap) and the tokenizers through
 sa_jax.checkpoints.tokenizer. Nothing is downloaded: every path is local.
 """
 
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.checkpoints.clap import check_bert_folder, load_bert, load_clap_text, load_hf_clap, load_laion_clap
+from sa_jax.checkpoints.bert import check_bert_folder, load_bert
+from sa_jax.checkpoints.clap import load_clap_text, load_hf_clap, load_laion_clap
 from sa_jax.checkpoints.t5 import check_t5_folder, load_t5
 from sa_jax.checkpoints.tokenizer import load_tokenizer
 from sa_jax.models.bert import BertConfig, BertEncoder

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from sa_jax.checkpoints.clap import import_bert
+from sa_jax.checkpoints.bert import import_bert
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.tokenizer import load_tokenizer
 from sa_jax.encoders import TextEncoder

@@ -1,5 +1,5 @@
-"""Importing CLAP and BERT/RoBERTa weights: transformers `ClapModel` folders, LAION-CLAP `.pt`
-checkpoints, and Hugging Face BERT/RoBERTa text encoders.
+"""Importing CLAP weights: transformers `ClapModel` folders and LAION-CLAP `.pt` checkpoints (their text
+towers through the BERT/RoBERTa importer, sa_jax.checkpoints.bert).
 
 Each format is a table of rows (sa_jax.checkpoints.table), built from the config: for every layer
 of our model the module prefix it has in the foreign file and the kind of layer, whose rows rename
@@ -10,7 +10,7 @@ are listed explicitly and skipped. Everything else that does not line up (keys t
 place for, weights the file lacks, wrong shapes) is collected and raised as one CheckpointError.
 
 Variables come back as `{"params": ..., "batch_stats": ...}` for CLAP (BatchNorm running
-statistics live in `batch_stats`) and as a plain params tree for a bare text encoder.
+statistics live in `batch_stats`) and as a plain params tree for a text tower alone.
 """
 
 from __future__ import annotations
@@ -21,92 +21,51 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-import jax
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, read_state_dict
-from sa_jax.checkpoints.table import Kind, Row, conv2d, convert, layer, linear, split, strip
-from sa_jax.models.bert import BertConfig, BertEncoder
+from sa_jax.checkpoints.bert import BUFFERS, bert_rows, import_bert, read_bert_config, with_pooler
+from sa_jax.checkpoints.io import HF_WEIGHTS, CheckpointError, hf_weight_file, read_state_dict
+from sa_jax.checkpoints.table import Row, convert, strip, torch_layer
+from sa_jax.models.bert import BertConfig
 from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, HTSATConfig, variable_shapes
-from sa_jax.tree import flat_shapes
-
-_DENSE = [("weight", "{params}/{dst}/kernel", linear)]
-_BIAS = [("bias", "{params}/{dst}/bias", None)]
-_NORM = [("weight", "{params}/{dst}/scale", None)] + _BIAS
-_QKV = [("weight", tuple(f"{{params}}/{{dst}}/{q}/kernel" for q in ("query", "key", "value")), split(3, linear))]
-_KINDS: dict[str, Kind] = {
-    "dense": _DENSE + _BIAS,
-    "dense_nobias": _DENSE,
-    "ln": _NORM,
-    "conv": [("weight", "{params}/{dst}/kernel", conv2d)] + _BIAS,
-    "bn": _NORM + [("running_mean", "{stats}/{dst}/mean", None), ("running_var", "{stats}/{dst}/var", None)],
-    "tensor": [("", "{params}/{dst}", None)],
-    "qkv": _QKV + [("bias", tuple(f"{{params}}/{{dst}}/{q}/bias" for q in ("query", "key", "value")), split(3))],
-    "qkv_nobias": _QKV,   # one fused Linear (3C, C) -> query, key, value
-}
-
-
-def _kind(src: str, dst: str, kind: str, params: str = "params", stats: str = "batch_stats") -> list[Row]:
-    """The rows of one layer of `kind` at foreign prefix `src` and our module path `dst`."""
-    return layer(src, dst, _KINDS[kind], params=params, stats=stats)
-
 
 # --------------------------------------------------------------------------------------------
 # Tables
 
-def bert_rows(config: BertConfig, src: str = "", dst: str = "", params: str = "params") -> Iterator[Row]:
-    """A Hugging Face BertModel / RobertaModel / ClapTextModel (keys under `src`)."""
-    def p(path):
-        return f"{dst}/{path}" if dst else path
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        yield from _kind(f"{src}embeddings.{name}.weight", p(name), "tensor", params)
-    yield from _kind(f"{src}embeddings.LayerNorm", p("embeddings_norm"), "ln", params)
-    for i in range(config.num_layers):
-        s, d = f"{src}encoder.layer.{i}", p(f"layer_{i}")
-        for q in ("query", "key", "value"):
-            yield from _kind(f"{s}.attention.self.{q}", f"{d}/attention_{q}", "dense", params)
-        yield from _kind(f"{s}.attention.output.dense", f"{d}/attention_out", "dense", params)
-        yield from _kind(f"{s}.attention.output.LayerNorm", f"{d}/attention_norm", "ln", params)
-        yield from _kind(f"{s}.intermediate.dense", f"{d}/intermediate", "dense", params)
-        yield from _kind(f"{s}.output.dense", f"{d}/output", "dense", params)
-        yield from _kind(f"{s}.output.LayerNorm", f"{d}/output_norm", "ln", params)
-    if config.pooler:
-        yield from _kind(f"{src}pooler.dense", p("pooler"), "dense", params)
-
-
 def _aff_rows(src: str, dst: str) -> Iterator[Row]:
     for branch, idx in (("local", ("0", "1", "3", "4")), ("global", ("1", "2", "4", "5"))):
         for i, ours, kind in zip(idx, ("conv1", "bn1", "conv2", "bn2"), ("conv", "bn", "conv", "bn")):
-            yield from _kind(f"{src}.{branch}_att.{i}", f"{dst}/{branch}/{ours}", kind)
+            yield from torch_layer(f"{src}.{branch}_att.{i}", f"{dst}/{branch}/{ours}", kind)
 
 
 def hf_audio_rows(config: HTSATConfig, src: str = "audio_model.audio_encoder.",
                      dst: str = "audio_model") -> Iterator[Row]:
     """transformers' ClapAudioModel encoder."""
-    yield from _kind(f"{src}batch_norm", f"{dst}/bn0", "bn")
-    yield from _kind(f"{src}patch_embed.proj", f"{dst}/patch_embed/proj", "conv")
+    yield from torch_layer(f"{src}batch_norm", f"{dst}/bn0", "bn")
+    yield from torch_layer(f"{src}patch_embed.proj", f"{dst}/patch_embed/proj", "conv")
     if config.patch_norm:
-        yield from _kind(f"{src}patch_embed.norm", f"{dst}/patch_embed/norm", "ln")
+        yield from torch_layer(f"{src}patch_embed.norm", f"{dst}/patch_embed/norm", "ln")
     if config.enable_fusion:
-        yield from _kind(f"{src}patch_embed.mel_conv2d", f"{dst}/patch_embed/mel_conv2d", "conv")
+        yield from torch_layer(f"{src}patch_embed.mel_conv2d", f"{dst}/patch_embed/mel_conv2d", "conv")
         yield from _aff_rows(f"{src}patch_embed.fusion_model", f"{dst}/patch_embed/fusion")
     for i, depth in enumerate(config.depths):
         for j in range(depth):
             s, d = f"{src}layers.{i}.blocks.{j}", f"{dst}/stage_{i}_block_{j}"
-            yield from _kind(f"{s}.layernorm_before", f"{d}/norm1", "ln")
-            yield from _kind(f"{s}.attention.self.relative_position_bias_table",
+            yield from torch_layer(f"{s}.layernorm_before", f"{d}/norm1", "ln")
+            yield from torch_layer(f"{s}.attention.self.relative_position_bias_table",
                              f"{d}/relative_position_bias_table", "tensor")
+            dense = "dense" if config.qkv_bias else "dense_nobias"
             for q in ("query", "key", "value"):
-                yield from _kind(f"{s}.attention.self.{q}", f"{d}/{q}", "dense" if config.qkv_bias else "dense_nobias")
-            yield from _kind(f"{s}.attention.output.dense", f"{d}/proj", "dense")
-            yield from _kind(f"{s}.layernorm_after", f"{d}/norm2", "ln")
-            yield from _kind(f"{s}.intermediate.dense", f"{d}/fc1", "dense")
-            yield from _kind(f"{s}.output.dense", f"{d}/fc2", "dense")
+                yield from torch_layer(f"{s}.attention.self.{q}", f"{d}/{q}", dense)
+            yield from torch_layer(f"{s}.attention.output.dense", f"{d}/proj", "dense")
+            yield from torch_layer(f"{s}.layernorm_after", f"{d}/norm2", "ln")
+            yield from torch_layer(f"{s}.intermediate.dense", f"{d}/fc1", "dense")
+            yield from torch_layer(f"{s}.output.dense", f"{d}/fc2", "dense")
         if i < len(config.depths) - 1:
-            yield from _kind(f"{src}layers.{i}.downsample.norm", f"{dst}/stage_{i}_merge/norm", "ln")
-            yield from _kind(f"{src}layers.{i}.downsample.reduction", f"{dst}/stage_{i}_merge/reduction",
+            yield from torch_layer(f"{src}layers.{i}.downsample.norm", f"{dst}/stage_{i}_merge/norm", "ln")
+            yield from torch_layer(f"{src}layers.{i}.downsample.reduction", f"{dst}/stage_{i}_merge/reduction",
                              "dense_nobias")
-    yield from _kind(f"{src}norm", f"{dst}/norm", "ln")
+    yield from torch_layer(f"{src}norm", f"{dst}/norm", "ln")
 
 
 def hf_clap_rows(config: ClapConfig) -> Iterator[Row]:
@@ -115,35 +74,36 @@ def hf_clap_rows(config: ClapConfig) -> Iterator[Row]:
     yield from hf_audio_rows(config.audio)
     for tower in ("text", "audio"):
         for k in ("linear1", "linear2"):
-            yield from _kind(f"{tower}_projection.{k}", f"{tower}_projection/{k}", "dense")
+            yield from torch_layer(f"{tower}_projection.{k}", f"{tower}_projection/{k}", "dense")
     for k in ("logit_scale_a", "logit_scale_t"):
-        yield from _kind(k, k, "tensor")
+        yield from torch_layer(k, k, "tensor")
 
 
 def laion_audio_rows(config: HTSATConfig, src: str = "audio_branch.", dst: str = "audio_model") -> Iterator[Row]:
     """LAION-CLAP's HTSAT_Swin_Transformer (`clap_module/htsat.py`)."""
-    yield from _kind(f"{src}bn0", f"{dst}/bn0", "bn")
-    yield from _kind(f"{src}patch_embed.proj", f"{dst}/patch_embed/proj", "conv")
+    yield from torch_layer(f"{src}bn0", f"{dst}/bn0", "bn")
+    yield from torch_layer(f"{src}patch_embed.proj", f"{dst}/patch_embed/proj", "conv")
     if config.patch_norm:
-        yield from _kind(f"{src}patch_embed.norm", f"{dst}/patch_embed/norm", "ln")
+        yield from torch_layer(f"{src}patch_embed.norm", f"{dst}/patch_embed/norm", "ln")
     if config.enable_fusion:
-        yield from _kind(f"{src}patch_embed.mel_conv2d", f"{dst}/patch_embed/mel_conv2d", "conv")
+        yield from torch_layer(f"{src}patch_embed.mel_conv2d", f"{dst}/patch_embed/mel_conv2d", "conv")
         yield from _aff_rows(f"{src}patch_embed.fusion_model", f"{dst}/patch_embed/fusion")
     for i, depth in enumerate(config.depths):
         for j in range(depth):
             s, d = f"{src}layers.{i}.blocks.{j}", f"{dst}/stage_{i}_block_{j}"
-            yield from _kind(f"{s}.norm1", f"{d}/norm1", "ln")
-            yield from _kind(f"{s}.attn.relative_position_bias_table", f"{d}/relative_position_bias_table", "tensor")
-            yield from _kind(f"{s}.attn.qkv", d, "qkv" if config.qkv_bias else "qkv_nobias")
-            yield from _kind(f"{s}.attn.proj", f"{d}/proj", "dense")
-            yield from _kind(f"{s}.norm2", f"{d}/norm2", "ln")
-            yield from _kind(f"{s}.mlp.fc1", f"{d}/fc1", "dense")
-            yield from _kind(f"{s}.mlp.fc2", f"{d}/fc2", "dense")
+            yield from torch_layer(f"{s}.norm1", f"{d}/norm1", "ln")
+            yield from torch_layer(f"{s}.attn.relative_position_bias_table", f"{d}/relative_position_bias_table",
+                                   "tensor")
+            yield from torch_layer(f"{s}.attn.qkv", d, "qkv" if config.qkv_bias else "qkv_nobias")
+            yield from torch_layer(f"{s}.attn.proj", f"{d}/proj", "dense")
+            yield from torch_layer(f"{s}.norm2", f"{d}/norm2", "ln")
+            yield from torch_layer(f"{s}.mlp.fc1", f"{d}/fc1", "dense")
+            yield from torch_layer(f"{s}.mlp.fc2", f"{d}/fc2", "dense")
         if i < len(config.depths) - 1:
-            yield from _kind(f"{src}layers.{i}.downsample.norm", f"{dst}/stage_{i}_merge/norm", "ln")
-            yield from _kind(f"{src}layers.{i}.downsample.reduction", f"{dst}/stage_{i}_merge/reduction",
+            yield from torch_layer(f"{src}layers.{i}.downsample.norm", f"{dst}/stage_{i}_merge/norm", "ln")
+            yield from torch_layer(f"{src}layers.{i}.downsample.reduction", f"{dst}/stage_{i}_merge/reduction",
                              "dense_nobias")
-    yield from _kind(f"{src}norm", f"{dst}/norm", "ln")
+    yield from torch_layer(f"{src}norm", f"{dst}/norm", "ln")
 
 
 def laion_clap_rows(config: ClapConfig) -> Iterator[Row]:
@@ -152,13 +112,11 @@ def laion_clap_rows(config: ClapConfig) -> Iterator[Row]:
     yield from laion_audio_rows(config.audio)
     for tower in ("text", "audio"):
         for i, k in (("0", "linear1"), ("2", "linear2")):
-            yield from _kind(f"{tower}_projection.{i}", f"{tower}_projection/{k}", "dense")
+            yield from torch_layer(f"{tower}_projection.{i}", f"{tower}_projection/{k}", "dense")
     for k in ("logit_scale_a", "logit_scale_t"):
-        yield from _kind(k, k, "tensor")
+        yield from torch_layer(k, k, "tensor")
 
 
-# Buffers without learned state, in either layout.
-_BUFFERS = (r"(.*\.)?(position_ids|token_type_ids|num_batches_tracked|relative_position_index|attn_mask)",)
 # LAION modules that the embeddings never use: torchlibrosa's STFT/mel front-end (the features
 # are computed outside the model), the AudioSet tagging head, and the training-only MLPs.
 _LAION_UNUSED = (r"audio_branch\.(spectrogram_extractor|logmel_extractor|tscam_conv|head)\..*",
@@ -167,35 +125,6 @@ _LAION_UNUSED = (r"audio_branch\.(spectrogram_extractor|logmel_extractor|tscam_c
 
 # --------------------------------------------------------------------------------------------
 # Conversion
-
-def bert_prefix(state: dict[str, np.ndarray]) -> str:
-    """The prefix under which a state dict holds a BERT-family encoder ('' for a bare one,
-    'bert.', 'roberta.', 'text_model.', 'text_branch.', ...)."""
-    hits = sorted(k[: -len("embeddings.word_embeddings.weight")] for k in state
-                  if k.endswith("embeddings.word_embeddings.weight"))
-    if not hits:
-        raise CheckpointError("no BERT/RoBERTa text encoder in this file (no '*embeddings.word_embeddings.weight' key)")
-    return hits[0]
-
-
-def _describe_text(c: BertConfig) -> str:
-    return (f"the text encoder config ({c.num_layers} layers, width {c.hidden_size}, vocab {c.vocab_size}, "
-            f"{c.positions} positions, pooler {'on' if c.pooler else 'off'})")
-
-
-def import_bert(state: dict[str, np.ndarray], config: BertConfig, source: str = "state dict",
-                prefix: str | None = None) -> dict:
-    """Params of `BertEncoder(config)` from a Hugging Face BERT/RoBERTa/CLAP-text state dict.
-    Keys outside `prefix` (auto-detected: '', 'bert.', 'roberta.', 'text_model.', ...), such as
-    a masked-LM head or the other CLAP tower, are not the encoder's and are left alone."""
-    prefix = bert_prefix(state) if prefix is None else prefix
-    state = strip(state, prefix)
-    ids = jax.ShapeDtypeStruct((1, 4), np.int32)
-    tree = jax.eval_shape(lambda k, i: BertEncoder(config).init(k, i)["params"], jax.random.key(0), ids)
-    want = flat_shapes(tree)
-    where = source + (f" (keys under {prefix!r})" if prefix else "")
-    return convert(state, list(bert_rows(config, params="")), want, _describe_text(config), where, ignore=_BUFFERS)
-
 
 def _describe(c: ClapConfig) -> str:
     a = c.audio
@@ -207,7 +136,7 @@ def _describe(c: ClapConfig) -> str:
 def import_hf_clap(state: dict[str, np.ndarray], config: ClapConfig, source: str = "state dict") -> dict:
     """`{"params", "batch_stats"}` of `ClapModel(config)` from a transformers ClapModel state dict."""
     return convert(state, list(hf_clap_rows(config)), variable_shapes(config), _describe(config), source,
-                   ignore=_BUFFERS)
+                   ignore=BUFFERS)
 
 
 def import_laion_clap(state: dict[str, np.ndarray], config: ClapConfig, source: str = "state dict") -> dict:
@@ -215,7 +144,7 @@ def import_laion_clap(state: dict[str, np.ndarray], config: ClapConfig, source: 
     'module.' prefix is removed first)."""
     state = unwrap_laion(state)
     return convert(state, list(laion_clap_rows(config)), variable_shapes(config), _describe(config), source,
-                   ignore=_BUFFERS + _LAION_UNUSED)
+                   ignore=BUFFERS + _LAION_UNUSED)
 
 
 def unwrap_laion(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -301,10 +230,10 @@ def load_clap_text(path: str | Path, text_heads: int | None = None) -> tuple[Ber
     checkpoint; the audio side of the file is not read (any HTSAT variant or fusion type will do)."""
     path = Path(path)
     if path.is_dir():
-        weights = next((path / f for f in _HF_WEIGHTS if (path / f).is_file()), None)
+        weights = next((path / f for f in HF_WEIGHTS if (path / f).is_file()), None)
         if weights is None or not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a transformers ClapModel folder; need config.json and one "
-                                    f"of {', '.join(_HF_WEIGHTS)}")
+                                    f"of {', '.join(HF_WEIGHTS)}")
         state = read_state_dict(weights)
         config = with_pooler(read_bert_config(path), state, "text_model.")
         return config, import_bert(state, config, source=str(weights), prefix="text_model.")
@@ -315,57 +244,11 @@ def load_clap_text(path: str | Path, text_heads: int | None = None) -> tuple[Ber
     return config, import_bert(state, config, source=str(path), prefix="text_branch.")
 
 
-_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-
-
-def read_bert_config(folder: str | Path) -> BertConfig:
-    """The BertConfig of a Hugging Face BertModel/RobertaModel/ClapModel folder's config.json."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json")
-    with open(path) as f:
-        data = json.load(f)
-    if data.get("model_type") == "clap":
-        data = {"model_type": "clap_text_model", **data.get("text_config", {})}
-    return BertConfig.from_hf(data)
-
-
-def _hf_weights(folder: Path, what: str, complete: str) -> Path:
-    """The weight file of a Hugging Face model folder (config.json + weights); FileNotFoundError
-    naming everything that is missing."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {folder} does not exist or is not a directory")
-    missing = []
-    if not (folder / "config.json").is_file():
-        missing.append("config.json")
-    weights = next((folder / f for f in _HF_WEIGHTS if (folder / f).is_file()), None)
-    if weights is None:
-        missing.append(f"weights: one of {', '.join(_HF_WEIGHTS)}")
-    if missing:
-        raise FileNotFoundError(f"{folder} is not {complete}; missing: {'; '.join(missing)}")
-    return weights
-
-
-def check_bert_folder(folder: str | Path) -> Path:
-    """The weight file of a Hugging Face BertModel/RobertaModel folder; FileNotFoundError naming
-    everything that is missing."""
-    return _hf_weights(Path(folder), "text encoder", "a complete text encoder folder")
-
-
-def load_bert(folder: str | Path) -> tuple[BertConfig, dict]:
-    """(config, params) of a Hugging Face BertModel/RobertaModel folder (config.json +
-    model.safetensors or pytorch_model.bin); the pooler is on when the file has one."""
-    weights = check_bert_folder(folder)
-    state = read_state_dict(weights)
-    config = with_pooler(read_bert_config(folder), state, bert_prefix(state))
-    return config, import_bert(state, config, source=str(weights))
-
-
 def load_hf_clap(folder: str | Path) -> tuple[ClapConfig, dict]:
     """(config, variables) from a transformers ClapModel folder (config.json + model.safetensors
     or pytorch_model.bin)."""
     folder = Path(folder)
-    weights = _hf_weights(folder, "CLAP", "a transformers ClapModel folder")
+    weights = hf_weight_file(folder, "CLAP", "a transformers ClapModel folder")
     with open(folder / "config.json") as f:
         config = ClapConfig.from_hf(json.load(f))
     if (folder / "preprocessor_config.json").is_file():
@@ -397,8 +280,3 @@ def load_laion_clap(path: str | Path, config: ClapConfig | None = None, **overri
     if config is None:
         config = laion_config(state, **overrides)
     return config, import_laion_clap(state, config, source=str(path))
-
-
-def with_pooler(config: BertConfig, state: dict[str, np.ndarray], prefix: str) -> BertConfig:
-    """`config` with its pooler switched to whether the file has one."""
-    return dataclasses.replace(config, pooler=f"{prefix}pooler.dense.weight" in state)

@@ -73,6 +73,25 @@ def read_weights(folder: str | Path, names: Sequence[str]) -> dict[str, np.ndarr
     raise CheckpointError(f"no weights in {folder}: looked for {', '.join(names)}")
 
 
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def hf_weight_file(folder: Path, what: str, complete: str) -> Path:
+    """The weight file of a Hugging Face model folder (config.json + weights); FileNotFoundError
+    naming everything that is missing."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder {folder} does not exist or is not a directory")
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    weights = next((folder / f for f in HF_WEIGHTS if (folder / f).is_file()), None)
+    if weights is None:
+        missing.append(f"weights: one of {', '.join(HF_WEIGHTS)}")
+    if missing:
+        raise FileNotFoundError(f"{folder} is not {complete}; missing: {'; '.join(missing)}")
+    return weights
+
+
 def _read_safetensors_via_jax(path: Path) -> dict[str, np.ndarray]:
     # numpy has no bfloat16; read through JAX's array type, which does, then widen.
     from safetensors import safe_open

@@ -8,7 +8,8 @@ A row is `(foreign key(s), our path(s), transform)`:
 - one foreign key split into several paths: a tuple of paths, the transform returns a tuple
   (`split(3, linear)`, e.g. LAION's fused qkv -> query/key/value).
 `{i}`, `{j}`, ... in keys and paths are filled in by `expand(rows, i=range(n), ...)`, and `layer`
-gives the rows of one layer of a kind (a weight-normed conv, a LayerNorm, a fused qkv Linear, ...).
+gives the rows of one layer of a kind (a weight-normed conv, a LayerNorm, a fused qkv Linear, ...;
+`torch_layer` for the standard torch layers of TORCH_KINDS).
 An importer builds its table from the config (block counts, optional layers) with these, then calls
 `convert`.
 
@@ -107,6 +108,30 @@ def layer(src: str, dst: str, kind: Kind, **names: str) -> list[Row]:
     def path(template: str) -> str:
         return "/".join(p for p in template.format(dst=dst, **names).split("/") if p)
     return [(f"{src}.{name}" if name else src, _each(template, path), fn) for name, template, fn in kind]
+
+
+# Standard torch layers as our Flax modules hold them: {params} is the parameter collection, {stats}
+# BatchNorm's running statistics.
+_LINEAR = [("weight", "{params}/{dst}/kernel", linear)]
+_BIAS = [("bias", "{params}/{dst}/bias", None)]
+_NORM = [("weight", "{params}/{dst}/scale", None)] + _BIAS
+_QKV = [("weight", tuple(f"{{params}}/{{dst}}/{q}/kernel" for q in ("query", "key", "value")), split(3, linear))]
+TORCH_KINDS: dict[str, Kind] = {
+    "dense": _LINEAR + _BIAS,
+    "dense_nobias": _LINEAR,
+    "ln": _NORM,
+    "conv": [("weight", "{params}/{dst}/kernel", conv2d)] + _BIAS,
+    "bn": _NORM + [("running_mean", "{stats}/{dst}/mean", None), ("running_var", "{stats}/{dst}/var", None)],
+    "tensor": [("", "{params}/{dst}", None)],
+    "qkv": _QKV + [("bias", tuple(f"{{params}}/{{dst}}/{q}/bias" for q in ("query", "key", "value")), split(3))],
+    "qkv_nobias": _QKV,   # one fused Linear (3C, C) -> query, key, value
+}
+
+
+def torch_layer(src: str, dst: str, kind: str, params: str = "params", stats: str = "batch_stats") -> list[Row]:
+    """The rows of one standard torch layer of `kind` (TORCH_KINDS) at foreign prefix `src` and our module
+    path `dst`; `params`/`stats` name the collections ('' for a bare parameter tree)."""
+    return layer(src, dst, TORCH_KINDS[kind], params=params, stats=stats)
 
 
 def expand(rows: Iterable[Row], **ranges: Iterable[int]) -> list[Row]:
