@@ -357,7 +357,6 @@ def total_steps(cfg: ClapTrainConfig, examples_per_host: int) -> int:
 # The task
 
 class ClapTask(Task):
-    name = "clap"
 
     def setup(self, run_dir, mesh, global_bs, print_fn):
         from sa_jax.data import DataPipeline

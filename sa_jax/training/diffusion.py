@@ -241,7 +241,6 @@ def write_demos(cfg, state, frozen: FrozenModels, run_dir: Path, telemetry) -> P
 
 
 class DiffusionTask(Task):
-    name = "diffusion"
     keep_best = True
 
     def __init__(self, cfg):

@@ -46,7 +46,7 @@ import numpy as np
 
 from sa_jax.config import ConfigError, save_yaml, to_dict
 from sa_jax.errors import TrainingError
-from sa_jax.parallel import batch_divisor, batch_sharding, global_batch, make_mesh, tree_shardings
+from sa_jax.parallel import batch_divisor, batch_sharding, describe, global_batch, make_mesh, tree_shardings
 
 log = logging.getLogger("sa_jax.training")
 
@@ -72,7 +72,6 @@ class Task:
     `mesh`, `data.batch_size`, `log.every`, `log.memory_analysis` and `max_bad_steps` from it.
     Methods a task must define are marked; the others have defaults."""
 
-    name = "training"
     keep_best = False          # export run_dir/best on the lowest interval mean loss (metric "loss")
     demo_every = 0             # demo every N steps (0: never in the loop)
     demo_at_end = False        # and once at the end of a finished run, unless the loop just made one
@@ -98,8 +97,6 @@ class Task:
         raise NotImplementedError
 
     def describe(self, state, mesh, global_bs: int) -> str:
-        from sa_jax.parallel import describe
-
         return (f"mesh {dict(mesh.shape)} on {jax.device_count()} devices ({jax.process_count()} processes); "
                 f"state {describe(state)}; global batch {global_bs}")
 

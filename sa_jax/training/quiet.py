@@ -191,7 +191,6 @@ class QuietTask(Task):
     """The decoder fine-tune on the engine: the state is the decoder and its Adam state; the frozen
     teacher (the whole autoencoder) is the step's second argument."""
 
-    name = "quiet"
 
     def __init__(self, ae, latents_dir, c: QuietConfig, run_dir):
         super().__init__(QuietRunConfig.of(ae, c, run_dir))

@@ -384,7 +384,6 @@ _G_KEYS = ("loss", "mrstft", "stft_left", "stft_right", "kl", "adversarial", "fe
 
 
 class VAETask(Task):
-    name = "vae"
 
     def __init__(self, cfg: VAETrainConfig):
         super().__init__(cfg)
