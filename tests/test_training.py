@@ -152,3 +152,17 @@ def test_async_checkpoints_hold_the_saved_step(reference, tmp_path):
         saved = manager.restore(20, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     for a, b in zip(leaves(saved["params"]), leaves(full.params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_sa_jax_train_exits_143_when_preempted(reference, tmp_path, monkeypatch):
+    """`sa-jax train` reads the trainer's RunResult: exit code 143 when SIGTERM stopped the run before its
+    last step (a driver script then knows it is unfinished), 0 when it finished."""
+    import sa_jax.training
+    from sa_jax.cli import main
+    from sa_jax.training import RunResult
+
+    latents, _, _ = reference
+    for preempted, code in ((True, 143), (False, 0)):
+        monkeypatch.setattr(sa_jax.training, "train", lambda cfg, p=preempted: RunResult(None, 5, p, None))
+        args = ["train", "--config", str(ROOT / "configs/train_dit_tiny.yaml"), *tiny_overrides(latents, tmp_path)]
+        assert main(args) == code
