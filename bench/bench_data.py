@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 WINDOW = 4194304  # 95.1 s at 44.1 kHz
 
 
@@ -63,7 +62,7 @@ def run_case(cfg: dict, batches: int) -> tuple[float, float]:
     first = time.perf_counter() - t0
     t1 = time.perf_counter()
     for _ in range(batches):
-        b = next(it)
+        next(it)
     rate = batches * cfg["batch_size"] / (time.perf_counter() - t1)
     if hasattr(it, "close"):
         it.close()
@@ -80,8 +79,8 @@ def main():
     p.add_argument("--dir", default=None, help="where to write the corpus (default: a temp dir)")
     args = p.parse_args()
 
-    from sa_jax.data.pipeline import absl_flags_parsed
     from sa_jax.data.latents import encode_dataset
+    from sa_jax.data.pipeline import absl_flags_parsed
 
     absl_flags_parsed()
     root = Path(args.dir or tempfile.mkdtemp(prefix="sa_jax_bench_data_"))
@@ -111,8 +110,8 @@ def main():
         pass
     print(f"\nmachine: {platform.node()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}; "
           f"batch {args.batch_size}, window {WINDOW} samples (95.1 s) stereo, {args.batches} timed batches\n")
-    print(f"| source | worker processes | clips/s | first batch (s) |")
-    print(f"|---|---|---|---|")
+    print("| source | worker processes | clips/s | first batch (s) |")
+    print("|---|---|---|---|")
     for name, workers, cfg in cases:
         rate, first = run_case(cfg, args.batches)
         print(f"| {name} | {workers} | {rate:.1f} | {first:.1f} |", flush=True)

@@ -11,7 +11,8 @@ call and a batch of one prompt; the DiT, T5 and VAE are narrower and shallower t
 finishes. diffusers samples with its CosineDPMSolverMultistepScheduler (DPM-Solver++ 2M SDE),
 sa-jax with dpmpp-2m-sde: one network call (of batch 2) per step on both sides. Both times cover
 the whole call: prompt encoding, sampling and VAE decoding. sa-jax's first call also compiles;
-it is reported apart; diffusers gets an untimed warm-up call too. Absolute CPU times depend on the machine; the ratio is the comparison.
+it is reported apart; diffusers gets an untimed warm-up call too. Absolute CPU times depend on the
+machine; the ratio is the comparison.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import numpy as np
 from timing import timed
 
 
-
 def tokenizer():
     """A small T5 sentencepiece tokenizer built offline (no hub)."""
     from transformers import T5Tokenizer
@@ -43,7 +43,12 @@ def tokenizer():
 def build_pipeline(folder: Path, width: int, depth: int, frames: int):
     import torch
     import transformers
-    from diffusers import AutoencoderOobleck, CosineDPMSolverMultistepScheduler, StableAudioDiTModel, StableAudioPipeline
+    from diffusers import (
+        AutoencoderOobleck,
+        CosineDPMSolverMultistepScheduler,
+        StableAudioDiTModel,
+        StableAudioPipeline,
+    )
     from diffusers.pipelines.stable_audio.modeling_stable_audio import StableAudioProjectionModel
 
     torch.manual_seed(0)

@@ -72,9 +72,8 @@ def main():
     import torch
     from jax.tree_util import Partial
 
-    from sa_jax.testing.kdiffusion_ref import K  # the k-diffusion sampling modules without the package's heavy imports
-
     from sa_jax.diffusion import get_sigmas, sample, v_denoiser
+    from sa_jax.testing.kdiffusion_ref import K  # the k-diffusion sampling modules without the package's heavy imports
 
     if K is None:
         sys.exit("k-diffusion is not installed: bash setup.sh test")

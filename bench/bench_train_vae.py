@@ -40,7 +40,7 @@ def run_sa_jax(args, audio):
     import jax
 
     from sa_jax.config import from_dict
-    from sa_jax.parallel import global_batch, batch_sharding, make_mesh
+    from sa_jax.parallel import batch_sharding, global_batch, make_mesh
     from sa_jax.training import vae
 
     cfg = from_dict(vae.VAETrainConfig, {
@@ -77,7 +77,7 @@ def run_torch(args, audio):
     sat_ae = import_reference("stable_audio_tools.models.autoencoders")
     disc_mod = import_reference("stable_audio_tools.models.discriminators")
     enc_mod = import_reference("stable_audio_tools.models.encodec")
-    from test_discriminator import _Spectrogram   # torchaudio's Spectrogram arithmetic (torchaudio is absent)
+    from test_discriminator import _Spectrogram  # torchaudio's Spectrogram arithmetic (torchaudio is absent)
 
     enc_mod.torchaudio.transforms.Spectrogram = _Spectrogram
     spec = importlib.util.find_spec("stable_audio_tools")

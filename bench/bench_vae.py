@@ -20,7 +20,6 @@ import numpy as np
 from timing import timed
 
 
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -72,7 +71,8 @@ def main():
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}, "
           f"jax {jax.__version__} on {jax.default_backend()}, torch {torch.__version__}")
     print()
-    print("| implementation | encode s | decode s | encode vs diffusers | decode vs diffusers | first call (compile) enc / dec s |")
+    print("| implementation | encode s | decode s | encode vs diffusers | decode vs diffusers "
+          "| first call (compile) enc / dec s |")
     print("|---|---|---|---|---|---|")
     print(f"| diffusers AutoencoderOobleck | {t_ref_enc:.2f} | {t_ref_dec:.2f} | 1.00x | 1.00x | - |")
     for label, t_enc, first_enc, t_dec, first_dec in rows:

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+
 from sa_jax.errors import AudioError  # noqa: F401  (re-exported)
 
 

@@ -5,15 +5,14 @@ magnitudes and Snake parameters are perturbed away from their initial values so 
 g and ||v||, or of alpha and beta, cannot hide.
 """
 
-import jax
 import numpy as np
 import pytest
 import torch
 
-from sa_jax.testing.reference import import_reference
 from sa_jax import Autoencoder
 from sa_jax.checkpoints import autoencoder as importer
 from sa_jax.models.autoencoder import vae_kl, vae_stats
+from sa_jax.testing.reference import import_reference
 
 TOL = 1e-4
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import numpy as np
 import pytest
-
-import jax
 
 from sa_jax.checkpoints.clap import import_hf_clap, load_hf_clap
 from sa_jax.checkpoints.io import CheckpointError

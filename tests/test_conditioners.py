@@ -14,8 +14,13 @@ import pytest
 from sa_jax.checkpoints import sao
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.encoders import T5TextEncoder
-from sa_jax.models.conditioners import (ConditioningConfig, NumberConditionerConfig, cfg_dropout,
-                                        init_params, make_conditioner)
+from sa_jax.models.conditioners import (
+    ConditioningConfig,
+    NumberConditionerConfig,
+    cfg_dropout,
+    init_params,
+    make_conditioner,
+)
 from sa_jax.models.dit import DiT, make_denoiser
 from sa_jax.testing.sat_ref import SAO_MODEL_CONFIG, randomize, rel_err, sat_module, state_dict
 
@@ -291,7 +296,7 @@ def test_load_sat_files(tmp_path, suffix):
     else:
         torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, weights)
     loaded = sao.load_sat(tmp_path / "model_config.json", weights)
-    (dit_cfg, dit_params), (cond_cfg, cond_params) = loaded["dit"], loaded["conditioning"]
+    (_, dit_params), (cond_cfg, cond_params) = loaded["dit"], loaded["conditioning"]
     assert loaded["t5_name"] == "t5-small" and cond_cfg.text_dim == 512 and cond_cfg.text_projection
     np.testing.assert_allclose(dit_params["layers_1"]["cross_attn"]["kv"]["kernel"],
                                sd["model.model.transformer.layers.1.cross_attn.to_kv.weight"].T)
@@ -314,5 +319,6 @@ def test_training_checkpoint_unwraps_to_ema(sat_whole):
     state = sao.unwrap_training_state(training)
     assert set(state) == set(sd)
     out = sao.import_sat_checkpoint(state, dit_cfg, cond_cfg)
-    np.testing.assert_allclose(out["dit"]["project_in"]["kernel"], sd["model.model.transformer.project_in.weight"].T + 1)
+    np.testing.assert_allclose(out["dit"]["project_in"]["kernel"],
+                               sd["model.model.transformer.project_in.weight"].T + 1)
     assert sao.unwrap_training_state(sd) is sd

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from sa_jax.config import ConfigError, from_dict, load
 from sa_jax.data import DataConfig, DataPipeline, NoUsableData, crop_timing, scan_folder
-from sa_jax.data.audio_io import BadAudio, probe, read_window
+from sa_jax.data.audio_io import probe, read_window
 from sa_jax.data.metadata import build_prompt, read_manifest
 
 SR = 44100

@@ -10,8 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sa_jax.diffusion import (SAMPLERS, SCHEDULES, Conditioned, cfg_model, get_sigmas, noised_and_target,
-                              rf_denoiser, sample, sample_timesteps, start_latents, step_noise, v_denoiser)
+from sa_jax.diffusion import (
+    SAMPLERS,
+    SCHEDULES,
+    Conditioned,
+    cfg_model,
+    get_sigmas,
+    noised_and_target,
+    rf_denoiser,
+    sample,
+    sample_timesteps,
+    start_latents,
+    v_denoiser,
+)
 
 KEY = jax.random.key(0)
 
@@ -134,7 +145,8 @@ def test_cfg_rescale_matches_the_reference_formula():
     out = cfg_model(model, COND, NEG, 7.0, rescale=0.7)(x, t)
     # stable-audio-tools: std over dim 1 of (batch, channels, time) tensors, Bessel-corrected
     c = torch.from_numpy(np.array(model(x, t, COND))).transpose(1, 2)
-    u = torch.from_numpy(np.array(model(x, t, jax.tree.map(lambda a: jnp.broadcast_to(a, (2,) + a.shape[1:]), NEG)))).transpose(1, 2)
+    neg = jax.tree.map(lambda a: jnp.broadcast_to(a, (2,) + a.shape[1:]), NEG)
+    u = torch.from_numpy(np.array(model(x, t, neg))).transpose(1, 2)
     cfg = u + (c - u) * 7.0
     ref = 0.7 * (cfg * (c.std(dim=1, keepdim=True) / cfg.std(dim=1, keepdim=True))) + 0.3 * cfg
     np.testing.assert_allclose(out, ref.transpose(1, 2).numpy(), rtol=1e-5)

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sa_jax.testing.kdiffusion_ref import kdiffusion, sat_sampling
 from sa_jax.diffusion import get_sigmas, rf_denoiser, sample, step_noise, v_denoiser
+from sa_jax.testing.kdiffusion_ref import kdiffusion, sat_sampling
 
 torch = pytest.importorskip("torch")
 

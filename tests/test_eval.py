@@ -198,8 +198,8 @@ SHIPPED_BOUNDS = {"flatness": 0.3, "rms_db": -50.0, "timing_median_s": 1.9}
                     reason="the shipped model (sa_jax/assets/small) is not in this checkout")
 def test_shipped_model_generates_music_of_the_requested_length():
     """The shipped model on the CPU: 2 prompts x 4 s, not silent, not noise-like, trimmed to
-    seconds_total, and, generated over the whole window (trim=False), falling silent nearer seconds_total than the window's end (median error over the
-    evaluation's 4 timing prompts x 3 lengths)."""
+    seconds_total, and, generated over the whole window (trim=False), falling silent nearer
+    seconds_total than the window's end (median error over the evaluation's 4 timing prompts x 3 lengths)."""
     from sa_jax import StableAudio
     from sa_jax.eval.quality import rms_db, spectral_flatness
 

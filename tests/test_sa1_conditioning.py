@@ -1,15 +1,13 @@
 """The paper's integer timing conditioners and 79-token context, against stable-audio-tools."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from sa_jax.testing.reference import import_reference
 from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.unet import timing_from_sat as import_sat
 from sa_jax.models.sa1_conditioning import SA1Conditioner
+from sa_jax.testing.reference import import_reference
 
 
 def test_int_conditioners_and_context_match_reference():

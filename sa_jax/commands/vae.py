@@ -33,7 +33,6 @@ def _chunk(args):
 
 
 def _encode(args, ae):
-    import numpy as np
     from sa_jax.audio import load_audio
 
     audio = load_audio(args.input, ae.sample_rate, ae.io_channels)
@@ -72,6 +71,7 @@ def _encode_folder(args, ae) -> int:
 
 def run_decode(args) -> int:
     import numpy as np
+
     from sa_jax.audio import write_audio, write_npy
 
     ae = load_model(args)

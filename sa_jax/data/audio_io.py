@@ -20,7 +20,6 @@ import numpy as np
 from sa_jax.audio import resample
 from sa_jax.errors import BadAudio  # noqa: F401  (re-exported)
 
-
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 
 # Extra source samples read on each side of a crop before resampling, so the resampler's filter

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sa_jax.data.audio_io import BadAudio, read_all, peak_db
+from sa_jax.data.audio_io import BadAudio, peak_db, read_all
 from sa_jax.data.config import DataConfig
 from sa_jax.data.sources import NoUsableData, SkipReport, scan_folder
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
 from sa_jax.errors import MetadataError  # noqa: F401  (re-exported)
 
 # Keys that describe the file rather than its content; never put in prompts.

@@ -18,9 +18,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sa_jax.data.audio_io import AUDIO_EXTENSIONS, BadAudio, probe, read_all, peak_db
+from sa_jax.data.audio_io import AUDIO_EXTENSIONS, BadAudio, peak_db, probe, read_all
 from sa_jax.data.metadata import MANIFEST_NAMES, MetadataError, read_manifest, read_sidecar
 from sa_jax.errors import NoUsableData  # noqa: F401  (re-exported)
 

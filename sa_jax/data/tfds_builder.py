@@ -73,7 +73,7 @@ def _builder_class():
         def _generate_examples(self):
             import soundfile as sf
 
-            from sa_jax.data.audio_io import read_window, AudioInfo
+            from sa_jax.data.audio_io import AudioInfo, read_window
             from sa_jax.data.sources import scan_folder
 
             entries, report = scan_folder(self._source_dir, self._manifest, self._check)

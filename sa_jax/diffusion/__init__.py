@@ -7,8 +7,16 @@ the k-diffusion sampler family (one jitted scan per run) and classifier-free gui
 """
 
 from .guidance import Conditioned, Guided, cfg_model
-from .objectives import (OBJECTIVES, TIMESTEP_SAMPLERS, diffusion_loss, noised_and_target, sample_timesteps,
-                         sigma_to_t, t_to_sigma, v_alpha_sigma)
+from .objectives import (
+    OBJECTIVES,
+    TIMESTEP_SAMPLERS,
+    diffusion_loss,
+    noised_and_target,
+    sample_timesteps,
+    sigma_to_t,
+    t_to_sigma,
+    v_alpha_sigma,
+)
 from .samplers import SAMPLER_ALIASES, SAMPLERS, sample, start_latents, step_noise
 from .schedules import SCHEDULES, get_sigmas
 from .wrappers import RFDenoiser, VDenoiser, rf_denoiser, v_denoiser

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -63,7 +63,8 @@ class UNetConfig:
         if self.use_stft or self.context_channels:
             raise ConfigError("unet: use_stft and context_channels (input concatenation) are not supported by sa-jax")
         if self.kernel_multiplier_downsample % 2:
-            raise ConfigError(f"unet: kernel_multiplier_downsample must be even, got {self.kernel_multiplier_downsample}")
+            raise ConfigError("unet: kernel_multiplier_downsample must be even, "
+                              f"got {self.kernel_multiplier_downsample}")
         if not self.use_context_time and self.context_features is None:
             raise ConfigError("unet: without use_context_time or context_features there is no time mapping")
 
