@@ -6,11 +6,14 @@
 
 A directory is written under a temporary name and renamed into place only when complete, so
 an interrupted write never leaves something that looks like a checkpoint, and an existing
-checkpoint is never replaced unless asked.
+checkpoint is never replaced unless asked. `overwrite` replaces only what sa-jax wrote (a
+checkpoint whose config.yaml carries `sa_jax_version`, or an empty folder); anything else at the
+path (a folder of notes, a file) is an error that names it (`check_replaceable`).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any, Callable
 import yaml
 
 from sa_jax.checkpoints.io import CheckpointError
+from sa_jax.config import read_yaml
 
 CONFIG_FILE = "config.yaml"
 PARAMS_DIR = "params"
@@ -27,6 +31,39 @@ PARAMS_DIR = "params"
 def is_checkpoint(path: str | Path) -> bool:
     path = Path(path)
     return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
+
+
+def written_by_sa_jax(path: str | Path) -> bool:
+    """A checkpoint folder as `save` writes it: config.yaml (a mapping with sa_jax_version) and params/."""
+    path = Path(path)
+    if not is_checkpoint(path):
+        return False
+    try:
+        with open(path / CONFIG_FILE, "rb") as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and "sa_jax_version" in config
+
+
+def check_replaceable(path: str | Path, ours: Callable[[Path], bool] = written_by_sa_jax,
+                      what: str = "an sa-jax checkpoint (config.yaml with sa_jax_version and params/)") -> None:
+    """Raise FileExistsError naming `path` unless nothing is there, it is an empty folder, or `ours(path)`
+    says sa-jax wrote it: an overwrite replaces only what sa-jax made (as git refuses to destroy what it did
+    not make)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink():
+        why = "it is a symbolic link"
+    elif not path.is_dir():
+        why = "it is a file"
+    elif not any(path.iterdir()) or ours(path):
+        return
+    else:
+        why = f"it is a folder that is not {what}"
+    raise FileExistsError(f"{path} exists and is not {what.split(' (')[0]} ({why}); --overwrite replaces only "
+                          "what sa-jax wrote. Move it away or choose another path")
 
 
 def save(path: str | Path, config: dict, params: Any, overwrite: bool = False,
@@ -42,6 +79,7 @@ def save(path: str | Path, config: dict, params: Any, overwrite: bool = False,
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose a new path or pass overwrite=True "
                               "(--overwrite) to replace it")
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
@@ -57,7 +95,7 @@ def save(path: str | Path, config: dict, params: Any, overwrite: bool = False,
             ckptr.wait_until_finished()
         if extra is not None:
             extra(tmp)
-        if path.exists():  # overwrite: move the old one aside only once the new one is complete
+        if os.path.lexists(path):  # overwrite: move the old one aside only once the new one is complete
             old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             path.rename(old)
             tmp.rename(path)
@@ -74,8 +112,7 @@ def read_config(path: str | Path) -> dict:
     path = Path(path)
     if not is_checkpoint(path):
         raise CheckpointError(f"{path} is not an sa-jax checkpoint (it needs {CONFIG_FILE} and {PARAMS_DIR}/)")
-    with open(path / CONFIG_FILE) as f:
-        config = yaml.safe_load(f)
+    config = read_yaml(path / CONFIG_FILE, "checkpoint config")   # one-line ConfigError naming file and line
     if not isinstance(config, dict) or "model_type" not in config:
         raise CheckpointError(f"{path / CONFIG_FILE} has no model_type; it is not an sa-jax model config")
     return config

@@ -30,6 +30,9 @@ def is_whole_model(source: Path) -> bool:
 def run(args) -> int:
     if Path(args.output).exists() and not args.overwrite:  # say so before the slow part
         raise FileExistsError(f"{args.output} already exists; choose a new path or pass --overwrite")
+    from sa_jax.checkpoints.store import check_replaceable
+
+    check_replaceable(args.output)   # --overwrite replaces only an sa-jax checkpoint
     source = Path(args.source)
     if is_whole_model(source):
         from sa_jax.pipeline import StableAudio
@@ -61,5 +64,6 @@ def register(sub) -> None:
     p.add_argument("--clap", default=None,
                    help="CLAP model (LAION .pt or transformers ClapModel folder) for a Stable Audio 1.0 checkpoint")
     p.add_argument("--clap-tokenizer", default=None, help="local RoBERTa tokenizer folder for a LAION .pt")
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is an sa-jax checkpoint "
+                   "(anything else there is an error, never deleted)")
     p.set_defaults(func=run)
