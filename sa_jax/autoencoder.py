@@ -24,7 +24,7 @@ from sa_jax.audio import AudioError, check_finite
 from sa_jax.checkpoints import autoencoder as importer
 from sa_jax.checkpoints import sat_config, store
 from sa_jax.checkpoints.io import CheckpointError, read_state_dict
-from sa_jax.config import ConfigError, load_yaml, to_dict
+from sa_jax.config import ConfigError, check_seed, load_yaml, naming, to_dict
 from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
 from sa_jax.nn import DTYPES
 
@@ -118,6 +118,8 @@ class Autoencoder:
         x = self._check_audio(audio)
         if sample and seed is None:
             raise ValueError("encode(sample=True) needs a seed (an int) so the draw is reproducible")
+        if sample:
+            seed = check_seed(seed)   # 0 <= seed < 2**32
         ratio = self.downsampling_ratio
         pad = (-x.shape[-1]) % ratio
         x = np.pad(x, ((0, 0), (0, 0), (0, pad))).transpose(0, 2, 1)  # -> (B, T, C)
@@ -217,7 +219,8 @@ def load_weights(path: str | Path, config: Any = None) -> tuple[AutoencoderConfi
             saved = store.read_config(path)
             if saved["model_type"] != "autoencoder" and "autoencoder" not in saved:
                 raise CheckpointError(f"{path} is an sa-jax {saved['model_type']} checkpoint without an autoencoder")
-            cfg = config_from_dict(saved["autoencoder"])
+            with naming(path / store.CONFIG_FILE):   # a value of the wrong type names the file and the key
+                cfg = config_from_dict(saved["autoencoder"])
             params = store.load_params(path)
             if saved["model_type"] != "autoencoder":  # a whole model: its params nest the autoencoder
                 params = params["autoencoder"]

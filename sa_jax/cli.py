@@ -33,8 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "seed", None) is not None:   # every command's --seed, checked before any work
+            from sa_jax.config import check_seed
+
+            check_seed(args.seed, "--seed")
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as e:
         # User errors (bad input, bad config, bad checkpoint): one clear line, no traceback.
         print(f"sa-jax {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ packaged name); a cycle is a ConfigError naming the chain.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import types
@@ -116,6 +117,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         if isinstance(value, str) and value in old_names:   # an old spelling a saved config may hold
             value = old_names[value]
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        if (name == "seed" or name.endswith("_seed")) and hints[name] is int:   # every seed, one range
+            check_seed(kwargs[name], f"{where}.{name}" if where else name)
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing
@@ -156,7 +159,11 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
                 raise ConfigError(
                     f"override {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: "
+                              f"{_one_line(getattr(e, 'problem', None) or e)}") from None
     return data
 
 
@@ -213,12 +220,61 @@ def resolve_config(ref: str | Path, relative_to: str | Path | None = None) -> Pa
                       f"a packaged config; packaged configs (`sa-jax configs`): {', '.join(names) or 'none'}")
 
 
+def read_text(path: str | Path, what: str = "config") -> str:
+    """A user file's text as UTF-8; ConfigError (one line: the file, the line) when it is not."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        before = raw[:e.start]
+        line, column = before.count(b"\n") + 1, e.start - (before.rfind(b"\n") + 1) + 1
+        raise ConfigError(f"{path}: line {line}, column {column}: not UTF-8 text (byte {raw[e.start]:#04x}); "
+                          f"a {what} must be UTF-8") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """Plain data from a YAML file with `yaml.safe_load` (no tags that build Python objects). Any
+    failure (missing, not UTF-8, not YAML, a `!!python/...` tag) is a one-line ConfigError naming
+    the file and, where there is one, the line."""
+    path = Path(path)
+    text = read_text(path, what)
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        problem = _one_line(e.problem or e.context or "")
+        if "constructor for the tag" in problem:
+            problem += " (sa-jax reads plain YAML only: no tags that build objects)"
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(e)}") from None
+
+
+def read_json(path: str | Path, what: str = "config") -> Any:
+    """Plain data from a JSON file; a one-line ConfigError naming the file and line otherwise."""
+    import json
+
+    path = Path(path)
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: line {e.lineno}, column {e.colno}: not valid JSON: {e.msg}") from None
+
+
 def _read_yaml(path: Path) -> dict:
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -282,9 +338,59 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Load schema `cls` from a YAML file (or defaults) with dotted overrides."""
-    data = load_yaml(path) if path is not None else {}
-    return from_dict(cls, apply_overrides(data, overrides))
+    """Load schema `cls` from a YAML file (or defaults) with dotted overrides. A value that does not
+    fit the schema is a ConfigError naming the file (or the override) and the key."""
+    file = resolve_config(path) if path is not None else None
+    data = _load_file(file, ()) if file is not None else {}
+    with naming(file, overrides):
+        return from_dict(cls, apply_overrides(data, overrides))
+
+
+@contextlib.contextmanager
+def naming(file: str | Path | None, overrides: Sequence[str] = ()):
+    """Prefix a ConfigError raised inside with where its key came from: `override KEY=VALUE` when an
+    override set that key (or a section above it), else the file (`file`, when given)."""
+    try:
+        yield
+    except ConfigError as e:
+        msg = str(e)
+        key = msg.split(":", 1)[0].split("[", 1)[0]
+        for item in reversed(overrides):
+            okey = item.partition("=")[0]
+            if key == okey or key.startswith(okey + "."):
+                raise ConfigError(f"override {item!r}: {msg}") from None
+        if file is not None and not msg.startswith((str(file), "override ")):
+            raise ConfigError(f"{file}: {msg}") from None
+        raise
+
+
+def check_int(value: Any, where: str, minimum: int | None = None) -> int:
+    """`value` as an int (not a bool, not a string), at least `minimum`; ConfigError naming `where`."""
+    value = _coerce(value, int, where)
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+SEED_LIMIT = 2 ** 32
+
+
+def check_seed(seed: Any, what: str = "seed", count: int = 1) -> int:
+    """`seed` as an int, checked against the range every seed in sa-jax is used in:
+    0 <= seed < 2**32 (JAX keeps 32 bits of a key's seed, so 2**32 would silently be seed 0, and
+    Grain's shuffles take no more). `count` seeds from `seed` on (seed + 1, ...) must fit too.
+    ConfigError (a ValueError) naming `what` otherwise."""
+    import numbers
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(f"{what}: a seed is an integer 0 <= seed < 2**32, got {seed!r}")
+    seed = int(seed)
+    last = seed + max(int(count), 1) - 1
+    if seed < 0 or last >= SEED_LIMIT:
+        extra = f" (seeds {seed}..{last} are used)" if count > 1 else ""
+        raise ConfigError(f"{what}: {seed} is out of range; a seed is an integer 0 <= seed < 2**32 "
+                          f"(= {SEED_LIMIT}){extra}")
+    return seed
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 
 from sa_jax.autoencoder import Autoencoder
 from sa_jax.checkpoints import store
-from sa_jax.config import from_dict, to_dict
+from sa_jax.config import check_int, check_seed, from_dict, naming, to_dict
 from sa_jax.errors import CheckpointError
 from sa_jax.families import Loaded, SamplingDefaults, family_class, sa1, sao
 from sa_jax.nn import DTYPES
@@ -231,8 +231,7 @@ class StableAudio:
             valid = [s for s in SAMPLERS if not SAMPLERS[s].rectified_flow]
             raise ValueError(f"sampler {sampler!r} cannot sample this {self.family.objective}-objective model; "
                              f"valid samplers: {', '.join(valid)}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        seed = check_seed(seed)   # 0 <= seed < 2**32; ConfigError (a ValueError) otherwise
         rho = _number("rho", d.rho if rho is None else rho, above=0)
         sigma_min = _number("sigma_min", d.sigma_min if sigma_min is None else sigma_min, above=0)
         if init_audio is not None:
@@ -338,11 +337,14 @@ def _load_sajax(path: Path, dtype: str) -> Loaded:
     for key in ("autoencoder", "sample_size"):
         if key not in config:
             raise CheckpointError(f"{path / store.CONFIG_FILE} has no {key!r}")
+    with naming(path / store.CONFIG_FILE):   # a value of the wrong type names the file and the key
+        sample_size = check_int(config["sample_size"], "sample_size", minimum=1)
+        ae_config = config_from_dict(config["autoencoder"])
+        defaults = from_dict(SamplingDefaults, config.get("sampling", {}), "sampling")
     params = store.load_params(path)
-    autoencoder = Autoencoder(config_from_dict(config["autoencoder"]), params["autoencoder"], dtype)
-    defaults = from_dict(SamplingDefaults, config.get("sampling", {}), "sampling")
-    return Loaded(family.from_checkpoint(config, params, path, dtype), autoencoder, int(config["sample_size"]),
-                  defaults)
+    with naming(path / store.CONFIG_FILE):
+        network = family.from_checkpoint(config, params, path, dtype)
+    return Loaded(network, Autoencoder(ae_config, params["autoencoder"], dtype), sample_size, defaults)
 
 
 def _load_sat(path: Path, t5, dtype: str, clap, clap_tokenizer) -> Loaded:

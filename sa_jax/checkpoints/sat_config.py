@@ -7,10 +7,9 @@ autoencoder (a bare `autoencoder` model, or the `pretransform` of a diffusion mo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from sa_jax.config import ConfigError
+from sa_jax.config import ConfigError, read_json
 from sa_jax.models.autoencoder import AutoencoderConfig, config_from_dict
 
 # Runtime switches of the reference's AutoencoderPretransform that do not change the weights.
@@ -20,13 +19,7 @@ _PRETRANSFORM_RUNTIME_KEYS = {"type", "config", "scale", "model_half", "iterate_
 
 def read(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"model config {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"model config {path} is not valid JSON ({e})") from None
+    data = read_json(path, "model config")   # one-line ConfigError naming the file and line
     if not isinstance(data, dict) or "model_type" not in data or "model" not in data:
         raise ConfigError(f"{path} is not a stable-audio-tools model config "
                           "(it needs model_type and model)")

@@ -47,6 +47,33 @@ def output_paths(out: str, items: list[tuple[int, str, int]], batch_size: int) -
     return names
 
 
+def check_writable(paths: list[Path]) -> None:
+    """Before any loading or sampling: every output folder exists as a folder (created here when it
+    does not) and a file can be written in it, and no output path is an existing folder. A
+    ValueError naming the path otherwise."""
+    import os
+    import uuid
+
+    for folder in sorted({p.parent for p in paths}):
+        for above in (folder, *folder.parents):   # the nearest existing path must be a folder
+            if above.exists() or above.is_symlink():
+                if not above.is_dir():
+                    raise ValueError(f"--out: {above} exists and is not a folder; choose a folder or a .wav path")
+                break
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".sa-jax-write-test-{uuid.uuid4().hex[:8]}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise ValueError(f"--out: cannot write in {folder}: {e.strerror or e}") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"--out: cannot write in {folder}: permission denied")
+    for path in paths:
+        if path.is_dir():
+            raise ValueError(f"--out: {path} is a folder; it cannot be replaced by an audio file")
+
+
 def write_spectrogram(path: Path, audio, sample_rate: int, title: str) -> Path:
     """A log-magnitude spectrogram (channels averaged) as a PNG, written atomically."""
     import os
@@ -100,21 +127,25 @@ def run(args) -> int:
 def _sample(args) -> int:
     import time
 
-    from sa_jax.audio import load_audio, write_audio
-    from sa_jax.pipeline import StableAudio
+    from sa_jax.config import check_seed
 
     prompts = read_prompts(args)
     if args.batch_size < 1 or args.max_batch < 1:
         raise ValueError(f"--batch-size and --max-batch must be >= 1, got {args.batch_size} and {args.max_batch}")
     items = [(i, p, k) for i, p in enumerate(prompts) for k in range(args.batch_size)]
     paths = output_paths(args.out, items, args.batch_size)
+    chunks = [items[s:s + args.max_batch] for s in range(0, len(items), args.max_batch)]
+    check_seed(args.seed, "--seed", count=len(chunks))   # batch k draws from seed + k
+    check_writable(paths)   # before loading and sampling, not after
+    from sa_jax.audio import load_audio, write_audio
+    from sa_jax.pipeline import StableAudio
+
     print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
     model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
                              clap_tokenizer=args.clap_tokenizer)
     init_audio = None
     if args.init_audio:
         init_audio = load_audio(args.init_audio, model.sample_rate, model.autoencoder.io_channels)
-    chunks = [items[s:s + args.max_batch] for s in range(0, len(items), args.max_batch)]
     for c, chunk in enumerate(chunks):
         start = time.perf_counter()
         print(f"batch {c + 1}/{len(chunks)}: {len(chunk)} item(s)", file=sys.stderr)
