@@ -12,7 +12,6 @@ jitted functions compile once per chunk shape.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from sa_jax.audio import AudioError, check_finite
 from sa_jax.checkpoints import autoencoder as importer
 from sa_jax.checkpoints import sat_config, store
 from sa_jax.checkpoints.io import CheckpointError, read_state_dict
-from sa_jax.config import ConfigError, check_seed, load_yaml, naming, to_dict
+from sa_jax.config import ConfigError, check_seed, load_yaml, naming, read_json, to_dict
 from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
 from sa_jax.nn import DTYPES
 
@@ -228,8 +227,7 @@ def load_weights(path: str | Path, config: Any = None) -> tuple[AutoencoderConfi
         if (path / "vae" / "config.json").is_file():  # a diffusers pipeline folder
             path = path / "vae"
         if (path / "config.json").is_file() and not (path / "model_config.json").is_file():
-            with open(path / "config.json") as f:
-                dcfg = json.load(f)
+            dcfg = read_json(path / "config.json")
             cfg = importer.diffusers_config(dcfg)
             weights = path / "diffusion_pytorch_model.safetensors"
             if not weights.is_file():

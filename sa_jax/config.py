@@ -129,6 +129,25 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     return obj
 
 
+def current_names(cls: type, data: Any) -> Any:
+    """Plain `data` for schema `cls` with every old spelling a field accepts (its `aliases` metadata,
+    e.g. a saved `family: dit`) replaced by today's name; nothing is validated or built."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(data, Mapping)):
+        return data
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = dict(data)
+    for name, value in data.items():
+        if name not in fields:
+            continue
+        old_names = fields[name].metadata.get("aliases", {})
+        if isinstance(value, str) and value in old_names:
+            out[name] = old_names[value]
+        elif dataclasses.is_dataclass(hints[name]):
+            out[name] = current_names(hints[name], value)
+    return out
+
+
 def to_dict(obj: Any) -> Any:
     """Plain data (dicts, lists, scalars) from a dataclass tree, ready for YAML/JSON."""
     if dataclasses.is_dataclass(obj):
@@ -221,12 +240,13 @@ def resolve_config(ref: str | Path, relative_to: str | Path | None = None) -> Pa
 
 
 def read_text(path: str | Path, what: str = "config") -> str:
-    """A user file's text as UTF-8; ConfigError (one line: the file, the line) when it is not."""
+    """A user file's text as UTF-8; ConfigError (one line: the file, the line) when it is not, or when it
+    cannot be read; FileNotFoundError naming it when it is missing."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
     except OSError as e:
         raise ConfigError(f"{what} {path} cannot be read: {e.strerror or e}") from None
     try:

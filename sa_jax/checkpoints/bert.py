@@ -6,7 +6,6 @@ of a local folder."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from sa_jax.checkpoints.io import CheckpointError, hf_weight_file, read_state_dict
 from sa_jax.checkpoints.table import Row, convert, strip, torch_layer
+from sa_jax.config import read_json
 from sa_jax.models.bert import BertConfig, BertEncoder
 from sa_jax.tree import flat_shapes
 
@@ -84,8 +84,7 @@ def read_bert_config(folder: str | Path) -> BertConfig:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json")
-    with open(path) as f:
-        data = json.load(f)
+    data = read_json(path)
     if data.get("model_type") == "clap":
         data = {"model_type": "clap_text_model", **data.get("text_config", {})}
     return BertConfig.from_hf(data)

@@ -16,7 +16,6 @@ statistics live in `batch_stats`) and as a plain params tree for a text tower al
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +25,7 @@ import numpy as np
 from sa_jax.checkpoints.bert import BUFFERS, bert_rows, import_bert, read_bert_config, with_pooler
 from sa_jax.checkpoints.io import HF_WEIGHTS, CheckpointError, hf_weight_file, read_state_dict
 from sa_jax.checkpoints.table import Row, convert, strip, torch_layer
+from sa_jax.config import read_json
 from sa_jax.models.bert import BertConfig
 from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, HTSATConfig, variable_shapes
 
@@ -249,8 +249,7 @@ def load_hf_clap(folder: str | Path) -> tuple[ClapConfig, dict]:
     or pytorch_model.bin)."""
     folder = Path(folder)
     weights = hf_weight_file(folder, "CLAP", "a transformers ClapModel folder")
-    with open(folder / "config.json") as f:
-        config = ClapConfig.from_hf(json.load(f))
+    config = ClapConfig.from_hf(read_json(folder / "config.json"))
     if (folder / "preprocessor_config.json").is_file():
         config = dataclasses.replace(config, features=read_feature_config(folder / "preprocessor_config.json",
                                                                           config.audio.num_mel_bins))
@@ -259,8 +258,7 @@ def load_hf_clap(folder: str | Path) -> tuple[ClapConfig, dict]:
 
 def read_feature_config(path: str | Path, mel_bins: int) -> ClapAudioFeatures:
     """The log-mel settings of a transformers ClapFeatureExtractor `preprocessor_config.json`."""
-    with open(path) as f:
-        data = json.load(f)
+    data = read_json(path)
     if data.get("feature_size", mel_bins) != mel_bins:
         raise CheckpointError(f"{path}: feature_size {data['feature_size']} differs from the model's "
                               f"{mel_bins} mel bins")

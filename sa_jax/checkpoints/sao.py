@@ -19,7 +19,6 @@ are raised together as one CheckpointError.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import numpy as np
 from sa_jax.checkpoints.io import CheckpointError, read_state_dict, read_weights
 from sa_jax.checkpoints.t5 import convert_t5, load_t5
 from sa_jax.checkpoints.table import Report, Row, conv1x1, convert_into, equals, expand, flat, fuse, linear, zeros
-from sa_jax.config import ConfigError, from_dict
+from sa_jax.config import ConfigError, from_dict, read_json
 from sa_jax.models import conditioners as cond_mod
 from sa_jax.models import dit as dit_mod
 from sa_jax.models.conditioners import ConditioningConfig, NumberConditionerConfig
@@ -356,12 +355,9 @@ _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_
 
 def _read_json(path: Path) -> dict:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return read_json(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
 
 
 def load_diffusers_dit(folder: str | Path) -> tuple[DiTConfig, dict]:

@@ -4,14 +4,13 @@ checks and config reading of a local T5 folder."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from sa_jax.checkpoints.io import read_weights
 from sa_jax.checkpoints.table import Report, Row, convert, convert_into, expand, linear, strip
-from sa_jax.config import ConfigError
+from sa_jax.config import ConfigError, read_json
 from sa_jax.models.t5 import T5Config, param_shapes
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model.fp16.safetensors", "pytorch_model.bin")
@@ -94,8 +93,7 @@ def check_t5_folder(folder: str | Path, tokenizer_folder: str | Path | None = No
 
 def read_t5_config(folder: str | Path) -> T5Config:
     path = Path(folder) / "config.json"
-    with open(path) as f:
-        data = json.load(f)
+    data = read_json(path)
     model_type = data.get("model_type", "t5")
     if model_type not in ("t5", "umt5", "mt5"):
         raise ConfigError(f"{path}: model_type {model_type!r} is not a T5 model")

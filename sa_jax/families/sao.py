@@ -14,14 +14,13 @@ the T5 from its own Hugging Face folder, as the reference downloads it by name).
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from sa_jax.config import from_dict, to_dict
+from sa_jax.config import from_dict, read_json, to_dict
 from sa_jax.errors import CheckpointError, ConfigError
 from sa_jax.families import TOKENIZER_DIR, Family, Loaded, SamplingDefaults, sat_autoencoder
 from sa_jax.nn import DTYPES
@@ -143,13 +142,11 @@ def load_diffusers(path: Path, dtype: str) -> Loaded:
     encoder = T5TextEncoder(*loaded["t5"], loaded["tokenizer"], cond_cfg.max_length)
     family = SAOFamily(dit_cfg, dit_params, cond_cfg, cond_params, encoder, dtype)
     autoencoder = Autoencoder.load(path, dtype=dtype)
-    with open(path / "transformer" / "config.json") as f:
-        frames = int(json.load(f).get("sample_size", 1024))
+    frames = int(read_json(path / "transformer" / "config.json").get("sample_size", 1024))
     defaults = SAOFamily.defaults
     scheduler = path / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():  # the noise range the pipeline was shipped with
-        with open(scheduler) as f:
-            s = json.load(f)
+        s = read_json(scheduler)
         defaults = from_dict(SamplingDefaults, {"sigma_min": s.get("sigma_min", defaults.sigma_min),
                                                 "sigma_max": s.get("sigma_max", defaults.sigma_max)})
     return Loaded(family, autoencoder, frames * autoencoder.downsampling_ratio, defaults)
