@@ -77,9 +77,9 @@ def run_torch(args, audio):
     sat_ae = import_reference("stable_audio_tools.models.autoencoders")
     disc_mod = import_reference("stable_audio_tools.models.discriminators")
     enc_mod = import_reference("stable_audio_tools.models.encodec")
-    from test_discriminator import _Spectrogram  # torchaudio's Spectrogram arithmetic (torchaudio is absent)
+    from sa_jax.testing.spectrogram import Spectrogram  # torchaudio's arithmetic (torchaudio is absent)
 
-    enc_mod.torchaudio.transforms.Spectrogram = _Spectrogram
+    enc_mod.torchaudio.transforms.Spectrogram = Spectrogram
     spec = importlib.util.find_spec("stable_audio_tools")
     path = spec.submodule_search_locations[0] + "/training/losses/auraloss.py"
     s = importlib.util.spec_from_file_location("_sat_auraloss", path)

@@ -22,30 +22,14 @@ torch = pytest.importorskip("torch")
 TOL = 1e-4
 
 
-class _Spectrogram(torch.nn.Module):
-    """torchaudio.transforms.Spectrogram's computation for pad=0, onesided, return of complex values."""
-
-    def __init__(self, n_fft, hop_length, win_length, window_fn, normalized, center, pad_mode=None, power=None):
-        super().__init__()
-        assert power is None and normalized in (True, "window")
-        self.n_fft, self.hop, self.win, self.center = n_fft, hop_length, win_length, center
-        self.register_buffer("window", window_fn(win_length))
-
-    def forward(self, x):
-        shape = x.shape
-        s = torch.stft(x.reshape(-1, shape[-1]), self.n_fft, self.hop, self.win, self.window, center=self.center,
-                       pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
-        s = s.reshape(*shape[:-1], *s.shape[-2:])
-        return s / self.window.pow(2.0).sum().sqrt()
-
-
 @pytest.fixture
 def ref_disc(monkeypatch):
     from sa_jax.testing.reference import import_reference
+    from sa_jax.testing.spectrogram import Spectrogram
 
     mod = import_reference("stable_audio_tools.models.discriminators")
     enc = import_reference("stable_audio_tools.models.encodec")
-    monkeypatch.setattr(enc.torchaudio.transforms, "Spectrogram", _Spectrogram, raising=False)
+    monkeypatch.setattr(enc.torchaudio.transforms, "Spectrogram", Spectrogram, raising=False)
     return mod
 
 
