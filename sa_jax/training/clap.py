@@ -507,7 +507,11 @@ def export_clap(config: ClapConfig, variables: dict, folder, tokenizer_folder=No
     preprocessor_config.json, the tokenizer). Written beside and swapped in whole."""
     from safetensors.numpy import save_file
 
+    from sa_jax.checkpoints.store import check_replaceable
+
     folder = Path(folder)
+    check_replaceable(folder, lambda p: (p / "config.json").is_file() and (p / "model.safetensors").is_file(),
+                      "a CLAP export (config.json and model.safetensors)")   # replaces only what sa-jax wrote
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

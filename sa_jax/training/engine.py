@@ -5,10 +5,14 @@ metrics, demos and export); the engine does the rest, the same way for all of th
     result = run(task, stop_at=None, print_fn=print)    # RunResult(state, step, preempted, export_path)
 
 What the engine does, in order:
-- the run directory (`checkpoint.dir`) with the run's config.yaml, the device mesh, the global batch
-  (data.batch_size per process, checked against the mesh's batch axes);
+- the run directory (`checkpoint.dir`), held by this trainer alone (`RunLock`: run_dir/train.lock, an
+  flock that dies with its holder; a second trainer stops with an error naming the holder), the device
+  mesh, the global batch (data.batch_size per process, checked against the mesh's batch axes);
 - the state: the latest Orbax checkpoint in the run directory restored into its shardings together
-  with the data iterator's state (`checkpoint.resume`), else the task's fresh state;
+  with the data iterator's state (`checkpoint.resume`), else the task's fresh state. A resume is checked
+  first (another model is refused and nothing in the run directory changes); the run's config.yaml is
+  written once the config is accepted, and the settings that differ from the checkpoint's saved config
+  are named (a warning line and TensorBoard text, `config_changes`);
 - the loop: batches from the task's iterator placed over the batch axes, the task's compiled step
   (dispatched asynchronously), the progress bar, every `log.every` steps a console line and
   TensorBoard scalars (the task's values, then steps/s, examples/s, TFLOP/s per device from the
@@ -17,7 +21,9 @@ What the engine does, in order:
 - checkpoints (`Checkpoints`): every `checkpoint.every` steps, at the last step, and when any process
   got SIGTERM (then the loop stops: a preempted `RunResult`). Written under a temporary name and
   committed by Orbax only when complete, so a kill during a save leaves the previous checkpoint as
-  the latest; a state with non-finite parameters is never saved. A kill -9 run resumes bitwise equal
+  the latest; a state with non-finite parameters is never saved. A save that fails (a full disk) stops
+  the run at that save with one TrainingError, its half-written folder removed; best/ is exported only
+  from a committed checkpoint. A kill -9 run resumes bitwise equal
   to an uninterrupted one (the iterator state pairs with the state: the batches of steps 1..step);
 - exports (`export`): at the end, and to run_dir/best when a checkpoint interval's mean training loss
   is the lowest so far (`task.keep_best`; best.json says which step). One rule on any number of
@@ -44,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.config import ConfigError, save_yaml, to_dict
+from sa_jax.config import ConfigError, current_names, save_yaml, to_dict
 from sa_jax.errors import TrainingError
 from sa_jax.parallel import batch_divisor, batch_sharding, describe, global_batch, make_mesh, tree_shardings
 
@@ -246,19 +252,43 @@ def check_bad_steps(bad_in_a_row: int, limit: int) -> None:
 
 
 class Checkpoints:
-    """Orbax CheckpointManager over `run_dir/checkpoints` with the state, the data iterator and the config."""
+    """Orbax CheckpointManager over `run_dir/checkpoints` with the state, the data iterator and the config.
+
+    A save that fails (a full disk, say) stops the run at that save: a synchronous save raises at once,
+    an asynchronous one as soon as its commit has failed (`failure`, polled every step), as a
+    `TrainingError` naming the step, the directory and the cause; the half-written
+    `*.orbax-checkpoint-tmp*` folder is removed and the previous checkpoint stays the latest."""
 
     def __init__(self, cfg, run_dir: Path):
         import orbax.checkpoint as ocp
 
         self.cfg = cfg
         c = cfg.checkpoint
-        options = ocp.CheckpointManagerOptions(max_to_keep=c.keep, enable_async_checkpointing=c.async_save,
-                                               create=True)
-        self.manager = ocp.CheckpointManager((run_dir / "checkpoints").absolute(), options=options)
+        # always Orbax's asynchronous path (a synchronous save waits for it at once): when a write fails it
+        # reports the failure only after every write of the save has ended, so the half-written folder can go
+        options = ocp.CheckpointManagerOptions(max_to_keep=c.keep, enable_async_checkpointing=True,
+                                               create=True, cleanup_tmp_directories=True)
+        self.dir = (run_dir / "checkpoints").absolute()
+        self.manager = ocp.CheckpointManager(self.dir, options=options)
+        self.pending: Optional[int] = None       # the step of an asynchronous save not yet known committed
+        self.error: Optional[tuple[int, BaseException]] = None
 
     def latest(self):
         return self.manager.latest_step()
+
+    def saved_config(self, step) -> dict:
+        import orbax.checkpoint as ocp
+
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def check_model(self, step) -> dict:
+        """The config saved with checkpoint `step`, after checking that it holds the config's model."""
+        saved = self.saved_config(step)
+        saved["model"] = current_names(type(self.cfg.model), saved.get("model"))   # e.g. family dit -> sao
+        if json.loads(json.dumps(saved.get("model"))) != json.loads(json.dumps(to_dict(self.cfg.model))):
+            raise ConfigError(f"{self.dir}/{step} holds a different model than the config "
+                              "(model section differs); use a new checkpoint.dir or checkpoint.resume=false")
+        return saved
 
     def save(self, state, iterator, force: bool = False) -> bool:
         import grain
@@ -268,31 +298,119 @@ class Checkpoints:
         if not bool(_all_finite(state)):
             log.error("step %d: non-finite parameters; not saving over the last good checkpoint", step)
             return False
+        self.settle()   # a previous asynchronous save's failure is reported as that step's
         if step in self.manager.all_steps():
             return False
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=grain.checkpoint.CheckpointSave(iterator),
                                   config=ocp.args.JsonSave(to_dict(self.cfg)))
-        return self.manager.save(step, args=args, force=force)
+        try:
+            saved = self.manager.save(step, args=args, force=force)
+        except Exception as e:
+            self.error = (step, e)
+            self.fail()
+        if saved:
+            self.pending = step
+            if not self.cfg.checkpoint.async_save:
+                self.settle()
+        return saved
+
+    def failure(self) -> bool:
+        """Whether a save has failed (an asynchronous one is looked at once its commit has ended)."""
+        if self.error is None and self.pending is not None and not self.manager.is_saving_in_progress():
+            self._join()
+        return self.error is not None
+
+    def _join(self) -> None:
+        step, self.pending = self.pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self.error = (step, e)
+            return
+        if step is not None and step not in self.manager.all_steps():
+            self.error = (step, OSError(f"checkpoint {step} was not committed"))
+
+    def settle(self) -> None:
+        """Wait for an asynchronous save in flight; a TrainingError if it (or an earlier one) failed."""
+        if self.error is None:
+            self._join()
+        if self.error is not None:
+            self.fail()
+
+    def fail(self, other_process: bool = False):
+        """Raise the TrainingError of the failed save, once the half-written folders are gone."""
+        self.wait_quietly()
+        self.remove_partial()
+        if self.error is None and other_process:
+            raise TrainingError(f"a checkpoint save failed on another process (into {self.dir}); "
+                                "the run stopped there")
+        step, e = self.error
+        last = self.manager.latest_step()
+        kept = f"the last saved checkpoint is step {last}" if last is not None else "no checkpoint was saved"
+        raise TrainingError(f"could not save the checkpoint of step {step} in {self.dir}: {e}; the run stopped "
+                            f"there ({kept}). Free space (or fix the cause) and run the same command to resume "
+                            "from it") from e
+
+    def wait_quietly(self) -> None:
+        try:
+            self.manager.wait_until_finished()
+        except Exception:  # already reported
+            pass
+
+    def remove_partial(self) -> None:
+        """Remove the `*.orbax-checkpoint-tmp*` folders a failed save left (process 0: the directory is shared)."""
+        _join_orbax_threads()   # a failed save's other writes may still be running: they end first
+        if jax.process_index() != 0 or not self.dir.is_dir():
+            return
+        import shutil
+
+        for path in self.dir.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(path, ignore_errors=True)
 
     def restore(self, step, abstract, shardings, iterator):
         import grain
         import orbax.checkpoint as ocp
 
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-        saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-        if saved.get("model") != to_dict(self.cfg.model):
-            raise ConfigError(f"{self.manager.directory}/{step} holds a different model than the config "
-                              "(model section differs); use a new checkpoint.dir or checkpoint.resume=false")
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(iterator)))
         return out["state"]
 
     def wait(self):
-        self.manager.wait_until_finished()
+        self.settle()
 
-    def close(self):
-        self.manager.close()
+    def close(self, quiet: bool = False):
+        """Wait for a save in flight (an error if it failed, unless `quiet`: the run is already stopping
+        with one) and close the manager."""
+        try:
+            if quiet:
+                self.wait_quietly()
+            else:
+                self.settle()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:
+                if not quiet:
+                    raise
+            finally:
+                if self.error is not None:   # its threads are done now: nothing writes there any more
+                    self.remove_partial()
+
+
+def _join_orbax_threads(timeout: float = 600.0) -> None:
+    """Wait for Orbax's background write threads (those of a failed save keep writing after it has failed)."""
+    import threading
+
+    try:
+        from orbax.checkpoint._src.futures.future import _SignalingThread
+    except ImportError:   # another Orbax layout: nothing to wait for by name
+        return
+    deadline = time.time() + timeout
+    for thread in threading.enumerate():
+        if isinstance(thread, _SignalingThread) and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.time()))
 
 
 @jax.jit
@@ -367,10 +485,13 @@ class BestExport:
     def add(self, losses) -> None:
         self.losses.extend(losses)
 
-    def update(self, task: Task, state) -> bool:
+    def update(self, task: Task, state, before: Callable[[], None] = lambda: None) -> bool:
+        """At a checkpoint: export `state` when its interval's mean loss is the lowest so far, after
+        `before()` (the engine waits there for the checkpoint to be committed)."""
         losses, self.losses = self.losses, []
         if not losses or not np.mean(losses) < self.loss:
             return False
+        before()
         self.loss = float(np.mean(losses))
         export(task, state, self.dir)
         if jax.process_index() == 0:
@@ -381,16 +502,108 @@ class BestExport:
 
 
 # ---------------------------------------------------------------------------------------------
+# One trainer per run directory; what a resumed run changed
+
+
+class RunLock:
+    """`run_dir/train.lock`: the run directory belongs to one trainer at a time. An exclusive `flock` on
+    the open file, which the kernel releases when the holder exits however it ends (kill -9 included),
+    so a lock is never stale while its file still names a holder: the next trainer takes it over and
+    says whose it was. The file says who holds it (host, pid, start time); it is emptied on release.
+    Multi-host runs: process 0 takes it, the others trust it (they share the directory)."""
+
+    NAME = "train.lock"
+
+    def __init__(self, run_dir, print_fn=print):
+        self.path = Path(run_dir) / self.NAME
+        self.print_fn = print_fn
+        self.fd: Optional[int] = None
+
+    @classmethod
+    def holder(cls, run_dir) -> Optional[str]:
+        """Who the lock file names (None when it is empty or absent)."""
+        try:
+            text = (Path(run_dir) / cls.NAME).read_text().strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        return text or None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            who = self.holder(self.path.parent) or "another process"
+            raise TrainingError(f"{self.path.parent} is held by another trainer ({who}); one trainer per run "
+                                f"directory: wait for it, stop it, or choose another checkpoint.dir") from None
+        except OSError as e:   # a filesystem without locks: say so, and go on unguarded
+            log.warning("cannot lock %s (%s); two trainers on this run directory would not be stopped",
+                        self.path, e)
+        previous = os.read(fd, 4096).decode(errors="replace").strip()
+        if previous:
+            self.print_fn(f"taking over the lock of {self.path.parent} from a trainer that is gone ({previous})")
+        me = f"host {socket.gethostname()}, pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, (me + "\n").encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.ftruncate(fd, 0)   # a clean end: no holder named
+        finally:
+            os.close(fd)          # and the flock goes with the descriptor
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """A nested config dict as {dotted key: value}."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """`key: old -> new` for each dotted key whose value differs between a run's saved config and the
+    config it is resumed with (values as JSON gives them, so tuples and lists compare equal)."""
+    old, new = flatten(saved), flatten(json.loads(json.dumps(current)))
+    show = lambda v: "(absent)" if v is _ABSENT else json.dumps(v) if isinstance(v, (str, list, dict)) else str(v)
+    return [f"{k}: {show(old.get(k, _ABSENT))} -> {show(new.get(k, _ABSENT))}"
+            for k in sorted(old.keys() | new.keys()) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+
+
+_ABSENT = object()
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 
 
 def open_run(cfg) -> tuple[Path, Any, int]:
-    """The run directory with the run's config.yaml, the device mesh, and the global batch (checked
-    against the mesh's batch axes)."""
+    """The run directory, the device mesh, and the global batch (checked against the mesh's batch axes).
+    The run's config.yaml is written by `run` once the config is accepted."""
     run_dir = Path(cfg.checkpoint.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        save_yaml(cfg, run_dir / "config.yaml")
     mesh = make_mesh(cfg.mesh)
     per_host = cfg.data.batch_size
     global_bs = per_host * jax.process_count()
@@ -401,32 +614,75 @@ def open_run(cfg) -> tuple[Path, Any, int]:
     return run_dir, mesh, global_bs
 
 
+def agree(*flags: bool) -> list[bool]:
+    """Each flag true on any process, the same answer on every process (a tiny all-gather)."""
+    if jax.process_count() == 1:
+        return list(flags)
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.array(flags, bool))
+    return [bool(x) for x in np.any(gathered.reshape(-1, len(flags)), axis=0)]
+
+
 def run(task: Task, *, stop_at: int | None = None, print_fn=print) -> RunResult:
     """Train `task` until its total steps (or `stop_at`, for tests), checkpointing into
     cfg.checkpoint.dir and resuming from it; export at the end. See the module docstring."""
+    cfg = task.cfg
+    lock = RunLock(cfg.checkpoint.dir, print_fn) if jax.process_index() == 0 else None
+    refused = None
+    if lock is not None:
+        try:
+            lock.acquire()   # before anything in the run directory changes
+        except TrainingError as e:
+            refused = e
+    if agree(refused is not None)[0]:   # every process stops when process 0 could not take the lock
+        raise refused or TrainingError(f"process 0 could not take the lock of {cfg.checkpoint.dir}")
+    try:
+        return _run(task, stop_at, print_fn)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(task: Task, stop_at, print_fn) -> RunResult:
     from sa_jax.training.telemetry import Telemetry
 
     cfg = task.cfg
     run_dir, mesh, global_bs = open_run(cfg)
-    task.setup(run_dir, mesh, global_bs, print_fn)
-    iterator = task.iterator
-    total = task.total_steps
-    abstract, shardings = task.state_shardings(mesh)
     ckpt = Checkpoints(cfg, run_dir)
-    latest = ckpt.latest() if cfg.checkpoint.resume else None
-    if latest is None:
-        state = task.create_state(mesh)
-    else:
-        state = ckpt.restore(latest, abstract, shardings, iterator)
-        print_fn(f"resumed from {run_dir}/checkpoints/{latest}")
+    try:
+        latest = ckpt.latest() if cfg.checkpoint.resume else None
+        # a resume is checked before anything in the run directory changes (a refused config leaves it as it was)
+        changes = config_changes(ckpt.check_model(latest), to_dict(cfg)) if latest is not None else []
+        task.setup(run_dir, mesh, global_bs, print_fn)
+        iterator = task.iterator
+        total = task.total_steps
+        abstract, shardings = task.state_shardings(mesh)
+        if latest is None:
+            state = task.create_state(mesh)
+        else:
+            state = ckpt.restore(latest, abstract, shardings, iterator)
+            print_fn(f"resumed from {run_dir}/checkpoints/{latest}")
+        if jax.process_index() == 0:   # the config is accepted: now it is the run's
+            save_yaml(cfg, run_dir / "config.yaml")
+    except BaseException:
+        ckpt.close(quiet=True)
+        raise
     print_fn(task.describe(state, mesh, global_bs))
     single = jax.process_count() == 1   # demos generate on local devices
     best = BestExport(run_dir) if task.keep_best and cfg.checkpoint.keep_best else None
     end = min(total, stop_at) if stop_at is not None else total
     tel = Telemetry(run_dir, total, int(state.step), print_fn=print_fn, tensorboard=task.tensorboard)
+    if changes:
+        report = (f"resumed with settings that differ from the run's saved config "
+                  f"({run_dir}/checkpoints/{latest}): " + "; ".join(changes))
+        tel.print("warning: " + report)
+        tel.text(int(state.step), "config/changed", "\n".join(changes))
     bs = batch_sharding(mesh, cfg.mesh)
     next_batch = lambda: global_batch(task.prepare(next(iterator)), bs)
     preempted = demoed = False
+    quiet = _QuietOrbaxTracebacks()
+    logging.getLogger("absl").addFilter(quiet)
     try:
         batch = next_batch()
         task.first_batch(batch)
@@ -459,11 +715,14 @@ def run(task: Task, *, stop_at: int | None = None, print_fn=print) -> RunResult:
                         f"skipped {speed['skipped']}"))
                     window, t_last, s_last = [], time.time(), step
                     check_bad_steps(int(state.bad_in_a_row), cfg.max_bad_steps)
-                preempted = preempt.agreed()
+                preempted, save_failed = agree(preempt.requested, ckpt.failure())
+                if save_failed:   # an asynchronous save failed: stop at it
+                    ckpt.fail(other_process=True)
                 if step % cfg.checkpoint.every == 0 or step == end or preempted:
                     # the iterator has given exactly the batches of steps 1..step: its state pairs with `state`
                     saved = ckpt.save(state, iterator)
-                    if saved and best is not None and best.update(task, state):
+                    # best/ is only ever the export of a checkpoint that was saved: wait for its commit
+                    if saved and best is not None and best.update(task, state, before=ckpt.wait):
                         tel.print(f"best: mean loss {best.loss:.4f} up to step {step}; exported to {best.dir}")
                 if preempted:
                     tel.print(f"SIGTERM: saved step {step}, exiting")
@@ -474,13 +733,26 @@ def run(task: Task, *, stop_at: int | None = None, print_fn=print) -> RunResult:
         finished = int(state.step) >= total
         if finished and task.demo_at_end and single and not demoed:
             task.demo(state, run_dir, tel)
+        ckpt.close()   # an async save in flight completes (a TrainingError if it failed)
+    except BaseException:
+        ckpt.close(quiet=True)   # the run stops with its own error; an async save in flight still completes
+        raise
     finally:
-        ckpt.wait()   # an async save in flight completes even when the run stops with an error
-        ckpt.close()
         tel.close()
+        logging.getLogger("absl").removeFilter(quiet)
     path = None
     if finished:
         path = export(task, state, run_dir / "export")
         if jax.process_index() == 0:
             print_fn(task.exported(path))
     return RunResult(state, int(state.step), preempted and not finished, path)
+
+
+class _QuietOrbaxTracebacks(logging.Filter):
+    """Orbax logs each failure of its background save threads with a traceback, several per failed save;
+    the engine reports a failed save once (a TrainingError), so those records keep their line only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "orbax" in record.pathname:
+            record.exc_info, record.exc_text = None, None
+        return True

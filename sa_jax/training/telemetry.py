@@ -4,6 +4,7 @@
     tel.step()                                          # once per step: advances the progress bar
     tel.scalars(step, {"loss": 0.1, "lr": 1e-4}, line="step 10/100 loss 0.1000 ...")
     tel.audio(step, "demo/0", audio, 44100)             # (channels, samples) float in [-1, 1]
+    tel.text(step, "config/changed", "optim.lr: 0.001 -> 0.0005")
     tel.close()
 
 Only process 0 writes (several hosts would otherwise write the same events). TensorBoard event
@@ -65,6 +66,11 @@ class Telemetry:
                     self.writer.add_scalar(name, value, step)
         if line is not None:
             self.print(line)
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        """A text summary (TensorBoard's Text tab), e.g. the settings a resumed run changed."""
+        if self.main and self.writer is not None:
+            self.writer.add_text(tag, text, step)
 
     def audio(self, step: int, tag: str, audio: np.ndarray, sample_rate: int) -> None:
         """One clip, (channels, samples) or (samples,), into TensorBoard (mono mix: TensorBoard's
