@@ -107,7 +107,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{label}: expected a mapping for {cls.__name__}, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=repr)   # a YAML key may be a number or null
     if unknown:
         raise ConfigError(
             f"{label}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
@@ -279,6 +279,8 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {_one_line(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a config: nested too deeply") from None
 
 
 def read_json(path: str | Path, what: str = "config") -> Any:
@@ -291,6 +293,8 @@ def read_json(path: str | Path, what: str = "config") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: line {e.lineno}, column {e.colno}: not valid JSON: {e.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a config: nested too deeply") from None
 
 
 def _read_yaml(path: Path) -> dict:

@@ -24,6 +24,7 @@ BAD_YAML = {
     "python_tag": (b"steps: 3\nseed: !!python/object/apply:os.system ['echo pwned']\n", "line 2",
                    "python/object/apply:os.system"),
     "not_utf8": (b"# a comment\nsteps: \xff\xfe\n", "line 2", "not UTF-8"),
+    "too_deep": (b"steps: 3\nseed: " + b"[" * 5000 + b"]" * 5000 + b"\n", "", "nested too deeply"),
 }
 
 
@@ -73,6 +74,9 @@ def test_a_type_error_names_the_file_and_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"override 'optim.lr=fast': optim.lr: expected a number"):
         load(TrainConfig, "train_dit_tiny", ["optim.lr=fast"])
     one_line_error(sa_jax("train", "--config", path), path, "steps", "lots")
+    path.write_text("base: train_dit_tiny\n1: one\nnull: none\n")   # keys YAML reads as a number and None
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \[1, None\]"):
+        load(TrainConfig, path)
     one_line_error(sa_jax("train", "--config", "train_dit_tiny", "steps=[1"), "override 'steps=[1'", "not valid YAML")
 
 
