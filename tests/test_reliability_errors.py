@@ -125,6 +125,13 @@ def test_bad_model_config_json_is_one_line(tmp_path):
                    folder / "model_config.json", "not UTF-8")
 
 
+def test_a_prompts_file_that_is_not_utf8_is_one_line(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"a kick drum\nrain on a tin roof \xff\n")
+    one_line_error(sa_jax("sample", "--prompts-file", prompts, "--out", tmp_path / "out"),
+                   prompts, "line 2", "not UTF-8")
+
+
 # --- item 8: seeds ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", [-1, 2 ** 32, 2 ** 64, 10 ** 40])

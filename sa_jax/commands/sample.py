@@ -17,10 +17,12 @@ from pathlib import Path
 def read_prompts(args) -> list[str]:
     prompts = list(args.prompts) + list(getattr(args, "prompt", None) or [])
     if args.prompts_file:
+        from sa_jax.config import read_text
+
         path = Path(args.prompts_file)
         if not path.is_file():
             raise FileNotFoundError(f"prompts file {path} does not exist")
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in read_text(path, "prompts file").splitlines()]   # not UTF-8: file, line
         prompts += [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise ValueError("no prompts: give PROMPT arguments, --prompt TEXT, or --prompts-file (one prompt per line)")
@@ -141,8 +143,11 @@ def _sample(args) -> int:
     from sa_jax.pipeline import StableAudio
 
     print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
-    model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
-                             clap_tokenizer=args.clap_tokenizer)
+    from sa_jax.checkpoints.table import allow_nonfinite_weights
+
+    with allow_nonfinite_weights(getattr(args, "allow_nonfinite_weights", False)):
+        model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
+                                 clap_tokenizer=args.clap_tokenizer)
     init_audio = None
     if args.init_audio:
         init_audio = load_audio(args.init_audio, model.sample_rate, model.autoencoder.io_channels)
@@ -191,4 +196,6 @@ def register(sub) -> None:
     p.add_argument("--init-noise-level", type=float, default=1.0,
                    help="with --init-audio: the sigma sampling starts from (default 1.0)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--allow-nonfinite-weights", action="store_true",
+                   help="load weights that hold NaN/inf values (refused by default: they decode NaN audio)")
     p.set_defaults(func=run)
