@@ -278,7 +278,8 @@ def train_quiet(ae, latents_dir: str | Path, config: QuietConfig | None = None, 
     c.validate()
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="sa_jax_quiet_") as tmp:
-            return train_quiet(ae, latents_dir, c, tmp, stop_at=stop_at, print_fn=print_fn)
+            result, out, stats = train_quiet(ae, latents_dir, c, tmp, stop_at=stop_at, print_fn=print_fn)
+        return dataclasses.replace(result, export_path=None), out, stats   # the folder is gone
     task = QuietTask(ae, latents_dir, c, run_dir)
     before = silence_levels(ae)
     result = engine.run(task, stop_at=stop_at, print_fn=print_fn)
