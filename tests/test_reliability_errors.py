@@ -74,6 +74,8 @@ def test_a_type_error_names_the_file_and_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"override 'optim.lr=fast': optim.lr: expected a number"):
         load(TrainConfig, "train_dit_tiny", ["optim.lr=fast"])
     one_line_error(sa_jax("train", "--config", path), path, "steps", "lots")
+    path.write_text("trainer: [vae]\n")
+    one_line_error(sa_jax("train", "--config", path), path, "trainer ['vae'] is not known")
     path.write_text("base: train_dit_tiny\n1: one\nnull: none\n")   # keys YAML reads as a number and None
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \[1, None\]"):
         load(TrainConfig, path)

@@ -24,7 +24,7 @@ def trainer_of(path) -> str:
     from sa_jax.config import ConfigError, load_yaml
 
     name = load_yaml(path).get("trainer", "diffusion")
-    if name not in TRAINERS:
+    if not isinstance(name, str) or name not in TRAINERS:
         raise ConfigError(f"{path}: trainer {name!r} is not known; valid trainers: {', '.join(TRAINERS)}")
     return name
 
