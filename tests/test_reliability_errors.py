@@ -93,8 +93,9 @@ def checkpoint(folder: Path, config: bytes) -> Path:
 def test_bad_checkpoint_config_is_one_line(tmp_path, kind):
     text, line, what = BAD_YAML[kind]
     ckpt = checkpoint(tmp_path / "model", text)
-    one_line_error(sa_jax("sample", "hello", "--model", ckpt, "--out", tmp_path / "out"),
+    one_line_error(sa_jax("sample", "hello", "--model", ckpt, "--out", tmp_path / "out" / "new"),
                    ckpt / "config.yaml", line, what)
+    assert not (tmp_path / "out").exists()   # the output folders it made for the run are gone again
 
 
 def test_checkpoint_config_type_error_names_file_and_key(tmp_path):

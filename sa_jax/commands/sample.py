@@ -49,19 +49,21 @@ def output_paths(out: str, items: list[tuple[int, str, int]], batch_size: int) -
     return names
 
 
-def check_writable(paths: list[Path]) -> None:
+def check_writable(paths: list[Path]) -> list[Path]:
     """Before any loading or sampling: every output folder exists as a folder (created here when it
     does not) and a file can be written in it, and no output path is an existing folder. A
-    ValueError naming the path otherwise."""
+    ValueError naming the path otherwise. Returns the folders it created, deepest first."""
     import os
     import uuid
 
+    created: list[Path] = []
     for folder in sorted({p.parent for p in paths}):
         for above in (folder, *folder.parents):   # the nearest existing path must be a folder
             if above.exists() or above.is_symlink():
                 if not above.is_dir():
                     raise ValueError(f"--out: {above} exists and is not a folder; choose a folder or a .wav path")
                 break
+            created.append(above)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".sa-jax-write-test-{uuid.uuid4().hex[:8]}"
@@ -74,6 +76,7 @@ def check_writable(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir():
             raise ValueError(f"--out: {path} is a folder; it cannot be replaced by an audio file")
+    return created
 
 
 def write_spectrogram(path: Path, audio, sample_rate: int, title: str) -> Path:
@@ -127,8 +130,6 @@ def run(args) -> int:
 
 
 def _sample(args) -> int:
-    import time
-
     from sa_jax.config import check_seed
 
     prompts = read_prompts(args)
@@ -138,7 +139,21 @@ def _sample(args) -> int:
     paths = output_paths(args.out, items, args.batch_size)
     chunks = [items[s:s + args.max_batch] for s in range(0, len(items), args.max_batch)]
     check_seed(args.seed, "--seed", count=len(chunks))   # batch k draws from seed + k
-    check_writable(paths)   # before loading and sampling, not after
+    created = check_writable(paths)   # before loading and sampling, not after
+    try:
+        return _generate(args, prompts, paths, chunks)
+    except BaseException:
+        for folder in created:   # a run that fails leaves no empty output folder it made
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _generate(args, prompts, paths, chunks) -> int:
+    import time
+
     from sa_jax.audio import load_audio, write_audio
     from sa_jax.pipeline import StableAudio
 
