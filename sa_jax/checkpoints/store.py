@@ -121,9 +121,13 @@ def read_config(path: str | Path) -> dict:
 def load_params(path: str | Path) -> Any:
     import orbax.checkpoint as ocp
 
+    from sa_jax.checkpoints.table import check_tree
+
     path = Path(path).absolute() / PARAMS_DIR
     try:
         with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(path)
+            params = ckptr.restore(path)
     except Exception as e:
         raise CheckpointError(f"could not read the parameters in {path}: {e}") from None
+    check_tree(params, str(path))   # NaN/inf weights: an error naming them (allow_nonfinite_weights())
+    return params

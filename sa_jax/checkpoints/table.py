@@ -23,9 +23,10 @@ Paths may carry a collection (`params/...`, `batch_stats/...`) when `want` does.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -167,6 +168,40 @@ def mismatch_report(what: str, source: str, unmatched: Iterable[str], missing: I
     return "\n".join(lines)
 
 
+_allow_nonfinite = [False]    # process-wide (loading may happen in worker threads); set by the block below
+OPT_OUT = ("pass allow_nonfinite=True (or load inside sa_jax.checkpoints.table.allow_nonfinite_weights(); "
+           "--allow-nonfinite-weights on the command line) if they are deliberate")
+
+
+@contextlib.contextmanager
+def allow_nonfinite_weights(allow: bool = True) -> Iterator[None]:
+    """Within this block, weights holding NaN/inf load (with a warning) instead of raising a
+    CheckpointError: for deliberate cases, e.g. inspecting a diverged run."""
+    before = _allow_nonfinite[0]
+    _allow_nonfinite[0] = bool(allow)
+    try:
+        yield
+    finally:
+        _allow_nonfinite[0] = before
+
+
+def nonfinite_allowed(allow: bool | None = None) -> bool:
+    return _allow_nonfinite[0] if allow is None else bool(allow)
+
+
+def value_problem(w: np.ndarray) -> str | None:
+    """Why `w` cannot be a learned float weight: not a float type, or NaN/inf values; None if it can."""
+    if not (np.issubdtype(w.dtype, np.floating) or w.dtype.name == "bfloat16"):
+        return f"{w.dtype} tensor where a float weight is expected"
+    if w.size and not np.isfinite(np.sum(w, dtype=np.float64)):
+        finite = np.isfinite(w)
+        nan = int(np.isnan(w).sum())
+        inf = int(w.size - finite.sum()) - nan
+        return "non-finite values: " + ", ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "inf")) if n) + \
+            f" of {w.size}"
+    return None
+
+
 class Report:
     """Everything that did not line up, gathered across the parts of one file."""
 
@@ -174,16 +209,64 @@ class Report:
         self.unmatched: list[str] = []
         self.missing: list[str] = []
         self.bad: list[str] = []
+        self.values: list[str] = []     # wrong dtype or NaN/inf
 
     def raise_if_any(self, what: str, source: str):
         if self.unmatched or self.missing or self.bad:
             raise CheckpointError(mismatch_report(what, source, self.unmatched, self.missing, self.bad))
+        if self.values:
+            raise CheckpointError(values_report(source, self.values))
+
+
+def values_report(source: str, problems: Iterable[str]) -> str:
+    problems = sorted(problems)
+    lines = [f"{source}: {len(problems)} weight(s) cannot be used:"] + [f"    {p}" for p in problems]
+    if any("non-finite" in p for p in problems):
+        lines.append(f"  (non-finite weights decode NaN audio; {OPT_OUT})")
+    return "\n".join(lines)
+
+
+def check_values(report: Report, key: str, arrays: Sequence[np.ndarray], allow_nonfinite: bool) -> bool:
+    """Record the dtype / NaN problems of one row's foreign tensors; False when the row is unusable."""
+    ok = True
+    for a in arrays:
+        problem = value_problem(a)
+        if problem and (allow_nonfinite and problem.startswith("non-finite")):
+            import logging
+
+            logging.getLogger("sa_jax").warning("%s: %s (loaded: non-finite weights allowed)", key, problem)
+        elif problem:
+            report.values.append(f"{key}: {problem}")
+            ok = False
+    return ok
+
+
+def check_tree(tree, source: str, allow_nonfinite: bool | None = None) -> None:
+    """Raise a CheckpointError naming every floating leaf of `tree` (flattened path) that holds
+    NaN/inf, unless non-finite weights are allowed (sa-jax's own store on load)."""
+    import jax
+
+    problems = []
+    for keys, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        path = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
+        a = np.asarray(leaf)
+        if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16":
+            problem = value_problem(a.astype(np.float32) if a.dtype.name == "bfloat16" else a)
+            if problem:
+                problems.append(f"{path}: {problem}")
+    if problems and not nonfinite_allowed(allow_nonfinite):
+        raise CheckpointError(values_report(source, problems))
 
 
 def convert_into(report: Report, state: dict, rows: Sequence[Row], want: dict[str, tuple[int, ...]],
-                 prefix: str = "", checks: Sequence[Check] = (), ignore: Sequence[str] = ()) -> dict:
+                 prefix: str = "", checks: Sequence[Check] = (), ignore: Sequence[str] = (),
+                 allow_nonfinite: bool | None = None) -> dict:
     """Map the keys of `state` under `prefix` through `rows` into a nested tree of `want`'s paths;
-    record every problem in `report` (`convert` raises them)."""
+    record every problem in `report` (`convert` raises them). Every tensor a row takes must be a
+    float tensor without NaN/inf (`allow_nonfinite`, or the `allow_nonfinite_weights()` block,
+    lets NaN/inf through); buffers in `checks` and `ignore` (integer step counters, position ids)
+    are not rows and are not held to this."""
+    allow = nonfinite_allowed(allow_nonfinite)
     part = strip(state, prefix)
     used: set[str] = set()
     out: dict[str, np.ndarray] = {}
@@ -198,7 +281,11 @@ def convert_into(report: Report, state: dict, rows: Sequence[Row], want: dict[st
             used.update(k for k in keys if k in part)
             continue
         used.update(keys)
-        arrays = [np.asarray(part[k], np.float32) for k in keys]
+        arrays = [np.asarray(part[k]) for k in keys]
+        if not check_values(report, prefix + keys[0] if len(keys) == 1 else ", ".join(prefix + k for k in keys),
+                            arrays, allow):
+            continue
+        arrays = [np.asarray(a, np.float32) for a in arrays]
         shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
         try:
             values = fn(*arrays) if fn is not None else arrays[0]
@@ -226,10 +313,11 @@ def convert_into(report: Report, state: dict, rows: Sequence[Row], want: dict[st
 
 
 def convert(state: dict, rows: Sequence[Row], want: dict[str, tuple[int, ...]], what: str, source: str,
-            prefix: str = "", checks: Sequence[Check] = (), ignore: Sequence[str] = ()) -> dict:
+            prefix: str = "", checks: Sequence[Check] = (), ignore: Sequence[str] = (),
+            allow_nonfinite: bool | None = None) -> dict:
     """`convert_into` one part, raising a CheckpointError (`what`, `source` in its first line) that
     lists every problem."""
     report = Report()
-    tree = convert_into(report, state, rows, want, prefix, checks, ignore)
+    tree = convert_into(report, state, rows, want, prefix, checks, ignore, allow_nonfinite)
     report.raise_if_any(what, source)
     return tree

@@ -33,6 +33,15 @@ def run(args) -> int:
     from sa_jax.checkpoints.store import check_replaceable
 
     check_replaceable(args.output)   # --overwrite replaces only an sa-jax checkpoint
+    if getattr(args, "allow_nonfinite_weights", False):
+        from sa_jax.checkpoints.table import allow_nonfinite_weights
+
+        with allow_nonfinite_weights():
+            return _convert(args)
+    return _convert(args)
+
+
+def _convert(args) -> int:
     source = Path(args.source)
     if is_whole_model(source):
         from sa_jax.pipeline import StableAudio
@@ -66,4 +75,6 @@ def register(sub) -> None:
     p.add_argument("--clap-tokenizer", default=None, help="local RoBERTa tokenizer folder for a LAION .pt")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is an sa-jax checkpoint "
                    "(anything else there is an error, never deleted)")
+    p.add_argument("--allow-nonfinite-weights", action="store_true",
+                   help="convert weights that hold NaN/inf values (refused by default: they decode NaN audio)")
     p.set_defaults(func=run)

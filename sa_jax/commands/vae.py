@@ -16,16 +16,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--chunk-frames", type=int, default=128,
                    help="latent frames per chunk for long audio (0: one shot)")
+    p.add_argument("--allow-nonfinite-weights", action="store_true",
+                   help="load weights that hold NaN/inf values (refused by default: they decode NaN audio)")
 
 
 def load_model(args):
     from sa_jax import Autoencoder
+    from sa_jax.checkpoints.table import allow_nonfinite_weights
 
     path = Path(args.model)
     if path.suffix in (".yaml", ".yml") or (path.suffix == ".json" and path.name != "config.json"):
         print(f"warning: {path} is a config: using randomly initialised weights", file=sys.stderr)
         return Autoencoder.from_config(path, seed=0, dtype=args.dtype)
-    return Autoencoder.load(path, config=args.model_config, dtype=args.dtype)
+    with allow_nonfinite_weights(getattr(args, "allow_nonfinite_weights", False)):
+        return Autoencoder.load(path, config=args.model_config, dtype=args.dtype)
 
 
 def _chunk(args):
@@ -55,16 +59,33 @@ def run_encode(args) -> int:
 
 def _encode_folder(args, ae) -> int:
     """A dataset folder -> pre-encoded latents that `DataConfig(kind="latents")` reads."""
-    from sa_jax.data import encode_dataset
+    from tqdm import tqdm
+
+    from sa_jax.data import NoUsableData, encode_dataset
 
     if args.sample:
         raise ValueError("--sample is for single files; a dataset is encoded to posterior means")
 
-    def progress(i, total, relpath):
-        print(f"[{i + 1}/{total}] {relpath}", file=sys.stderr)
+    bar = None
 
-    report = encode_dataset(ae, args.input, args.output, encode_kwargs={"chunk_frames": _chunk(args)},
-                            progress=progress)
+    def progress(done, total, relpath):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="file", desc="encoding", file=sys.stderr, dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if relpath:
+            bar.set_postfix_str(relpath[-40:], refresh=False)
+
+    try:
+        report = encode_dataset(ae, args.input, args.output, encode_kwargs={"chunk_frames": _chunk(args)},
+                                progress=progress)
+    except NoUsableData as e:
+        if bar is not None:
+            bar.close()
+        print(f"sa-jax encode: error: {e}", file=sys.stderr)
+        return 1
+    if bar is not None:
+        bar.close()
     print(f"{args.input} -> {args.output}: {report.summary()}")
     return 0
 

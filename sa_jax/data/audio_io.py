@@ -10,8 +10,12 @@ files can be counted by cause.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import os
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +44,62 @@ class AudioInfo:
         return int(math.ceil(self.frames * sample_rate / self.sample_rate))
 
 
-def _open(src, what: str):
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: int | None = None
+
+
+@contextlib.contextmanager
+def _quiet_stderr(on: bool = True):
+    """Send file descriptor 2 to /dev/null while libsndfile's MP3 decoder (mpg123) runs: it prints
+    its resync notes and errors there itself (dozens of lines for one bad file), and the reason is
+    reported as a BadAudio anyway. Counted, so overlapping decodes in threads restore it once."""
+    global _quiet_depth, _quiet_saved
+    if not on:
+        yield
+        return
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            null = os.open(os.devnull, os.O_WRONLY)
+            _quiet_saved = os.dup(2)
+            os.dup2(null, 2)
+            os.close(null)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_saved is not None:
+                os.dup2(_quiet_saved, 2)
+                os.close(_quiet_saved)
+                _quiet_saved = None
+
+
+def _is_mp3(src) -> bool:
+    if isinstance(src, (bytes, bytearray)):
+        return src[:3] == b"ID3" or (len(src) > 1 and src[0] == 0xFF and src[1] & 0xE0 == 0xE0)
+    return Path(src).suffix.lower() == ".mp3"
+
+
+def _open(src, what: str, quiet: bool = False):
+    """`quiet`: silence the MP3 decoder while opening (probe, at scan time, in the main process; not
+    per crop in training, where it would hide other threads' output)."""
     import soundfile as sf
 
+    mp3 = _is_mp3(src)
     try:
-        return sf.SoundFile(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else str(src))
+        # Paths go to libsndfile as the file system's bytes: a name that is not UTF-8 (a str with
+        # surrogate escapes from os.listdir) opens like any other.
+        with _quiet_stderr(mp3 and quiet):
+            return sf.SoundFile(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else os.fsencode(src))
     except Exception as e:  # LibsndfileError, RuntimeError, TypeError depending on the failure
+        if mp3:
+            raise BadAudio("unreadable", f"{what} is not a decodable MP3 (no valid MPEG audio frames)") from None
         raise BadAudio("unreadable", f"{what} could not be opened as audio ({e})") from None
 
 
@@ -88,7 +142,7 @@ def probe(src: str | Path | bytes, what: str | None = None) -> AudioInfo:
             why = _wav_truncated(p)
             if why:
                 raise BadAudio("truncated", f"{what}: {why}")
-    with _open(src, what) as f:
+    with _open(src, what, quiet=True) as f:
         info = AudioInfo(int(f.samplerate), int(f.frames), int(f.channels))
     if info.sample_rate <= 0:
         raise BadAudio("unreadable", f"{what} reports a sample rate of {info.sample_rate}")

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -37,9 +38,20 @@ FORMAT = "sa-jax-latents"
 
 def _atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)
+
+
+def _json_line(row: dict) -> str:
+    """One index line: UTF-8 as it is; a name that is not UTF-8 (surrogate escapes) as \\udcXX
+    escapes, which json.loads turns back into the same str (and os.fsencode into the same bytes)."""
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(row)
+    return line + "\n"
 
 
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:
@@ -63,7 +75,10 @@ def encode_dataset(ae: Any, source_dir: str | Path, out_dir: str | Path, *, mani
     (longer files are encoded in consecutive ratio-aligned pieces and concatenated; leave None
     when the encoder chunks itself). With `resume`, files whose latents already exist are kept.
     Bad files are skipped and reported; returns the SkipReport (also written to skipped.json).
-    Raises NoUsableData when nothing could be encoded.
+    `progress(done, total, relpath)` is called once with done=0 before the first file and then
+    after each file, encoded or skipped (done runs 1..total).
+    Raises NoUsableData when nothing could be encoded; `out_dir` is then removed if this call
+    created it (a folder that was already there is left, with its skipped.json).
     """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     sr = int(ae.sample_rate)
@@ -72,12 +87,40 @@ def encode_dataset(ae: Any, source_dir: str | Path, out_dir: str | Path, *, mani
     if sr <= 0 or ratio <= 0:
         raise ValueError(f"encoder reports sample_rate={sr}, downsampling_ratio={ratio}; both must be positive")
     entries, report = scan_folder(source_dir, manifest, check, sr, silence_db, min_seconds, max_seconds)
+    created = _missing_parents(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _encode_entries(ae, entries, report, source_dir, out_dir, sr, ratio, channels, silence_db,
+                               max_chunk_seconds, resume, encode_kwargs, progress)
+    except NoUsableData:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _missing_parents(path: Path) -> Path | None:
+    """The topmost of `path` and its parents that does not exist yet (what mkdir(parents=True) makes)."""
+    top = None
+    p = path.absolute()
+    while not p.exists() and not p.is_symlink():
+        top = p
+        if p.parent == p:
+            break
+        p = p.parent
+    return top
+
+
+def _encode_entries(ae, entries, report, source_dir, out_dir, sr, ratio, channels, silence_db,
+                    max_chunk_seconds, resume, encode_kwargs, progress) -> SkipReport:
     rows = []
     latent_dim = None
     kwargs = dict(encode_kwargs or {})
     t0 = time.time()
+    if progress is not None:
+        progress(0, len(entries), "")
     for i, e in enumerate(entries):
+        if progress is not None and i:
+            progress(i, len(entries), entries[i - 1]["relpath"])
         rel = e["relpath"]
         dst = out_dir / "latents" / (rel + ".npy")
         try:
@@ -116,16 +159,16 @@ def encode_dataset(ae: Any, source_dir: str | Path, out_dir: str | Path, *, mani
                              f"is {dst} from another encoder? (delete it or pass resume=False)")
         rows.append({"latents": str(dst.relative_to(out_dir)), "relpath": rel, "samples": int(samples),
                      "frames": int(z.shape[-1]), "metadata_json": e["metadata_json"]})
-        if progress is not None:
-            progress(i + 1, len(entries), rel)
+    if progress is not None and entries:
+        progress(len(entries), len(entries), entries[-1]["relpath"])
     report.kept = len(rows)
     _atomic_json(out_dir / "skipped.json", report.to_json())
     if not rows:
         raise NoUsableData(f"nothing could be encoded from {source_dir}: {report.summary()}")
     tmp = out_dir / ".index.jsonl.partial"
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(_json_line(r))
     os.replace(tmp, out_dir / "index.jsonl")
     _atomic_json(out_dir / "info.json", {
         "format": FORMAT, "version": 1, "sample_rate": sr, "downsampling_ratio": ratio,
@@ -142,13 +185,13 @@ def open_latents(path: str | Path, min_seconds: float = 0.0,
     info_path = path / "info.json"
     if not info_path.is_file():
         raise FileNotFoundError(f"{path} is not a latents folder (no info.json); write one with encode_dataset")
-    with open(info_path) as f:
+    with open(info_path, encoding="utf-8") as f:
         info = json.load(f)
     if info.get("format") != FORMAT:
         raise ValueError(f"{info_path}: format {info.get('format')!r} is not {FORMAT!r}")
     report = SkipReport()
     entries = []
-    with open(path / "index.jsonl") as f:
+    with open(path / "index.jsonl", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

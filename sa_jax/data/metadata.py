@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,15 +25,39 @@ RESERVED_KEYS = frozenset({"path", "file", "filename", "relpath", "sample_rate",
 MANIFEST_NAMES = ("metadata.jsonl", "manifest.jsonl", "metadata.csv", "manifest.csv")
 
 
+_NONFINITE_WORDS = {"nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
+def finite_values(value: Any) -> Any:
+    """`value` with NaN/inf numbers dropped (None for a non-finite number; left out of lists and
+    objects): a missing measurement, never prompt text like "nan"."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [v for v in (finite_values(x) for x in value) if v is not None]
+    if isinstance(value, dict):
+        return {k: v for k, v in ((k, finite_values(x)) for k, x in value.items()) if v is not None}
+    return value
+
+
+def _not_utf8(text: str, where: str) -> None:
+    """Files are read with surrogate escapes so one bad line does not hide the others."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise MetadataError(f"{where}: not UTF-8 (byte {text[e.start].encode('utf-8', 'surrogateescape')!r} "
+                            f"at column {e.start + 1})") from None
+
+
 def _parse_cell(text: str) -> Any:
     """CSV cells: JSON when the cell parses as JSON (numbers, lists, true/false), else the text;
-    `a;b;c` becomes a list."""
+    `a;b;c` becomes a list. `nan`/`inf` (as pandas writes missing numbers) are missing."""
     s = text.strip()
-    if s == "":
+    if s == "" or s.lower() in _NONFINITE_WORDS:
         return None
     if s[0] in "[{\"-0123456789" or s in ("true", "false", "null"):
         try:
-            return json.loads(s)
+            return finite_values(json.loads(s))
         except json.JSONDecodeError:
             pass
     if ";" in s:
@@ -55,24 +80,26 @@ def read_manifest(path: str | Path) -> tuple[dict[str, dict], list[tuple[str, st
     out: dict[str, dict] = {}
     bad: list[tuple[str, str]] = []
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             for i, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 where = f"{path}:{i}"
                 try:
+                    _not_utf8(line, where)
                     entry = json.loads(line)
                     if not isinstance(entry, dict):
                         raise MetadataError(f"{where}: a line must be a JSON object, got {type(entry).__name__}")
-                    out[_path_key(entry, where)] = entry
+                    out[_path_key(entry, where)] = finite_values(entry)
                 except (json.JSONDecodeError, MetadataError) as e:
                     bad.append((where, f"bad_metadata: {e}"))
     elif path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             for i, row in enumerate(reader, 2):
                 where = f"{path}:{i}"
                 try:
+                    _not_utf8(",".join(str(v) for kv in row.items() for v in kv), where)
                     if None in row:
                         raise MetadataError(f"{where}: more cells than header columns")
                     entry = {k: _parse_cell(v or "") for k, v in row.items() if k}
@@ -97,7 +124,7 @@ def read_sidecar(audio_path: Path) -> dict | None:
                 raise MetadataError(f"{cand}: not valid JSON ({e})") from None
             if not isinstance(data, dict):
                 raise MetadataError(f"{cand}: must hold a JSON object, got {type(data).__name__}")
-            return data
+            return finite_values(data)
     return None
 
 
@@ -109,7 +136,7 @@ def _format_value(value: Any, rng: np.random.Generator) -> str | None:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:g}" if math.isfinite(value) else None
     if isinstance(value, (int, str)):
         s = str(value).strip()
         return s or None
@@ -120,6 +147,19 @@ def _format_value(value: Any, rng: np.random.Generator) -> str | None:
         order = rng.permutation(len(items))
         return ", ".join(items[i] for i in order)
     return None  # nested objects are not prompt material
+
+
+def _has_text(value: Any) -> bool:
+    """Whether `_format_value` gives text for `value` (without drawing from the generator)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (bool, int)):
+        return True
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, (list, tuple)):
+        return any(_has_text(v) for v in value)
+    return False
 
 
 def prompt_fields(metadata: Mapping[str, Any], keys: Sequence[str] | None = None,
@@ -136,9 +176,7 @@ def build_prompt(metadata: Mapping[str, Any], rng: np.random.Generator, keys: Se
                  exclude: Iterable[str] = (), p_key_value: float = 0.5, min_fields: int = 1) -> str:
     """A prompt from a random subset of `metadata` (see the module docstring). Empty when the
     metadata has nothing usable."""
-    fields = []
-    for k in prompt_fields(metadata, keys, exclude):
-        fields.append(k)
+    fields = [k for k in prompt_fields(metadata, keys, exclude) if _has_text(metadata[k])]
     if not fields:
         return ""
     lo = min(max(1, min_fields), len(fields))

@@ -69,6 +69,70 @@ def _check_full(path: Path, sample_rate: int, silence_db: float) -> None:
         raise BadAudio("silent", f"{path}: peak below {silence_db} dBFS")
 
 
+def _walk(root: Path, report: SkipReport) -> list[Path]:
+    """The candidate audio files under `root`, sorted by relative path. Symlinked directories are
+    followed, but each real directory (by device and inode) only once: a link back to a directory on
+    the way down is a `symlink_loop`, a second way into a directory already scanned a
+    `duplicate_dir`; both are reported as skipped. Names are kept as the OS gives them (str with
+    surrogate escapes for bytes that are not UTF-8, which os.fsencode turns back into the bytes)."""
+    files: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    # Directories reachable without following a link are scanned under their own names, never
+    # through a link to them.
+    real: set[tuple[int, int]] = set()
+    for dirpath, _, _ in os.walk(root):
+        try:
+            st = os.stat(dirpath)
+            real.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+
+    def visit(d: Path, ancestors: tuple[tuple[int, int], ...]) -> None:
+        try:
+            st = d.stat()
+        except OSError as e:
+            report.skip(str(d.relative_to(root)), "unreadable", f"{type(e).__name__}: {e}")
+            return
+        ident = (st.st_dev, st.st_ino)
+        if d != root and (ident in seen or (ident in real and d.is_symlink())):
+            rel = str(d.relative_to(root))
+            if ident in ancestors:
+                report.skip(rel, "symlink_loop", f"links back to {os.path.realpath(d)}, a folder it is inside")
+            else:
+                report.skip(rel, "duplicate_dir", f"{os.path.realpath(d)} is scanned under another name")
+            return
+        seen.add(ident)
+        try:
+            with os.scandir(d) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            report.skip(str(d.relative_to(root)) if d != root else str(d), "unreadable",
+                        f"{type(e).__name__}: {e}")
+            return
+        subdirs = []
+        for item in items:
+            try:
+                is_dir = item.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(d / item.name)
+                continue
+            name = item.name
+            if name.startswith("."):
+                continue
+            p = d / name
+            if p.suffix.lower() in _IGNORED_SUFFIXES:
+                continue
+            files.append(p)
+        for sub in subdirs:
+            visit(sub, ancestors + (ident,))
+
+    visit(root, ())
+    files.sort(key=lambda p: str(p.relative_to(root)))
+    return files
+
+
 def scan_folder(root: str | Path, manifest: str | Path | None = None, check: str = "header",
                 sample_rate: int = 44100, silence_db: float = -60.0, min_seconds: float = 0.0,
                 max_seconds: float | None = None, require_metadata: bool = False,
@@ -97,18 +161,7 @@ def scan_folder(root: str | Path, manifest: str | Path | None = None, check: str
             report.skip(where, "bad_metadata", reason)
         rows = {os.path.normpath(k): v for k, v in rows.items()}
 
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            p = Path(dirpath) / name
-            suffix = p.suffix.lower()
-            if suffix in _IGNORED_SUFFIXES:
-                continue
-            files.append(p)
-    files.sort(key=lambda p: str(p.relative_to(root)))
+    files = _walk(root, report)
 
     def one(p: Path) -> tuple[dict | None, tuple[str, str, str] | None]:
         rel = str(p.relative_to(root))

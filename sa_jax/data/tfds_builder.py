@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,10 @@ def _builder_class():
                 buf = io.BytesIO()
                 sf.write(buf, np.clip(audio.T, -1, 1), info.sample_rate, format="FLAC", subtype="PCM_24")
                 report.kept += 1
-                yield e["relpath"], {
-                    "audio_bytes": buf.getvalue(), "relpath": e["relpath"],
+                # A name that is not UTF-8 (surrogate escapes) is stored with \\xNN for its odd bytes.
+                rel = os.fsencode(e["relpath"]).decode("utf-8", "backslashreplace")
+                yield rel, {
+                    "audio_bytes": buf.getvalue(), "relpath": rel,
                     "metadata_json": e["metadata_json"], "sample_rate": info.sample_rate,
                     "frames": audio.shape[1], "channels": info.channels}
 
