@@ -25,7 +25,7 @@ from sa_jax.checkpoints import sat_config, store
 from sa_jax.checkpoints.io import CheckpointError, read_state_dict
 from sa_jax.config import ConfigError, check_seed, load_yaml, naming, read_json, to_dict
 from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
-from sa_jax.nn import DTYPES
+from sa_jax.nn import compute_dtype
 
 
 def _as_config(config: Any) -> AutoencoderConfig:
@@ -50,12 +50,10 @@ class Autoencoder:
     """A loaded VAE: parameters, config, and jitted chunked encode/decode."""
 
     def __init__(self, config: AutoencoderConfig, params: Any, dtype: str = "float32"):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
+        self.module = AudioAutoencoder(config, dtype=compute_dtype(dtype))
         self.config = config
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
         self.dtype = dtype
-        self.module = AudioAutoencoder(config, dtype=DTYPES[dtype])
         self._encode_stats = jax.jit(functools.partial(self.module.apply, method=self.module.encode_stats))
         self._decode = jax.jit(functools.partial(self.module.apply, method=self.module.decode))
 

@@ -40,7 +40,7 @@ from sa_jax.checkpoints import store
 from sa_jax.config import check_int, check_seed, from_dict, naming, to_dict
 from sa_jax.errors import CheckpointError
 from sa_jax.families import Loaded, SamplingDefaults, family_class, sa1, sao
-from sa_jax.nn import DTYPES
+from sa_jax.nn import compute_dtype
 
 log = logging.getLogger("sa_jax.pipeline")
 
@@ -134,8 +134,7 @@ class StableAudio:
           RoBERTa tokenizer folder as `clap_tokenizer`, or a transformers ClapModel folder).
         `dtype` is the compute dtype of the denoiser and autoencoder ("float32" or "bfloat16").
         """
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
+        compute_dtype(dtype)   # checked before anything is read
         path = shipped_model() if path is None else Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")

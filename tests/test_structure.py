@@ -25,8 +25,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sa_jax"
 
+# `ui`, `metrics` and `ablate` do not exist yet: they are where the open issues' web UI, metric models and
+# ablation studies go.
 LAYERS = [
-    {"cli", "commands", "ui", "__main__", "testing"},
+    {"cli", "commands", "ui", "testing"},
     {"training", "eval", "metrics", "ablate"},
     {"pipeline"},
     {"families", "autoencoder", "encoders"},
@@ -50,7 +52,7 @@ def layer_of(top: str) -> int:
 def imported_tops(path: Path) -> set[tuple[str, int]]:
     """(first component under sa_jax, line) of every sa_jax import in the file."""
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    package = parts[:-1] if path.name != "__init__.py" else parts[:-1]
+    package = parts[:-1]   # the package a relative import starts from (for __init__.py too)
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):

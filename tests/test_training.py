@@ -166,3 +166,21 @@ def test_sa_jax_train_exits_143_when_preempted(reference, tmp_path, monkeypatch)
         monkeypatch.setattr(sa_jax.training, "train", lambda cfg, p=preempted: RunResult(None, 5, p, None))
         args = ["train", "--config", str(ROOT / "configs/train_dit_tiny.yaml"), *tiny_overrides(latents, tmp_path)]
         assert main(args) == code
+
+
+def test_a_run_saved_with_the_old_family_name_resumes(reference, tmp_path):
+    """Checkpoints written before the families were renamed say `family: dit` in their saved config; they
+    resume (the saved model section is read through today's schema) and end where an uninterrupted run does."""
+    import json
+
+    latents, full, _ = reference
+    run = tmp_path / "old"
+    train(config(latents, run), stop_at=EVERY)
+    saved = run / "checkpoints" / str(EVERY) / "config" / "metadata"
+    data = json.loads(saved.read_text())
+    assert data["model"]["family"] == "sao"
+    data["model"]["family"] = "dit"
+    saved.write_text(json.dumps(data))
+    resumed = train(config(latents, run)).state
+    for a, b in zip(leaves(resumed.params), leaves(full.params)):
+        np.testing.assert_array_equal(a, b)

@@ -68,7 +68,6 @@ from sa_jax.training.optim import make_optimizer
 log = logging.getLogger("sa_jax.training.clap")
 
 TOKENIZER_DIR = "tokenizer"
-EXPORT_DIR = "export"
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
