@@ -1,5 +1,6 @@
 """Fault injection (issue 17): `sa-jax train` killed with SIGKILL at random points of a tiny run, then
-resumed, ends bitwise equal to a run that was never interrupted: parameters, EMA and optimizer state.
+resumed, ends bitwise equal to a run that was never interrupted: parameters, EMA and optimizer state,
+and the export of a run killed while exporting is written by the rerun.
 
 The run saves a checkpoint asynchronously at every step, so most kill points fall while Orbax is
 writing one; one case waits for a save in flight (its `*.orbax-checkpoint-tmp*` folder) and kills
@@ -24,7 +25,7 @@ from training_util import tiny_overrides, write_latents
 from sa_jax.commands.train import train_from
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 16
+STEPS = 12
 SEEDS = (0, 1, 2)
 
 
@@ -119,3 +120,22 @@ def test_kill9_during_an_async_save_resumes_bitwise(setup, tmp_path):
     print(what)
     assert "during an async save" in what, what
     resume_and_compare(latents, tmp_path / "run", full)
+
+
+def test_kill9_during_the_final_export_resumes_and_exports(setup, tmp_path):
+    """Killed while the last step's weights are being exported (the export's temporary folder exists):
+    the rerun restores the last checkpoint, writes the export, and its state is the uninterrupted one."""
+    from sa_jax.checkpoints import store
+
+    latents, full, cache = setup
+    run = tmp_path / "run"
+
+    def exporting(run, t):
+        return any(name.startswith(".export.partial-") for name in os.listdir(run)) or t > 60
+
+    what = kill_run(latents, run, cache, exporting, tmp_path / "train.log")
+    print(what)
+    assert not (run / "export").exists(), what
+    resume_and_compare(latents, run, full)
+    for a, b in zip(leaves(store.load_params(run / "export")), leaves(full.ema), strict=True):
+        np.testing.assert_array_equal(a, b)
