@@ -146,6 +146,25 @@ def test_nan_weights_are_an_error_naming_the_key_with_an_opt_out(nan_diffusers_v
     assert r.returncode == 0, r.stderr
 
 
+def test_convert_refuses_nan_weights_unless_allowed_and_the_result_stays_guarded(nan_diffusers_vae, tmp_path,
+                                                                                 capsys):
+    from sa_jax import Autoencoder
+    from sa_jax.checkpoints.table import allow_nonfinite_weights
+    from sa_jax.cli import build_parser
+    from sa_jax.cli import main as cli
+
+    folder, key = nan_diffusers_vae
+    assert cli(["convert", str(folder), str(tmp_path / "c")]) == 2
+    assert key in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert cli(["convert", str(folder), str(tmp_path / "c"), "--allow-nonfinite-weights"]) == 0
+    with pytest.raises(CheckpointError, match="non-finite"):
+        Autoencoder.load(tmp_path / "c")
+    with allow_nonfinite_weights():
+        Autoencoder.load(tmp_path / "c")
+    for argv in (["sample", "a prompt"], ["encode", "a", "b", "--model", "m"], ["roundtrip", "a", "b", "--model", "m"]):
+        assert build_parser().parse_args(argv + ["--allow-nonfinite-weights"]).allow_nonfinite_weights
+
+
 def test_an_sa_jax_checkpoint_with_nan_weights_is_refused(tmp_path):
     import jax
 
