@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sa_jax.errors import AudioError  # noqa: F401  (re-exported)
+from sa_jax.errors import AudioError
 
 
 def check_finite(audio: np.ndarray, what: str) -> None:

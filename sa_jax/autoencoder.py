@@ -19,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.audio import AudioError, check_finite
+from sa_jax.audio import check_finite
 from sa_jax.checkpoints import autoencoder as importer
 from sa_jax.checkpoints import sat_config, store
-from sa_jax.checkpoints.io import CheckpointError, read_state_dict
-from sa_jax.config import ConfigError, check_seed, load_yaml, naming, read_json, to_dict
+from sa_jax.checkpoints.io import read_state_dict
+from sa_jax.config import check_seed, load_yaml, naming, read_json, to_dict
+from sa_jax.errors import AudioError, CheckpointError, ConfigError
 from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
 from sa_jax.nn import compute_dtype
 

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
-from sa_jax.errors import ConfigError  # noqa: F401  (re-exported)
+from sa_jax.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sa_jax.config import ConfigError
+from sa_jax.errors import ConfigError
 
 log = logging.getLogger("sa_jax.parallel")
 

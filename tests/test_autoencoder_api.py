@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from sa_jax import Autoencoder
-from sa_jax.audio import AudioError, load_audio
-from sa_jax.checkpoints.io import CheckpointError
+from sa_jax.audio import load_audio
 from sa_jax.cli import main as cli
-from sa_jax.config import ConfigError
+from sa_jax.errors import AudioError, CheckpointError, ConfigError
 
 TINY_DIFFUSERS = dict(encoder_hidden_size=8, downsampling_ratios=[2, 4], channel_multiples=[1, 2],
                       decoder_channels=8, decoder_input_channels=4, audio_channels=2, sampling_rate=44100)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from sa_jax.checkpoints.bert import import_bert
-from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.tokenizer import load_tokenizer
 from sa_jax.encoders import TextEncoder
+from sa_jax.errors import CheckpointError
 from sa_jax.models.bert import BertConfig, BertEncoder
 from sa_jax.testing.sat_ref import randomize, rel_err, state_dict
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sa_jax.checkpoints.clap import import_hf_clap, load_hf_clap
-from sa_jax.checkpoints.io import CheckpointError
+from sa_jax.errors import CheckpointError
 from sa_jax.models.clap import ClapConfig, ClapModel, bicubic_matrix, contrastive_loss
 from sa_jax.testing.sat_ref import randomize, rel_err, state_dict
 

@@ -174,7 +174,7 @@ def test_missing_tokenizer_files_are_named(clap_dir, tmp_path):
 
 
 def test_bad_audio_input_is_explained(clap_dir):
-    from sa_jax.config import ConfigError
+    from sa_jax.errors import ConfigError
 
     clap = Clap.load(clap_dir[2])
     with pytest.raises(ValueError, match="2 prompts but 1 clips"):

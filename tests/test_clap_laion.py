@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from sa_jax.checkpoints.clap import laion_config, load_laion_clap
-from sa_jax.checkpoints.io import CheckpointError
+from sa_jax.errors import CheckpointError
 from sa_jax.models.clap import ClapModel, contrastive_loss
 from sa_jax.testing.sat_ref import randomize, rel_err
 

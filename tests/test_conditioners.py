@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from sa_jax.checkpoints import sao
-from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.encoders import T5TextEncoder
+from sa_jax.errors import CheckpointError
 from sa_jax.models.conditioners import (
     ConditioningConfig,
     NumberConditionerConfig,

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sa_jax.checkpoints import sat_config
-from sa_jax.config import ConfigError, apply_overrides, from_dict, load, load_yaml, to_dict
+from sa_jax.config import apply_overrides, from_dict, load, load_yaml, to_dict
+from sa_jax.errors import ConfigError
 from sa_jax.models.autoencoder import DACDecoderConfig, OobleckEncoderConfig, config_from_dict
 
 

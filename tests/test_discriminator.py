@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sa_jax.checkpoints.discriminator import from_torch
-from sa_jax.checkpoints.io import CheckpointError
+from sa_jax.errors import CheckpointError
 from sa_jax.models.discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
 from sa_jax.training.losses import discriminator_losses
 
@@ -112,7 +112,7 @@ def test_importer_reports_every_problem(ref_disc):
 
 
 def test_bad_config_and_input():
-    from sa_jax.config import ConfigError
+    from sa_jax.errors import ConfigError
 
     with pytest.raises(ConfigError, match="equal length"):
         DiscriminatorConfig(n_ffts=(64,), hop_lengths=(16, 8), win_lengths=(64,)).validate()

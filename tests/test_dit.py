@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from sa_jax.checkpoints import sao
-from sa_jax.checkpoints.io import CheckpointError
-from sa_jax.config import ConfigError, from_dict
+from sa_jax.config import from_dict
+from sa_jax.errors import CheckpointError, ConfigError
 from sa_jax.models.dit import DiTConfig, init_params, make_denoiser
 from sa_jax.testing.sat_ref import SAO_MODEL_CONFIG, randomize, rel_err, sat_module, state_dict
 

@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
-from training_util import tiny_overrides, write_latents
+from training_util import leaves, tiny_overrides, write_latents
 
 from sa_jax.commands.train import train_from
 
@@ -33,10 +32,6 @@ def overrides(latents, run_dir):
     return tiny_overrides(latents, run_dir, steps=STEPS, **{"checkpoint.every": 1, "checkpoint.async_save": True,
                                                            "checkpoint.keep": 2, "checkpoint.keep_best": False,
                                                            "optim.lr": 3e-3})
-
-
-def leaves(tree):
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(tree))]
 
 
 @pytest.fixture(scope="module")

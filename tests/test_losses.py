@@ -193,7 +193,7 @@ def test_kl_matches_reference_formula():
 
 
 def test_bad_inputs_raise_clear_errors():
-    from sa_jax.config import ConfigError
+    from sa_jax.errors import ConfigError
 
     with pytest.raises(ConfigError, match="equal length"):
         L.STFTLossConfig(fft_sizes=(64, 32), hop_sizes=(16,), win_lengths=(64, 32)).validate()

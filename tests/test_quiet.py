@@ -95,7 +95,7 @@ def test_quiet_batches_mark_music_silence_and_the_margin(centred, tmp_path):
 
 
 def test_quiet_config_rejects_bad_values(centred, tmp_path):
-    from sa_jax.config import ConfigError
+    from sa_jax.errors import ConfigError
     from sa_jax.training.quiet import QuietConfig, quiet_decoder
 
     with pytest.raises(ConfigError, match="steps must be >= 1"):

@@ -12,26 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from training_util import TINY_VAE
 
-from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.data import DataPipeline, encode_dataset
-from sa_jax.data.audio_io import BadAudio, probe
+from sa_jax.data.audio_io import probe
 from sa_jax.data.latents import open_latents
 from sa_jax.data.metadata import build_prompt, read_manifest
 from sa_jax.data.sources import scan_folder
+from sa_jax.errors import BadAudio, CheckpointError
 
 SR = 44100
 SA_JAX = str(Path(sys.executable).with_name("sa-jax"))
 
-# A tiny random-weight VAE for the command line (`--model tiny_vae.json`: random weights).
-TINY_VAE = {
-    "encoder": {"type": "oobleck", "config": {"in_channels": 2, "channels": 4, "c_mults": [1, 1],
-                                              "strides": [4, 8], "latent_dim": 8, "use_snake": True}},
-    "decoder": {"type": "oobleck", "config": {"out_channels": 2, "channels": 4, "c_mults": [1, 1],
-                                              "strides": [4, 8], "latent_dim": 4, "use_snake": True,
-                                              "final_tanh": False}},
-    "latent_dim": 4, "downsampling_ratio": 32, "io_channels": 2, "sample_rate": SR,
-}
 
 
 class PoolEncoder:
@@ -205,7 +197,7 @@ def test_encode_with_nothing_encodable_removes_only_the_folder_it_made(tmp_path)
         def encode(self, audio):
             raise RuntimeError("out of memory")
 
-    from sa_jax.data import NoUsableData
+    from sa_jax.errors import NoUsableData
 
     src = tmp_path / "src"
     src.mkdir()

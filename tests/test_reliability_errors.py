@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sa_jax.config import ConfigError, check_seed, load, load_yaml
+from sa_jax.config import check_seed, load, load_yaml
+from sa_jax.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SA_JAX = [sys.executable, "-m", "sa_jax.cli"]

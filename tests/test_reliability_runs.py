@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from training_util import tiny_overrides, write_latents
 
-from sa_jax.config import ConfigError, load
-from sa_jax.training import TrainConfig, TrainingError, train
+from sa_jax.config import load
+from sa_jax.errors import ConfigError, TrainingError
+from sa_jax.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SA_JAX = Path(sys.executable).parent / "sa-jax"
@@ -113,7 +114,6 @@ def test_the_stale_lock_of_a_killed_trainer_is_taken_over(latents, tmp_path):
     assert RunLock.holder(run) is None   # released at the end
 
 
-@pytest.mark.slow
 def test_two_trainers_racing_for_one_run_directory(latents, tmp_path):
     run = tmp_path / "run"
     cmd = [str(SA_JAX), "train", "--config", str(ROOT / "configs/train_dit_tiny.yaml"),

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.unet import timing_from_sat as import_sat
+from sa_jax.errors import CheckpointError
 from sa_jax.models.sa1_conditioning import SA1Conditioner
 from sa_jax.testing.reference import import_reference
 

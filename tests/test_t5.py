@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sa_jax.checkpoints.io import CheckpointError, read_weights
+from sa_jax.checkpoints.io import read_weights
 from sa_jax.checkpoints.t5 import check_t5_folder, import_t5
 from sa_jax.encoders import T5TextEncoder
+from sa_jax.errors import CheckpointError
 from sa_jax.models.t5 import T5Config, T5Encoder
 from sa_jax.testing.sat_ref import randomize, rel_err, state_dict
 

@@ -8,10 +8,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
-from training_util import tiny_overrides, write_latents
+from training_util import leaves, tiny_overrides, write_latents
 
 from sa_jax.config import load
 from sa_jax.training import TrainConfig, train
@@ -23,10 +22,6 @@ STEPS, EVERY = 20, 10
 def config(latents, run_dir, **extra):
     extra = {"steps": STEPS, "checkpoint.every": EVERY, "optim.lr": 3e-3, **extra}
     return load(TrainConfig, ROOT / "configs/train_dit_tiny.yaml", tiny_overrides(latents, run_dir, **extra))
-
-
-def leaves(tree):
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(tree))]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +124,7 @@ def test_nonfinite_step_is_skipped(reference, tmp_path):
 def test_repeated_nonfinite_steps_stop_the_run(reference, tmp_path):
     """An absurd learning rate blows the parameters up after one update; every later step is
     non-finite, skipped and counted, and the run stops with a clear error before any checkpoint."""
-    from sa_jax.training import TrainingError
+    from sa_jax.errors import TrainingError
 
     latents, _, _ = reference
     cfg = config(latents, tmp_path / "run", **{"optim.lr": "1.0e+30", "optim.clip_norm": "null", "max_bad_steps": 3})

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from sa_jax.config import ConfigError, load
+from sa_jax.config import load
+from sa_jax.errors import ConfigError
 from sa_jax.training.clap import (
     ClapTrainConfig,
     clap_text_conditioner,

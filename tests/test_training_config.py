@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from sa_jax.config import ConfigError, load
+from sa_jax.config import load
+from sa_jax.errors import ConfigError
 from sa_jax.parallel import leaf_spec, mesh_shape
 from sa_jax.training.config import EMAConfig, MeshConfig, OptimConfig, TrainConfig
 from sa_jax.training.optim import ema_decay, learning_rate, make_optimizer

@@ -18,7 +18,8 @@ import pytest
 
 from sa_jax import StableAudio
 from sa_jax.autoencoder import Autoencoder
-from sa_jax.config import ConfigError, load
+from sa_jax.config import load
+from sa_jax.errors import ConfigError
 from sa_jax.training import TrainConfig, train
 
 SR, RATIO, DIM, WINDOW = 64, 16, 8, 32

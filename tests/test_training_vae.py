@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from sa_jax.config import ConfigError, load
+from sa_jax.config import load
+from sa_jax.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/train_vae_tiny.yaml"

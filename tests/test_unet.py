@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.unet import expected_shapes, from_sat
 from sa_jax.config import load_yaml
 from sa_jax.diffusion import cfg_model
+from sa_jax.errors import CheckpointError
 from sa_jax.models.unet import UNet1d, config_from_dict, null_embedding
 from sa_jax.testing.reference import import_reference
 

@@ -1,8 +1,10 @@
-"""Helpers for the training tests: a tiny pre-encoded latents corpus and a tiny run config."""
+"""Helpers shared by the tests: a tiny pre-encoded latents corpus, a tiny run config, a tiny VAE config,
+and parameter trees as lists of NumPy arrays."""
 
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 
 RATIO, SR, DIM = 1024, 44100, 8
@@ -38,3 +40,19 @@ def tiny_overrides(latents, run_dir, **extra) -> list[str]:
              "data.shard_count": 1, "data.num_threads": 1, "log.every": 5, "checkpoint.async_save": False}
     items.update(extra)
     return [f"{k}={v}" for k, v in items.items()]
+
+
+def leaves(tree) -> list:
+    """The arrays of a (device) tree, on the host, in tree order: for bitwise comparisons of runs."""
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(tree))]
+
+
+# A tiny random-weight Oobleck VAE config (a few hundred parameters), 32x, 4 latent channels.
+TINY_VAE = {
+    "encoder": {"type": "oobleck", "config": {"in_channels": 2, "channels": 4, "c_mults": [1, 1],
+                                              "strides": [4, 8], "latent_dim": 8, "use_snake": True}},
+    "decoder": {"type": "oobleck", "config": {"out_channels": 2, "channels": 4, "c_mults": [1, 1],
+                                              "strides": [4, 8], "latent_dim": 4, "use_snake": True,
+                                              "final_tanh": False}},
+    "latent_dim": 4, "downsampling_ratio": 32, "io_channels": 2, "sample_rate": SR,
+}

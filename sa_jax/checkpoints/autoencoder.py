@@ -15,8 +15,8 @@ import jax
 import numpy as np
 
 from sa_jax.checkpoints import table
-from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.table import Kind, Row, conv1d, conv1d_t, flat, layer, strip
+from sa_jax.errors import CheckpointError
 from sa_jax.models.autoencoder import (
     AudioAutoencoder,
     AutoencoderConfig,

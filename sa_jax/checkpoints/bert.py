@@ -12,9 +12,10 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, hf_weight_file, read_state_dict
+from sa_jax.checkpoints.io import hf_weight_file, read_state_dict
 from sa_jax.checkpoints.table import Row, convert, strip, torch_layer
 from sa_jax.config import read_json
+from sa_jax.errors import CheckpointError
 from sa_jax.models.bert import BertConfig, BertEncoder
 from sa_jax.tree import flat_shapes
 

@@ -23,9 +23,10 @@ from typing import Iterator
 import numpy as np
 
 from sa_jax.checkpoints.bert import BUFFERS, bert_rows, import_bert, read_bert_config, with_pooler
-from sa_jax.checkpoints.io import HF_WEIGHTS, CheckpointError, hf_weight_file, read_state_dict
+from sa_jax.checkpoints.io import HF_WEIGHTS, hf_weight_file, read_state_dict
 from sa_jax.checkpoints.table import Row, convert, strip, torch_layer
 from sa_jax.config import read_json
+from sa_jax.errors import CheckpointError
 from sa_jax.models.bert import BertConfig
 from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, HTSATConfig, variable_shapes
 

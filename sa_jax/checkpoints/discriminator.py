@@ -12,8 +12,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.checkpoints.table import Row, conv2d, convert, expand, flat
+from sa_jax.errors import CheckpointError
 from sa_jax.models.discriminator import DiscriminatorConfig, init_params
 from sa_jax.nn.spectral import hann_window
 from sa_jax.tree import flat_shapes

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sa_jax.errors import CheckpointError  # noqa: F401  (re-exported)
+from sa_jax.errors import CheckpointError
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:

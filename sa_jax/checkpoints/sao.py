@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sa_jax.checkpoints.io import CheckpointError, read_state_dict, read_weights
+from sa_jax.checkpoints.io import read_state_dict, read_weights
 from sa_jax.checkpoints.t5 import convert_t5, load_t5
 from sa_jax.checkpoints.table import Report, Row, conv1x1, convert_into, equals, expand, flat, fuse, linear, zeros
-from sa_jax.config import ConfigError, from_dict, read_json
+from sa_jax.config import from_dict, read_json
+from sa_jax.errors import CheckpointError, ConfigError
 from sa_jax.models import conditioners as cond_mod
 from sa_jax.models import dit as dit_mod
 from sa_jax.models.conditioners import ConditioningConfig, NumberConditionerConfig

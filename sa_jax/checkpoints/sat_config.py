@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sa_jax.config import ConfigError, read_json
+from sa_jax.config import read_json
+from sa_jax.errors import ConfigError
 from sa_jax.models.autoencoder import AutoencoderConfig, config_from_dict
 
 # Runtime switches of the reference's AutoencoderPretransform that do not change the weights.

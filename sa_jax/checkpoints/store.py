@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import yaml
 
-from sa_jax.checkpoints.io import CheckpointError
 from sa_jax.config import read_yaml
+from sa_jax.errors import CheckpointError
 
 CONFIG_FILE = "config.yaml"
 PARAMS_DIR = "params"

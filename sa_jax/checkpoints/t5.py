@@ -10,7 +10,8 @@ import numpy as np
 
 from sa_jax.checkpoints.io import read_weights
 from sa_jax.checkpoints.table import Report, Row, convert, convert_into, expand, linear, strip
-from sa_jax.config import ConfigError, read_json
+from sa_jax.config import read_json
+from sa_jax.errors import ConfigError
 from sa_jax.models.t5 import T5Config, param_shapes
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model.fp16.safetensors", "pytorch_model.bin")

@@ -21,7 +21,8 @@ TRAINERS = {
 def trainer_of(path) -> str:
     """The `trainer:` of a config YAML or packaged config name (default `diffusion`; its `base:` chain
     may set it), checked against TRAINERS."""
-    from sa_jax.config import ConfigError, load_yaml
+    from sa_jax.config import load_yaml
+    from sa_jax.errors import ConfigError
 
     name = load_yaml(path).get("trainer", "diffusion")
     if not isinstance(name, str) or name not in TRAINERS:
@@ -51,7 +52,7 @@ def run(args) -> int:
     maybe_initialize_distributed()   # before anything touches a device
     import logging
 
-    from sa_jax.training import TrainingError
+    from sa_jax.errors import TrainingError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg, train_fn = load_run(args.config, args.overrides)

@@ -61,7 +61,8 @@ def _encode_folder(args, ae) -> int:
     """A dataset folder -> pre-encoded latents that `DataConfig(kind="latents")` reads."""
     from tqdm import tqdm
 
-    from sa_jax.data import NoUsableData, encode_dataset
+    from sa_jax.data import encode_dataset
+    from sa_jax.errors import NoUsableData
 
     if args.sample:
         raise ValueError("--sample is for single files; a dataset is encoded to posterior means")

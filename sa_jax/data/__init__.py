@@ -11,7 +11,8 @@ synth (synthetic corpus).
 
 from sa_jax.data.config import DataConfig
 from sa_jax.data.pipeline import DataPipeline, crop_timing
-from sa_jax.data.sources import NoUsableData, SkipReport, scan_folder
+from sa_jax.data.sources import SkipReport, scan_folder
+from sa_jax.errors import NoUsableData
 
 __all__ = ["DataConfig", "DataPipeline", "NoUsableData", "SkipReport", "crop_timing", "scan_folder",
            "encode_dataset"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sa_jax.audio import resample
-from sa_jax.errors import BadAudio  # noqa: F401  (re-exported)
+from sa_jax.errors import BadAudio
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from sa_jax.config import ConfigError
+from sa_jax.errors import ConfigError
 
 
 @dataclass

@@ -27,9 +27,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sa_jax.data.audio_io import BadAudio, peak_db, read_all
+from sa_jax.data.audio_io import peak_db, read_all
 from sa_jax.data.config import DataConfig
-from sa_jax.data.sources import NoUsableData, SkipReport, scan_folder
+from sa_jax.data.sources import SkipReport, scan_folder
+from sa_jax.errors import BadAudio, NoUsableData
 
 log = logging.getLogger("sa_jax.data")
 

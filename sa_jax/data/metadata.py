@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from sa_jax.errors import MetadataError  # noqa: F401  (re-exported)
+from sa_jax.errors import MetadataError
 
 # Keys that describe the file rather than its content; never put in prompts.
 RESERVED_KEYS = frozenset({"path", "file", "filename", "relpath", "sample_rate", "channels", "frames",

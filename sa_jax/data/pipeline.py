@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from sa_jax.data.audio_io import AudioInfo, BadAudio, peak_db, read_window
+from sa_jax.data.audio_io import AudioInfo, peak_db, read_window
 from sa_jax.data.config import DataConfig
 from sa_jax.data.metadata import build_prompt
-from sa_jax.data.sources import NoUsableData, SkipReport
+from sa_jax.data.sources import SkipReport
+from sa_jax.errors import BadAudio, NoUsableData
 
 log = logging.getLogger("sa_jax.data")
 

@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sa_jax.data.audio_io import AUDIO_EXTENSIONS, BadAudio, peak_db, probe, read_all
-from sa_jax.data.metadata import MANIFEST_NAMES, MetadataError, read_manifest, read_sidecar
-from sa_jax.errors import NoUsableData  # noqa: F401  (re-exported)
+from sa_jax.data.audio_io import AUDIO_EXTENSIONS, peak_db, probe, read_all
+from sa_jax.data.metadata import MANIFEST_NAMES, read_manifest, read_sidecar
+from sa_jax.errors import BadAudio, MetadataError, NoUsableData
 
 log = logging.getLogger("sa_jax.data")
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sa_jax.data.sources import NoUsableData, SkipReport
+from sa_jax.data.sources import SkipReport
+from sa_jax.errors import NoUsableData
 
 log = logging.getLogger("sa_jax.data")
 

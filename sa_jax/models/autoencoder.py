@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sa_jax.config import ConfigError, from_dict
+from sa_jax.config import from_dict
+from sa_jax.errors import ConfigError
 from sa_jax.nn.layers import ACTIVATIONS, Conv1d, ConvTranspose1d
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sa_jax.config import ConfigError
+from sa_jax.errors import ConfigError
 
 Dtype = Any
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.config import ConfigError
+from sa_jax.errors import ConfigError
 from sa_jax.models.bert import BertConfig, BertEncoder
 from sa_jax.tree import flat_shapes
 

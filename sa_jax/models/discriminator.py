@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.config import ConfigError
+from sa_jax.errors import ConfigError
 from sa_jax.nn.spectral import hann_window, stft
 
 REFERENCE_FFTS = (2048, 1024, 512, 256, 128)   # stable-audio-tools' SA 1.0 VAE recipe

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sa_jax.config import ConfigError
+from sa_jax.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.config import ConfigError
+from sa_jax.errors import ConfigError
 from sa_jax.nn.attention import attention
 from sa_jax.tree import flat_shapes
 

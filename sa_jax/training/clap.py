@@ -56,8 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sa_jax.config import ConfigError
 from sa_jax.data.config import DataConfig
+from sa_jax.errors import ConfigError
 from sa_jax.models.bert import BertConfig
 from sa_jax.models.clap import ClapAudioFeatures, ClapConfig, ClapModel, HTSATConfig, audio_features, contrastive_loss
 from sa_jax.training import engine

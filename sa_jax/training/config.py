@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from sa_jax.config import ConfigError
 from sa_jax.data.config import DataConfig
+from sa_jax.errors import ConfigError
 from sa_jax.families import OLD_NAMES as OLD_FAMILY_NAMES
 from sa_jax.models.conditioners import ConditioningConfig
 from sa_jax.models.dit import DiTConfig

@@ -50,8 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.config import ConfigError, current_names, save_yaml, to_dict
-from sa_jax.errors import TrainingError
+from sa_jax.config import current_names, save_yaml, to_dict
+from sa_jax.errors import ConfigError, TrainingError
 from sa_jax.parallel import batch_divisor, batch_sharding, describe, global_batch, make_mesh, tree_shardings
 
 log = logging.getLogger("sa_jax.training")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.config import ConfigError
+from sa_jax.errors import ConfigError
 
 
 class FrozenModels:

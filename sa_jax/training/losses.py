@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sa_jax.config import ConfigError
+from sa_jax.errors import ConfigError
 from sa_jax.models.autoencoder import vae_kl
 from sa_jax.nn.spectral import stft
 

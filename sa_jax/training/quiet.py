@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sa_jax.config import ConfigError
+from sa_jax.errors import ConfigError
 from sa_jax.models.autoencoder import AutoencoderConfig
 from sa_jax.training import engine
 from sa_jax.training.config import CheckpointConfig, LogConfig, MeshConfig

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sa_jax.config import ConfigError
 from sa_jax.data.config import DataConfig
+from sa_jax.errors import ConfigError
 from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
 from sa_jax.models.discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
 from sa_jax.nn import DTYPES
