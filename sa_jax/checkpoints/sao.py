@@ -275,9 +275,10 @@ _T5_DIMS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t
 
 def sat_model_configs(model_config: dict) -> tuple[DiTConfig, ConditioningConfig, str]:
     """(DiT config, conditioning config, T5 model name) of a stable-audio-tools SAO `model_config.json`."""
-    if model_config.get("model_type") != "diffusion_cond":
+    if model_config.get("model_type") not in ("diffusion_cond", "diffusion_cond_inpaint"):
         raise ConfigError(f"model_type {model_config.get('model_type')!r} is not 'diffusion_cond' (a "
-                          "conditioned diffusion model such as Stable Audio Open)")
+                          "conditioned diffusion model such as Stable Audio Open) or 'diffusion_cond_inpaint' "
+                          "(one trained with inpainting inputs)")
     model = model_config.get("model", {})
     diffusion = model.get("diffusion", {})
     if diffusion.get("type") != "dit":
@@ -285,7 +286,7 @@ def sat_model_configs(model_config: dict) -> tuple[DiTConfig, ConditioningConfig
     dc = diffusion.get("config", {})
     problems = []
     for key, value in dc.items():
-        if key in _SAT_DIT_USED:
+        if key in _SAT_DIT_USED or key == "input_concat_dim":
             continue
         if key not in _SAT_DIT_FIXED:
             problems.append(f"unknown DiT option {key!r}")
@@ -310,9 +311,20 @@ def sat_model_configs(model_config: dict) -> tuple[DiTConfig, ConditioningConfig
     by_id = {c.get("id"): c for c in conditioning.get("configs", [])}
     cross_ids = tuple(diffusion.get("cross_attention_cond_ids", []))
     global_ids = tuple(diffusion.get("global_cond_ids", []))
-    for key in ("input_concat_ids", "prepend_cond_ids"):
-        if diffusion.get(key):
-            raise ConfigError(f"model_config.json: diffusion.{key} is not supported by sa-jax's SAO path")
+    if diffusion.get("prepend_cond_ids"):
+        raise ConfigError("model_config.json: diffusion.prepend_cond_ids is not supported by sa-jax's SAO path")
+    concat_ids = tuple(diffusion.get("input_concat_ids", []))
+    bad = [i for i in concat_ids if i not in cond_mod.INPAINT_IDS] + sorted(
+        {i for i in concat_ids if concat_ids.count(i) > 1})
+    if bad:
+        raise ConfigError(f"model_config.json: diffusion.input_concat_ids {list(concat_ids)}: sa-jax supports "
+                          f"each of {list(cond_mod.INPAINT_IDS)} at most once, not {bad}")
+    concat_dim = sum(1 if i == "inpaint_mask" else dit.io_channels for i in concat_ids)
+    if dc.get("input_concat_dim", 0) != concat_dim:
+        raise ConfigError(f"model_config.json: the DiT's input_concat_dim is {dc.get('input_concat_dim', 0)} but "
+                          f"input_concat_ids {list(concat_ids)} give {concat_dim} channels (inpaint_mask 1, "
+                          f"inpaint_masked_input io_channels {dit.io_channels})")
+    dit = dit.replace(input_concat_dim=concat_dim)
     unknown = set(by_id) - set(cond_mod.ALL_IDS)
     if unknown:
         raise ConfigError(f"model_config.json: conditioners {sorted(unknown)} are not supported; "
@@ -338,7 +350,7 @@ def sat_model_configs(model_config: dict) -> tuple[DiTConfig, ConditioningConfig
         "text_projection": bool(pc.get("project_out", False)) or text_dim != cond_dim,
         "max_length": pc.get("max_length", 128),
         "seconds_start": numbers["seconds_start"], "seconds_total": numbers["seconds_total"],
-        "cross_attn_ids": cross_ids, "global_ids": global_ids})
+        "cross_attn_ids": cross_ids, "global_ids": global_ids, "input_concat_ids": concat_ids})
     if conditioning_config.global_dim != dit.global_cond_dim:
         raise ConfigError(f"model_config.json: the global conditioners give {conditioning_config.global_dim} "
                           f"features but the DiT expects global_cond_dim {dit.global_cond_dim}")

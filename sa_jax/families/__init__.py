@@ -11,6 +11,8 @@ and the denoiser network, plus reading that model from the formats it is publish
 Every family class has the same members, which `sa_jax.pipeline.StableAudio` uses:
 `name`, `objective`, `cfg_rescale`, `defaults` (its `SamplingDefaults`), `latent_channels`,
 `condition(prompts, seconds_start, seconds_total) -> cond`, `unconditional(cond, negative) -> uncond`,
+`has_inpaint_inputs` and `inpaint_inputs(known_latents, mask) -> dict` (the extra conditioning of an
+inpainting-trained checkpoint, merged into both CFG branches; ConfigError for models without it),
 `network() -> Partial(params, x, t, cond) -> v`, and for sa-jax checkpoints `config_sections()`,
 `params()`, `save_files(folder)` and the classmethod `from_checkpoint(config, params, folder, dtype)`.
 The foreign-format loaders return a `Loaded` (family, autoencoder, sample_size, defaults).
@@ -69,6 +71,14 @@ class Family:
     cfg_rescale = 0.0
     defaults = SamplingDefaults()
     text_encoder: Any
+    has_inpaint_inputs = False  # the network takes inpainting inputs (stable-audio-tools' diffusion_cond_inpaint)
+
+    def inpaint_inputs(self, known_latents, mask) -> dict:
+        """Conditioning from the known latents and mask (1 = keep) for a model trained with inpainting
+        inputs, merged into both CFG branches; families and checkpoints without them raise."""
+        raise ConfigError(f"this model ({self.title}) has no inpainting inputs: it is not a stable-audio-tools "
+                          "'diffusion_cond_inpaint' checkpoint. Inpaint it through sampling instead "
+                          "(StableAudio.inpaint / sa_jax.diffusion.sample(known=, mask=), RePaint-style)")
 
     def save_files(self, folder: Path) -> None:
         self.text_encoder.tokenizer.save_pretrained(str(Path(folder) / TOKENIZER_DIR))

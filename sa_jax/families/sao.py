@@ -49,6 +49,10 @@ class SAOFamily(Family):
             raise CheckpointError("the conditioners and the DiT disagree on widths "
                                   f"(cond {cond_config.cond_dim} vs {dit_config.cond_token_dim}, "
                                   f"global {cond_config.global_dim} vs {dit_config.global_cond_dim})")
+        concat = sum(1 if i == "inpaint_mask" else dit_config.io_channels for i in cond_config.input_concat_ids)
+        if concat != dit_config.input_concat_dim:
+            raise CheckpointError(f"the DiT takes {dit_config.input_concat_dim} input-concat channels but the "
+                                  f"conditioning's input_concat_ids {list(cond_config.input_concat_ids)} give {concat}")
         self.dit_config, self.cond_config = dit_config, cond_config
         self.dit_params = jax.tree_util.tree_map(jnp.asarray, dit_params)
         self.cond_params = jax.tree_util.tree_map(jnp.asarray, cond_params)
@@ -61,7 +65,37 @@ class SAOFamily(Family):
     def latent_channels(self) -> int:
         return self.dit_config.io_channels
 
+    @property
+    def has_inpaint_inputs(self) -> bool:
+        """Whether the network takes stable-audio-tools' inpainting inputs (a `diffusion_cond_inpaint`
+        checkpoint): `inpaint_mask` and `inpaint_masked_input` concatenated to the noisy latents."""
+        return bool(self.cond_config.input_concat_ids)
+
+    def inpaint_inputs(self, known_latents, mask) -> dict:
+        """The inputs of an inpainting-trained model, as the reference's `generate_diffusion_cond_inpaint`
+        builds them, to merge into both CFG branches' conditioning: {"input_concat": (batch,
+        input_concat_dim, frames)}, the `inpaint_mask` (1 where the latents are known and kept, 0 where
+        they are generated) and `inpaint_masked_input` (known_latents * mask) channels in the order of the
+        checkpoint's input_concat_ids. known_latents: (batch, latent channels, frames); mask: anything
+        broadcasting to it, the same for every channel (RePaint's mask of `sa_jax.diffusion.sample`).
+        A model without these inputs raises ConfigError."""
+        if not self.has_inpaint_inputs:
+            return super().inpaint_inputs(known_latents, mask)   # raises
+        known = jnp.asarray(known_latents, jnp.float32)
+        if known.ndim != 3 or known.shape[1] != self.latent_channels:
+            raise ValueError(f"known_latents must be (batch, {self.latent_channels}, frames), got {known.shape}")
+        try:
+            mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), known.shape)[:, :1, :]
+        except ValueError:
+            raise ValueError(f"mask of shape {jnp.shape(mask)} does not broadcast to the known latents' "
+                             f"{known.shape}") from None
+        parts = {"inpaint_mask": mask, "inpaint_masked_input": known * mask}
+        return {"input_concat": jnp.concatenate([parts[i] for i in self.cond_config.input_concat_ids], axis=1)}
+
     def condition(self, prompts: list[str], seconds_start: float, seconds_total: float) -> dict:
+        """The conditioning. An inpainting-trained model without `inpaint_inputs` merged in gets an
+        all-zero mask and input (nothing known; see `network`), as the reference's
+        `generate_diffusion_cond_inpaint` without a mask."""
         text, mask = self.text_encoder(prompts)
         b = len(prompts)
         cross, glob = self._conditioner(self.cond_params, text, mask, jnp.full((b,), seconds_start, jnp.float32),
@@ -70,7 +104,10 @@ class SAOFamily(Family):
 
     def unconditional(self, cond: dict, negative: dict | None = None) -> dict:
         cross = jnp.zeros_like(cond["cross_attn"]) if negative is None else negative["cross_attn"]
-        return {"cross_attn": cross, "global": cond["global"]}
+        uncond = {"cross_attn": cross, "global": cond["global"]}
+        if "input_concat" in cond:  # the reference gives both CFG branches the same inpainting inputs
+            uncond["input_concat"] = cond["input_concat"]
+        return uncond
 
     def network(self) -> Partial:
         """`network(x, t, cond) -> v` with the parameters as pytree leaves (jit arguments)."""
@@ -112,9 +149,13 @@ def _sao_network(dit_config, dtype: str):
     from sa_jax.models.dit import make_denoiser
 
     dit = make_denoiser(dit_config, DTYPES[dtype])
+    concat = dit_config.input_concat_dim
 
     def network(params, x, t, cond):
-        return dit(params, x, t, cond["cross_attn"], cond["global"])
+        extra = cond.get("input_concat")
+        if concat and extra is None:  # an inpainting model with nothing known: zero mask and input
+            extra = jnp.zeros((x.shape[0], concat, x.shape[2]), jnp.float32)
+        return dit(params, x, t, cond["cross_attn"], cond["global"], extra)
 
     return network
 

@@ -34,6 +34,7 @@ Dtype = Any
 
 NUMBER_IDS = ("seconds_start", "seconds_total")
 ALL_IDS = ("prompt",) + NUMBER_IDS
+INPAINT_IDS = ("inpaint_mask", "inpaint_masked_input")  # set by the sampler, not computed from prompts
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,22 @@ class ConditioningConfig:
     seconds_total: NumberConditionerConfig = field(default_factory=NumberConditionerConfig)
     cross_attn_ids: tuple[str, ...] = ("prompt", "seconds_start", "seconds_total")
     global_ids: tuple[str, ...] = ("seconds_start", "seconds_total")
+    # Inputs concatenated to the noisy latents as channels: stable-audio-tools' inpainting-trained
+    # (`diffusion_cond_inpaint`) models take ("inpaint_mask", "inpaint_masked_input"); () for the others.
+    input_concat_ids: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.text_dim != self.cond_dim and not self.text_projection:
             raise ConfigError(f"conditioning: text_dim {self.text_dim} differs from cond_dim {self.cond_dim}; "
                               "set text_projection: true")
         for name, ids, allowed in (("cross_attn_ids", self.cross_attn_ids, ALL_IDS),
-                                   ("global_ids", self.global_ids, NUMBER_IDS)):
+                                   ("global_ids", self.global_ids, NUMBER_IDS),
+                                   ("input_concat_ids", self.input_concat_ids, INPAINT_IDS)):
             bad = [i for i in ids if i not in allowed]
             if bad:
                 raise ConfigError(f"conditioning: {name} has unknown id(s) {bad}; allowed: {list(allowed)}")
+        if len(set(self.input_concat_ids)) != len(self.input_concat_ids):
+            raise ConfigError(f"conditioning: input_concat_ids repeats an id: {list(self.input_concat_ids)}")
         if not self.cross_attn_ids:
             raise ConfigError("conditioning: cross_attn_ids must not be empty")
         if self.max_length <= 0:

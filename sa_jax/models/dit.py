@@ -58,6 +58,7 @@ class DiTConfig:
     rotary_dim: int | None = None  # rotated features per head; None: max(head_dim // 2, 32) as the reference
     rotary_base: float = 10000.0
     norm_eps: float = 1e-5
+    input_concat_dim: int = 0      # extra input channels concatenated to x (inpainting models' mask + masked input)
 
     @property
     def head_dim(self) -> int:
@@ -88,6 +89,8 @@ class DiTConfig:
             problems.append(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
         if self.timestep_features_dim % 2:
             problems.append(f"timestep_features_dim must be even, got {self.timestep_features_dim}")
+        if self.input_concat_dim < 0:
+            problems.append(f"input_concat_dim must be >= 0, got {self.input_concat_dim}")
         if not problems:
             hd, kv = self.head_dim, self.kv_heads
             if self.num_kv_heads is None and self.context_dim % hd:
@@ -212,7 +215,7 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, cross_attn_cond: jax.Array,
-                 global_cond: jax.Array) -> jax.Array:
+                 global_cond: jax.Array, input_concat: jax.Array | None = None) -> jax.Array:
         c = self.config
         dt = self.dtype
         b = x.shape[0]
@@ -222,6 +225,11 @@ class DiT(nn.Module):
             raise ValueError(f"cross_attn_cond must be ({b}, tokens, {c.cond_token_dim}), got {cross_attn_cond.shape}")
         if global_cond.shape != (b, c.global_cond_dim):
             raise ValueError(f"global_cond must be ({b}, {c.global_cond_dim}), got {global_cond.shape}")
+        if (input_concat is None) != (c.input_concat_dim == 0) or (
+                input_concat is not None and input_concat.shape != (b, c.input_concat_dim, x.shape[2])):
+            got = None if input_concat is None else input_concat.shape
+            raise ValueError(f"input_concat must be ({b}, {c.input_concat_dim}, {x.shape[2]}) when input_concat_dim "
+                             f"is {c.input_concat_dim} > 0 and absent otherwise; got {got}")
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
 
         context = MLP(c.context_dim, c.context_dim, False, dt, name="to_cond_embed")(cross_attn_cond.astype(dt))
@@ -231,8 +239,10 @@ class DiT(nn.Module):
         prepend = (global_embed + t_embed)[:, None, :]
 
         f32 = jnp.float32
-        h = jnp.swapaxes(x, 1, 2).astype(f32)                      # (b, frames, io)
-        h = h + _dense(c.io_channels, "preprocess_conv", dt, zero=True)(h).astype(f32)
+        if input_concat is not None:
+            x = jnp.concatenate([x.astype(f32), input_concat.astype(f32)], axis=1)
+        h = jnp.swapaxes(x, 1, 2).astype(f32)                      # (b, frames, io + input_concat_dim)
+        h = h + _dense(h.shape[-1], "preprocess_conv", dt, zero=True)(h).astype(f32)
         h = _dense(c.embed_dim, "project_in", dt)(h).astype(f32)
         h = jnp.concatenate([prepend.astype(f32), h], axis=1)     # the global token comes first
         cos, sin = rotary_cos_sin(h.shape[1], c.rotary_features, c.rotary_base)
@@ -249,7 +259,8 @@ def init_params(config: DiTConfig, key: jax.Array, frames: int = 8, tokens: int 
     x = jnp.zeros((1, config.io_channels, frames), jnp.float32)
     cond = jnp.zeros((1, tokens, config.cond_token_dim), jnp.float32)
     g = jnp.zeros((1, config.global_cond_dim), jnp.float32)
-    init = jax.jit(lambda k: DiT(config).init(k, x, jnp.zeros((1,)), cond, g)["params"])
+    extra = jnp.zeros((1, config.input_concat_dim, frames), jnp.float32) if config.input_concat_dim else None
+    init = jax.jit(lambda k: DiT(config).init(k, x, jnp.zeros((1,)), cond, g, extra)["params"])
     return init(key)
 
 
@@ -260,11 +271,11 @@ def param_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
 
 
 def make_denoiser(config: DiTConfig, dtype: Dtype = jnp.float32, remat: bool = False):
-    """`apply(params, x, t, cross_attn_cond, global_cond) -> v`, a pure function of the DiT
-    (x and v (batch, io_channels, frames); float32 params; `dtype` the compute dtype)."""
+    """`apply(params, x, t, cross_attn_cond, global_cond, input_concat=None) -> v`, a pure function
+    of the DiT (x and v (batch, io_channels, frames); float32 params; `dtype` the compute dtype)."""
     model = DiT(config, dtype, remat)
 
-    def apply(params, x, t, cross_attn_cond, global_cond):
-        return model.apply({"params": params}, x, t, cross_attn_cond, global_cond)
+    def apply(params, x, t, cross_attn_cond, global_cond, input_concat=None):
+        return model.apply({"params": params}, x, t, cross_attn_cond, global_cond, input_concat)
 
     return apply
