@@ -15,6 +15,7 @@ COMMANDS = [
     "params",
     "configs",  # the packaged configs (configs/), by name
     "sample",  # text-to-audio generation (sa_jax/pipeline.py)
+    "longform",  # inpaint, continue (sa_jax/longform.py)
     "synth",  # synthetic corpus (sa_jax/data/synth.py)
     "train",  # diffusion training (sa_jax/training)
     "evaluate",  # timing accuracy, text adherence, reconstruction (sa_jax/eval)

@@ -188,6 +188,37 @@ class StableAudio:
         samples = min(int(round(seconds * self.sample_rate)), audio.shape[-1]) if trim else audio.shape[-1]
         return np.ascontiguousarray(audio[:, :, :samples], dtype=np.float32)
 
+    # --- beyond the window (sa_jax.longform) --------------------------------------------------
+    # Each takes generate's sampling arguments as keywords: steps, cfg_scale, sampler, seed,
+    # negative_prompt, sigma_min, sigma_max, rho; and returns float32 (batch, channels, samples) at
+    # sample_rate. Input audio may have any rate and channel count (resampled, made stereo).
+    def generate_long(self, prompts: str | Sequence[str], seconds_total: float = 180.0,
+                      overlap_seconds: float | None = None, progress=None, **sampling) -> np.ndarray:
+        """Audio of any length (within the family's timing range): windows overlapping by
+        `overlap_seconds` (None: a quarter of the window), each conditioned on its own seconds_start
+        and the piece's seconds_total, each inpainting its overlap with the previous one.
+        `progress(window, windows, seconds_start)` is called before each window."""
+        from sa_jax import longform
+
+        return longform.generate_long(self, prompts, seconds_total, overlap_seconds, progress, **sampling)
+
+    def continue_audio(self, audio: np.ndarray, sample_rate: int, prompts: str | Sequence[str],
+                       seconds: float = 20.0, overlap_seconds: float | None = None, progress=None,
+                       **sampling) -> np.ndarray:
+        """The input (VAE round trip) followed by `seconds` more: long form seeded with the encoded
+        input as the known prefix."""
+        from sa_jax import longform
+
+        return longform.continue_audio(self, audio, sample_rate, prompts, seconds, overlap_seconds, progress,
+                                       **sampling)
+
+    def inpaint(self, audio: np.ndarray, sample_rate: int, prompts: str | Sequence[str], start: float,
+                end: float, progress=None, **sampling) -> np.ndarray:
+        """The input (VAE round trip) with [start, end) seconds regenerated; the same length."""
+        from sa_jax import longform
+
+        return longform.inpaint(self, audio, sample_rate, prompts, start, end, progress, **sampling)
+
     def generate_latents(self, prompts: str | Sequence[str], seconds_start: float = 0,
                          seconds_total: float | None = None, steps: int | None = None, cfg_scale: float | None = None,
                          sampler: str | None = None, seed: int = 0, negative_prompt: str | None = None,
@@ -207,16 +238,30 @@ class StableAudio:
         sigma_max = init_noise_level. init_noise: (batch, latent channels, window frames) standard
         normal noise to start from instead of the seed's.
         """
+        window = self.window_seconds
+        seconds_total = window if seconds_total is None else _number("seconds_total", seconds_total, above=0)
+        if seconds_total > window + 1e-9:
+            raise ValueError(f"seconds_total {seconds_total:g} is longer than the model's window of {window:.2f} s "
+                             f"({self.window_samples} samples at {self.sample_rate} Hz); for longer audio use "
+                             f"generate_long (windows overlapping and inpainted; `sa-jax sample` does it by itself)")
+        return self._latents(prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt,
+                             init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise)
+
+    def _latents(self, prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt,
+                 init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise, *, known=None, mask=None,
+                 window_index: int | None = None) -> np.ndarray:
+        """`generate_latents` without the window check on seconds_total (long form conditions each
+        window on the whole piece's length). known, mask: RePaint inpainting (`sa_jax.diffusion.sample`),
+        (batch, latent channels, window frames) and a mask broadcasting to it, 1 = keep; a family with an
+        `inpaint_inputs(known, mask) -> dict` (when its `has_inpaint_inputs`) gets that extra conditioning in both CFG
+        branches (the inpainting-trained models' inputs). window_index: folded into the seed's key, so
+        every window of one piece draws its own noise."""
         from sa_jax.diffusion import SAMPLER_ALIASES, SAMPLERS, cfg_model, get_sigmas, sample, start_latents, v_denoiser
 
         d = self.defaults
         prompts = _prompt_list(prompts)
         batch = len(prompts)
-        window = self.window_seconds
-        seconds_total = window if seconds_total is None else _number("seconds_total", seconds_total, above=0)
-        if seconds_total > window + 1e-9:
-            raise ValueError(f"seconds_total {seconds_total:g} is longer than the model's window of {window:.2f} s "
-                             f"({self.window_samples} samples at {self.sample_rate} Hz)")
+        seconds_total = _number("seconds_total", seconds_total, above=0)
         seconds_start = _number("seconds_start", seconds_start, minimum=0)
         if seconds_start >= seconds_total:
             raise ValueError(f"seconds_start ({seconds_start:g}) must be less than seconds_total ({seconds_total:g})")
@@ -243,6 +288,8 @@ class StableAudio:
             raise ValueError(f"{what} ({sigma_max:g}) must exceed sigma_min ({sigma_min:g})")
 
         key = jax.random.key(int(seed))
+        if window_index is not None:
+            key = jax.random.fold_in(key, window_index)
         k_noise, k_sampler, k_init = jax.random.split(key, 3)
         shape = (batch, self.family.latent_channels, self.window_frames)
         if init_noise is None:
@@ -266,6 +313,11 @@ class StableAudio:
                 raise TypeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
             negative = self.family.condition([negative_prompt] * batch, seconds_start, seconds_total)
         uncond = self.family.unconditional(cond, negative)
+        # only inpainting-trained checkpoints (family.has_inpaint_inputs) take these inputs; others refuse them
+        hook = self.family.inpaint_inputs if getattr(self.family, "has_inpaint_inputs", False) else None
+        extra = hook(known, mask) if (hook is not None and known is not None) else None
+        if extra:
+            cond, uncond = {**cond, **extra}, {**uncond, **extra}
         log.info("conditioned %d prompt(s) in %.2f s", batch, time.perf_counter() - t0)
 
         sigmas = get_sigmas("polyexponential", steps, sigma_min, sigma_max, rho)
@@ -275,7 +327,10 @@ class StableAudio:
                            objective=self.family.objective)
         denoiser = v_denoiser(guided)
         t0 = time.perf_counter()
-        latents = sample(denoiser, x, sigmas, name, key=k_sampler)
+        if known is not None:
+            known, mask = _place(None, (jnp.asarray(known, x.dtype), jnp.broadcast_to(
+                jnp.asarray(mask, x.dtype), x.shape)), batch)[1]
+        latents = sample(denoiser, x, sigmas, name, key=k_sampler, known=known, mask=mask)
         latents = np.asarray(jax.device_get(latents))
         log.info("sampled %d x %d latent frames, %d steps (%s, cfg %g) in %.2f s", batch, self.window_frames, steps,
                  name, cfg_scale, time.perf_counter() - t0)

@@ -30,7 +30,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sa_jax"
 LAYERS = [
     {"cli", "commands", "ui", "testing"},
     {"training", "eval", "metrics", "ablate"},
-    {"pipeline"},
+    {"pipeline", "longform"},
     {"families", "autoencoder", "encoders"},
     {"checkpoints"},
     {"models"},

@@ -164,15 +164,30 @@ def _generate(args, prompts, paths, chunks) -> int:
         model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
                                  clap_tokenizer=args.clap_tokenizer)
     init_audio = None
+    long_form = args.seconds_total is not None and args.seconds_total > model.window_seconds
+    if long_form:
+        if args.init_audio or args.seconds_start:
+            raise ValueError(f"--seconds-total {args.seconds_total:g} is past the model's window of "
+                             f"{model.window_seconds:.2f} s, so it uses long form, which takes neither --init-audio "
+                             "nor --seconds-start (use `sa-jax continue` to extend audio)")
+        print(f"--seconds-total {args.seconds_total:g} s is past the model's window of {model.window_seconds:.2f} s: "
+              "long form (overlapping windows, each overlap inpainted)", file=sys.stderr)
     if args.init_audio:
         init_audio = load_audio(args.init_audio, model.sample_rate, model.autoencoder.io_channels)
     for c, chunk in enumerate(chunks):
         start = time.perf_counter()
         print(f"batch {c + 1}/{len(chunks)}: {len(chunk)} item(s)", file=sys.stderr)
-        audio = model.generate(
-            [p for _, p, _ in chunk], seconds_start=args.seconds_start, seconds_total=args.seconds_total,
-            steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed + c,
-            negative_prompt=args.negative_prompt, init_audio=init_audio, init_noise_level=args.init_noise_level)
+        sampling = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed + c,
+                        negative_prompt=args.negative_prompt)
+        if long_form:
+            from sa_jax.commands.longform import window_progress
+
+            audio = model.generate_long([p for _, p, _ in chunk], seconds_total=args.seconds_total,
+                                        progress=window_progress, **sampling)
+        else:
+            audio = model.generate(
+                [p for _, p, _ in chunk], seconds_start=args.seconds_start, seconds_total=args.seconds_total,
+                init_audio=init_audio, init_noise_level=args.init_noise_level, **sampling)
         first = c * args.max_batch
         for j, (_, prompt, _) in enumerate(chunk):
             wav = write_audio(paths[first + j], audio[j], model.sample_rate)
@@ -199,7 +214,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="out", help="output folder, or a .wav path (default: out/)")
     p.add_argument("--seconds-start", type=float, default=0.0, help="timing conditioning: start (default 0)")
     p.add_argument("--seconds-total", type=float, default=None,
-                   help="length in seconds (timing conditioning and trim); default: the model's window")
+                   help="length in seconds (timing conditioning and trim); default: the model's window; past "
+                        "the window: long form (overlapping windows, sa_jax/longform.py)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--sampler", default=None, help="e.g. dpmpp-3m-sde, dpmpp-2m, heun, dpmpp-2m-sde")

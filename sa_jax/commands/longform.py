@@ -1,0 +1,113 @@
+"""`sa-jax inpaint IN OUT --start S --end E --prompt P` and `sa-jax continue IN OUT --seconds N
+--prompt P`: regenerate a region of an audio file, or extend it, with a Stable Audio model
+(`StableAudio.inpaint` / `continue_audio`, sa_jax/longform.py). The output (WAV + spectrogram PNG
+beside it) is written atomically; progress is printed per window. `sa-jax sample --seconds-total`
+past the model's window uses the same long-form path (`generate_long`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+def window_progress(k: int, n: int, seconds_start: float) -> None:
+    print(f"window {k + 1}/{n} at {seconds_start:.2f} s", file=sys.stderr, flush=True)
+
+
+def _run(args, what: str) -> int:
+    from sa_jax.commands.sample import check_writable, write_spectrogram
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".wav":
+        raise ValueError(f"OUT must be a .wav path, got {out}")
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f"audio file {args.input} does not exist")
+    if what == "inpaint" and not args.start < args.end:
+        raise ValueError(f"--start ({args.start:g}) must be before --end ({args.end:g})")
+    if what == "continue" and not args.seconds > 0:
+        raise ValueError(f"--seconds must be > 0, got {args.seconds:g}")
+    created = check_writable([out])
+    handler = logging.StreamHandler(sys.stderr)
+    logger = logging.getLogger("sa_jax")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        import soundfile as sf
+
+        from sa_jax.audio import check_finite, write_audio
+        from sa_jax.checkpoints.table import allow_nonfinite_weights
+        from sa_jax.errors import AudioError
+        from sa_jax.pipeline import StableAudio
+
+        try:
+            data, rate = sf.read(str(args.input), dtype="float32", always_2d=True)
+        except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or TypeError
+            raise AudioError(f"{args.input} could not be decoded as audio ({e})") from None
+        if data.shape[0] == 0:
+            raise AudioError(f"{args.input} has no samples")
+        check_finite(data, str(args.input))
+        print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
+        with allow_nonfinite_weights(args.allow_nonfinite_weights):
+            model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
+                                     clap_tokenizer=args.clap_tokenizer)
+        sampling = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed,
+                        negative_prompt=args.negative_prompt)
+        prompts = [args.prompt]
+        if what == "inpaint":
+            audio = model.inpaint(data.T, rate, prompts, start=args.start, end=args.end, progress=window_progress,
+                                  **sampling)
+        else:
+            audio = model.continue_audio(data.T, rate, prompts, seconds=args.seconds,
+                                         overlap_seconds=args.overlap_seconds, progress=window_progress, **sampling)
+        wav = write_audio(out, audio[0], model.sample_rate)
+        write_spectrogram(wav.with_suffix(".png"), audio[0], model.sample_rate, args.prompt)
+        print(f"  {wav} ({audio.shape[-1] / model.sample_rate:.2f} s)", file=sys.stderr)
+        return 0
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _common(p) -> None:
+    p.add_argument("input", metavar="IN", help="audio file (any rate and channel count soundfile reads)")
+    p.add_argument("out", metavar="OUT", help="output .wav path (a spectrogram .png is written beside it)")
+    p.add_argument("--prompt", required=True, help="text prompt")
+    p.add_argument("--model", default=None, help="model folder (default: the small model shipped with sa-jax)")
+    p.add_argument("--t5", default=None, help="local T5 folder for a stable-audio-tools checkpoint")
+    p.add_argument("--clap", default=None, help="CLAP model for a Stable Audio 1.0 checkpoint")
+    p.add_argument("--clap-tokenizer", default=None, help="local RoBERTa tokenizer folder for a LAION .pt")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--allow-nonfinite-weights", action="store_true",
+                   help="load weights that hold NaN/inf values (refused by default)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inpaint", help="regenerate [--start, --end) seconds of an audio file",
+                       description="Inpainting: the audio outside [start, end) is kept (through the VAE), the "
+                                   "region is generated to fit it and the prompt. The output has the input's length.")
+    _common(p)
+    p.add_argument("--start", type=float, required=True, help="region start (s)")
+    p.add_argument("--end", type=float, required=True, help="region end (s, exclusive)")
+    p.set_defaults(func=lambda args: _run(args, "inpaint"))
+    p = sub.add_parser("continue", help="extend an audio file by --seconds",
+                       description="Continuation: the input (through the VAE) followed by --seconds more, generated "
+                                   "window by window with each window's overlap with what is known inpainted.")
+    _common(p)
+    p.add_argument("--seconds", type=float, required=True, help="seconds to add")
+    p.add_argument("--overlap-seconds", type=float, default=None,
+                   help="overlap between windows (default: a quarter of the window)")
+    p.set_defaults(func=lambda args: _run(args, "continue"))
