@@ -201,3 +201,22 @@ def test_importer_checks_the_input_concat_channels():
     bad["model"]["diffusion"]["input_concat_ids"] = ["inpaint_mask", "audio"]
     with pytest.raises(ConfigError, match="input_concat_ids"):
         sao.sat_model_configs(bad)
+
+
+def test_inpaint_passes_the_inputs_to_an_inpainting_model(inpaint_folder):
+    """`StableAudio.inpaint` on an inpainting-trained checkpoint gives the network the mask and the
+    known latents (besides RePaint's replacement): the same call with the inputs withheld (the
+    network then sees an all-zero mask and input) gives other audio."""
+    from sa_jax import StableAudio
+
+    root, _ = inpaint_folder
+    sa = StableAudio.load(root)
+    plain = copy.copy(sa.family)
+    plain.cond_config = plain.cond_config.replace(input_concat_ids=())   # the network then sees zeros
+    without = StableAudio(plain, sa.autoencoder, sa.window_samples, sa.defaults)
+    audio = 0.3 * np.sin(np.linspace(0, 200, FRAMES * DOWN, dtype=np.float32))[None].repeat(2, 0)
+    kw = dict(start=0.3, end=0.6, steps=4, seed=1, sampler="dpmpp-2m")
+    y = sa.inpaint(audio, SAMPLE_RATE, PROMPTS[:1], **kw)
+    z = without.inpaint(audio, SAMPLE_RATE, PROMPTS[:1], **kw)
+    assert y.shape == z.shape == (1, 2, FRAMES * DOWN) and np.all(np.isfinite(y))
+    assert rel_err(y, z) > 1e-3
