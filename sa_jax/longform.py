@@ -6,8 +6,9 @@ window. A window is the model's own length (`window_frames`); it is sampled with
 inpainting (`sa_jax.diffusion.sample(known=..., mask=...)`): the frames already on the canvas
 (the previous window's overlap, the user's audio) are re-noised to each step's sigma and put back,
 so the model generates only the rest, consistent with them. The mask has soft edges: it falls
-linearly from 1 to 0 over `RAMP_FRAMES` latent frames on the known side of each boundary, so the
-new frames blend into the known ones instead of meeting them at a hard cut.
+linearly from 1 to 0 over a few latent frames on the known side of each boundary (`RAMP_FRAMES`
+around an inpainted region; a quarter of the overlap between long-form windows, `long_ramp`), so
+the new frames blend into the known ones instead of meeting them at a hard cut.
 
 Each window is conditioned on its true place in the piece: `seconds_start` = the window's offset,
 `seconds_total` = the whole piece's length (both models were trained on crops of longer files
@@ -34,7 +35,8 @@ from sa_jax.errors import AudioError, ConfigError
 
 log = logging.getLogger("sa_jax.longform")
 
-RAMP_FRAMES = 4            # latent frames of linear ramp at the edge of every known region
+RAMP_FRAMES = 4            # latent frames of linear ramp at the edge of an inpainted region
+RAMP_FRACTION = 0.25       # long form / continuation: the ramp is this fraction of the overlap (at least RAMP_FRAMES)
 OVERLAP_FRACTION = 0.25    # default overlap between windows, as a fraction of the window
 
 Progress = Callable[[int, int, float], None]   # (window index, windows, seconds_start)
@@ -79,10 +81,11 @@ def prepare_audio(audio, sample_rate, sa, batch: int, what: str = "audio") -> np
     return np.ascontiguousarray(np.broadcast_to(a, (batch,) + a.shape[1:]))
 
 
-def keep_mask(frames: int, keep: np.ndarray, ramp: int = RAMP_FRAMES) -> np.ndarray:
+def keep_mask(frames: int, keep: np.ndarray, ramp: int | None = None) -> np.ndarray:
     """A soft keep-mask over `frames` latent frames from a boolean `keep`: 1 deep inside the kept
     frames, falling linearly to 0 over the last `ramp` kept frames before each generated frame
     (the generated frames themselves are always 0)."""
+    ramp = RAMP_FRAMES if ramp is None else ramp
     keep = np.asarray(keep, bool)
     gen = np.flatnonzero(~keep)
     if gen.size == 0:
@@ -136,12 +139,20 @@ def _sampling(kwargs: dict) -> dict:
             "sigma_min": None, "sigma_max": None, "rho": None, **kwargs}
 
 
-def _window(sa, prompts, canvas, keep, start: int, seconds_total: float, index: int, s: dict) -> np.ndarray:
+def long_ramp(overlap: int) -> int:
+    """The soft mask's ramp between windows: a quarter of the overlap. Measured on the shipped model
+    (40 s, overlap 96 frames, 2 seeds x 2 prompts, 50 steps): mean level step at seams 4.4-5.7 dB
+    with a 4-frame ramp, 2.1-3.0 dB with 24 frames (the piece's own between 50 ms frames: 2.8 dB)."""
+    return max(RAMP_FRAMES, int(round(overlap * RAMP_FRACTION)))
+
+
+def _window(sa, prompts, canvas, keep, start: int, seconds_total: float, index: int, s: dict,
+            ramp: int | None = None) -> np.ndarray:
     """Sample the window [start, start + window_frames) of `canvas` with the frames where `keep`
     is true inpainted as known; returns the window's latents (kept frames equal to the canvas's)."""
     w = sa.window_frames
     known = canvas[:, :, start:start + w]
-    mask = keep_mask(w, keep[start:start + w])[None, None, :]
+    mask = keep_mask(w, keep[start:start + w], ramp)[None, None, :]
     seconds_start = start * sa.autoencoder.downsampling_ratio / sa.sample_rate
     return sa._latents(prompts, seconds_start, seconds_total, s["steps"], s["cfg_scale"], s["sampler"], s["seed"],
                        s["negative_prompt"], None, 1.0, s["sigma_min"], s["sigma_max"], s["rho"], None,
@@ -160,7 +171,8 @@ def _fill(sa, prompts, canvas, keep, frames: int, seconds_total: float, overlap:
         if progress is not None:
             progress(k, len(starts), seconds_start)
         log.info("window %d/%d at %.2f s of %.2f s", k + 1, len(starts), seconds_start, seconds_total)
-        canvas[:, :, start:start + w] = _window(sa, prompts, canvas, keep, start, seconds_total, k, s)
+        canvas[:, :, start:start + w] = _window(sa, prompts, canvas, keep, start, seconds_total, k, s,
+                                                long_ramp(overlap))
         keep[start:start + w] = True
     return canvas
 

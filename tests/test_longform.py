@@ -86,17 +86,22 @@ def test_generate_long_length_batch_one_program_and_seams(sa):
     assert y.shape == (2, 2, int(seconds * sa.sample_rate)) == y2.shape and y.dtype == np.float32
     assert np.all(np.isfinite(y)) and np.abs(y - y2).max() > 0.05
     st = seam_stats(y, [s * sa.autoencoder.downsampling_ratio for s in seams], sa.sample_rate)
-    # no click: the largest step at a seam stays below the largest elsewhere (measured 0.5-0.7 at
-    # 8 steps); no level jump beyond the piece's own between adjacent 50 ms frames.
-    assert st["jump_ratio"] < 1.5
-    assert st["seam_level_db"] <= st["level_db_max"] + 3.0
+    # No click: the largest step near a seam stays below the largest elsewhere (measured 0.36). No
+    # level jump: the worst seam's 50 ms level step (measured 7.4 dB) stays below the piece's own
+    # 95th percentile between adjacent 50 ms frames (12.1 dB), the seams' mean (2.4) near the piece's (3.1).
+    assert st["jump_ratio"] < 1.0
+    assert st["seam_level_db"] <= st["level_db_p95"]
+    assert st["seam_level_db_mean"] <= st["level_db_mean"] + 3.0
 
 
 def test_continue_audio_prefix_and_length(sa, clip):
     rt, n = _round_trip(sa, clip)
     y = sa.continue_audio(clip, SR_IN, "sine flute melody", seconds=6.0, steps=STEPS, seed=0)
     assert y.shape == (1, 2, n + 6 * sa.sample_rate) and y.dtype == np.float32
-    keep = (n // 1024) * 1024 - int(MARGIN_S * sa.sample_rate)
+    from sa_jax.longform import long_ramp
+
+    ramp = long_ramp(round(sa.window_frames / 4))   # the default overlap's ramp blends the end of the input
+    keep = (n // 1024 - ramp) * 1024 - int(MARGIN_S * sa.sample_rate)
     assert np.abs(y[:, :, :keep] - rt[:, :, :keep]).max() <= KEEP_TOL
     assert np.abs(y[:, :, n:]).max() > 1e-3   # something was generated
 
@@ -213,3 +218,14 @@ def test_cli_registered():
 
     assert "longform" in COMMANDS and Path(__file__).parent.joinpath("..", "sa_jax", "commands",
                                                                       "longform.py").is_file()
+
+
+def test_timing_max_of_each_family(sa):
+    from types import SimpleNamespace
+
+    from sa_jax.longform import timing_max
+    from sa_jax.models.conditioners import NumberConditionerConfig
+
+    assert timing_max(sa.family) == 512.0                                   # SA1: the integer timing table
+    sao_like = SimpleNamespace(cond_config=SimpleNamespace(seconds_total=NumberConditionerConfig(max_val=256.0)))
+    assert timing_max(sao_like) == 256.0                                    # SAO: seconds_total's max_val

@@ -27,8 +27,9 @@ def seam_stats(audio: np.ndarray, seams, sample_rate: int, radius_ms: float = 25
                frame_ms: float = 50.0) -> dict:
     """The seam measures of `audio` ((channels, samples) or (batch, channels, samples): the worst
     item) at the sample positions `seams`. Returns jump_ratio (worst seam's max step / max step
-    elsewhere), seam_level_db (worst seam's level step), level_db_p95 and level_db_max (level steps
-    between adjacent frames away from the seams), and the seam count."""
+    elsewhere), seam_level_db and seam_level_db_mean (worst and mean seam level step), level_db_p95,
+    level_db_max and level_db_mean (level steps between adjacent frames away from the seams), and
+    the seam count."""
     a = np.asarray(audio, np.float64)
     if a.ndim == 2:
         a = a[None]
@@ -39,7 +40,9 @@ def seam_stats(audio: np.ndarray, seams, sample_rate: int, radius_ms: float = 25
     near = np.zeros(samples - 1, bool)
     for s in seams:
         near[max(0, s - radius):min(samples - 1, s + radius)] = True
-    out = {"seams": len(seams), "jump_ratio": 0.0, "seam_level_db": 0.0, "level_db_p95": 0.0, "level_db_max": 0.0}
+    out = {"seams": len(seams), "jump_ratio": 0.0, "seam_level_db": 0.0, "level_db_p95": 0.0, "level_db_max": 0.0,
+           "seam_level_db_mean": 0.0, "level_db_mean": 0.0}
+    seam_steps, far_steps = [], []
     for x in a:
         step = np.abs(np.diff(x, axis=-1)).max(axis=0)
         rest = step[~near].max() if (~near).any() else 0.0
@@ -49,7 +52,8 @@ def seam_stats(audio: np.ndarray, seams, sample_rate: int, radius_ms: float = 25
             if s - frame < 0 or s + frame > samples:
                 continue
             both = x[:, s - frame:s + frame]
-            out["seam_level_db"] = max(out["seam_level_db"], float(_db_steps(both, frame).max()))
+            seam_steps.append(float(_db_steps(both, frame).max()))
+            out["seam_level_db"] = max(out["seam_level_db"], seam_steps[-1])
         # adjacent frame pairs away from every seam (a frame grid offset so no pair straddles one)
         steps = _db_steps(x, frame).max(axis=0)
         centres = (np.arange(steps.size) + 1) * frame
@@ -57,4 +61,9 @@ def seam_stats(audio: np.ndarray, seams, sample_rate: int, radius_ms: float = 25
         if far.any():
             out["level_db_p95"] = max(out["level_db_p95"], float(np.percentile(steps[far], 95)))
             out["level_db_max"] = max(out["level_db_max"], float(steps[far].max()))
+            far_steps.append(steps[far])
+    if seam_steps:
+        out["seam_level_db_mean"] = float(np.mean(seam_steps))
+    if far_steps:
+        out["level_db_mean"] = float(np.mean(np.concatenate(far_steps)))
     return out
