@@ -285,5 +285,6 @@ def inpaint(sa, audio, sample_rate, prompts, start: float, end: float, progress:
     first = int(min(max(0, (a + b) // 2 - w // 2), canvas.shape[-1] - w))
     if progress is not None:
         progress(0, 1, first * frame_s)
+    log.info("window 1/1 at %.2f s of %.2f s", first * frame_s, seconds_total)
     canvas[:, :, first:first + w] = _window(sa, prompts, canvas, keep, first, seconds_total, 0, s)
     return _decode(sa, canvas[:, :, :frames], samples)

@@ -1,7 +1,7 @@
 """`sa-jax inpaint IN OUT --start S --end E --prompt P` and `sa-jax continue IN OUT --seconds N
 --prompt P`: regenerate a region of an audio file, or extend it, with a Stable Audio model
 (`StableAudio.inpaint` / `continue_audio`, sa_jax/longform.py). The output (WAV + spectrogram PNG
-beside it) is written atomically; progress is printed per window. `sa-jax sample --seconds-total`
+beside it) is written atomically; the pipeline's log prints a line per window. `sa-jax sample --seconds-total`
 past the model's window uses the same long-form path (`generate_long`)."""
 
 from __future__ import annotations
@@ -9,10 +9,6 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-
-
-def window_progress(k: int, n: int, seconds_start: float) -> None:
-    print(f"window {k + 1}/{n} at {seconds_start:.2f} s", file=sys.stderr, flush=True)
 
 
 def _run(args, what: str) -> int:
@@ -56,11 +52,10 @@ def _run(args, what: str) -> int:
                         negative_prompt=args.negative_prompt)
         prompts = [args.prompt]
         if what == "inpaint":
-            audio = model.inpaint(data.T, rate, prompts, start=args.start, end=args.end, progress=window_progress,
-                                  **sampling)
+            audio = model.inpaint(data.T, rate, prompts, start=args.start, end=args.end, **sampling)
         else:
             audio = model.continue_audio(data.T, rate, prompts, seconds=args.seconds,
-                                         overlap_seconds=args.overlap_seconds, progress=window_progress, **sampling)
+                                         overlap_seconds=args.overlap_seconds, **sampling)
         wav = write_audio(out, audio[0], model.sample_rate)
         write_spectrogram(wav.with_suffix(".png"), audio[0], model.sample_rate, args.prompt)
         print(f"  {wav} ({audio.shape[-1] / model.sample_rate:.2f} s)", file=sys.stderr)

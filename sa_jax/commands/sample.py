@@ -179,11 +179,8 @@ def _generate(args, prompts, paths, chunks) -> int:
         print(f"batch {c + 1}/{len(chunks)}: {len(chunk)} item(s)", file=sys.stderr)
         sampling = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed + c,
                         negative_prompt=args.negative_prompt)
-        if long_form:
-            from sa_jax.commands.longform import window_progress
-
-            audio = model.generate_long([p for _, p, _ in chunk], seconds_total=args.seconds_total,
-                                        progress=window_progress, **sampling)
+        if long_form:   # the pipeline logs a line per window
+            audio = model.generate_long([p for _, p, _ in chunk], seconds_total=args.seconds_total, **sampling)
         else:
             audio = model.generate(
                 [p for _, p, _ in chunk], seconds_start=args.seconds_start, seconds_total=args.seconds_total,
