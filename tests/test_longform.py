@@ -229,3 +229,13 @@ def test_timing_max_of_each_family(sa):
     assert timing_max(sa.family) == 512.0                                   # SA1: the integer timing table
     sao_like = SimpleNamespace(cond_config=SimpleNamespace(seconds_total=NumberConditionerConfig(max_val=256.0)))
     assert timing_max(sao_like) == 256.0                                    # SAO: seconds_total's max_val
+
+
+def test_inpaint_region_longer_than_a_window_and_batches(sa, clip):
+    long = np.tile(clip, 4)   # 20 s
+    with pytest.raises(ConfigError, match="at most 376 frames"):
+        sa.inpaint(long, SR_IN, "x", start=1.0, end=15.0, steps=2)
+    y = sa.inpaint(np.stack([clip, clip]), SR_IN, ["a", "b"], start=1.0, end=2.0, steps=2, seed=0)
+    assert y.shape == (2, 2, 5 * sa.sample_rate)
+    with pytest.raises(AudioError, match="batch 3 but there are 2 prompts"):
+        sa.inpaint(np.stack([clip] * 3)[:, None], SR_IN, ["a", "b"], start=1.0, end=2.0, steps=2)
