@@ -279,8 +279,14 @@ def test_sample_command_writes_wavs_and_spectrograms(tiny, tmp_path, capsys):
     assert cli(["sample", "rain", "--model", str(root), "--steps", "4", "--batch-size", "2", "--init-audio",
                 str(wavs[0]), "--init-noise-level", "0.5", "--negative-prompt", "noise", "--out", str(varied)]) == 0
     assert len(list(varied.glob("*.wav"))) == 2
-    assert cli(["sample", "rain", "--model", str(root), "--seconds-total", "9"]) == 2
-    assert "window of 1.00 s" in capsys.readouterr().err
+    capsys.readouterr()
+    long = tmp_path / "long.wav"   # past the window: long form (issue 20), 12 windows of 1 s
+    assert cli(["sample", "rain", "--model", str(root), "--seconds-total", "9", "--steps", "4", "--out",
+                str(long)]) == 0
+    assert "window of 1.00 s: long form" in capsys.readouterr().err
+    assert sf.read(long, dtype="float32")[0].shape == (9 * SAMPLE_RATE, 2)
+    assert cli(["sample", "rain", "--model", str(root), "--seconds-total", "600"]) == 2   # past the timing range
+    assert "up to 512 s" in capsys.readouterr().err
 
 
 @pytest.mark.slow   # a second JAX process: about 40 s on two cores
