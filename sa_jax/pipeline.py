@@ -249,7 +249,7 @@ class StableAudio:
 
     def _latents(self, prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt,
                  init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise, *, known=None, mask=None,
-                 window_index: int | None = None) -> np.ndarray:
+                 resample_passes: int = 1, window_index: int | None = None) -> np.ndarray:
         """`generate_latents` without the window check on seconds_total (long form conditions each
         window on the whole piece's length). known, mask: RePaint inpainting (`sa_jax.diffusion.sample`),
         (batch, latent channels, window frames) and a mask broadcasting to it, 1 = keep; a family with an
@@ -330,7 +330,8 @@ class StableAudio:
         if known is not None:
             known, mask = _place(None, (jnp.asarray(known, x.dtype), jnp.broadcast_to(
                 jnp.asarray(mask, x.dtype), x.shape)), batch)[1]
-        latents = sample(denoiser, x, sigmas, name, key=k_sampler, known=known, mask=mask)
+        latents = sample(denoiser, x, sigmas, name, key=k_sampler, known=known, mask=mask,
+                         resample_passes=resample_passes)
         latents = np.asarray(jax.device_get(latents))
         log.info("sampled %d x %d latent frames, %d steps (%s, cfg %g) in %.2f s", batch, self.window_frames, steps,
                  name, cfg_scale, time.perf_counter() - t0)

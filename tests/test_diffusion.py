@@ -290,6 +290,37 @@ def test_inpainting_keeps_the_known_region_and_fills_coherently(name):
     np.testing.assert_allclose(out[:, n // 2 :], known[:, n // 2 :], atol=0.1)
 
 
+@pytest.mark.parametrize("name", ["dpmpp-3m-sde", "euler"])
+def test_resampling_passes_keep_the_known_region_and_draw_their_own_noise(name):
+    """RePaint's resampling: 3 passes per step keep the known half exactly, still continue it coherently,
+    and differ from one pass (each pass re-noises); one pass is the plain step, bit for bit."""
+    n = 32
+    known = jnp.broadcast_to(jnp.linspace(-1.5, 1.5, 4)[:, None, None], (4, n, 1))
+    mask = (jnp.arange(n) < n // 2).astype(jnp.float32)[None, :, None]
+    sigmas = get_sigmas("polyexponential", 12, sigma_min=0.01, sigma_max=50.0)
+    x = jax.random.normal(KEY, known.shape) * sigmas[0]
+    run = lambda passes: sample(rank_one_denoiser(n), x, sigmas, name, key=jax.random.key(9), known=known,
+                                mask=mask, resample_passes=passes)
+    plain = sample(rank_one_denoiser(n), x, sigmas, name, key=jax.random.key(9), known=known, mask=mask)
+    np.testing.assert_array_equal(run(1), plain)
+    out = run(3)
+    np.testing.assert_array_equal(out[:, : n // 2], known[:, : n // 2])
+    np.testing.assert_allclose(out[:, n // 2 :], known[:, n // 2 :], atol=0.1)
+    assert not np.array_equal(out, plain)
+
+
+@pytest.mark.parametrize("passes", [0, -1, 1.5, True])
+def test_resampling_passes_must_be_a_positive_integer(passes):
+    x = jnp.ones((1, 4, 1))
+    with pytest.raises(ValueError, match="resample_passes must be an integer >= 1"):
+        sample(lambda x, s: x, x, get_sigmas("karras", 3), "euler", key=KEY, known=x, mask=x, resample_passes=passes)
+
+
+def test_resampling_needs_inpainting():
+    with pytest.raises(ValueError, match="give known and mask"):
+        sample(lambda x, s: x, jnp.ones((1, 4, 1)), get_sigmas("karras", 3), "euler", key=KEY, resample_passes=2)
+
+
 # --- bad input ---------------------------------------------------------------------------------------------
 
 def test_unknown_sampler_lists_the_valid_ones():

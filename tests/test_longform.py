@@ -64,6 +64,10 @@ def test_inpaint_keeps_outside_changes_inside_and_seeds_differ(sa, clip):
     assert np.abs(y0 - y1)[:, :, int(start * sr):int(end * sr)].max() > 0.05       # two seeds differ
     assert np.array_equal(y0, sa.inpaint(clip, SR_IN, ["sine flute melody"], start=start, end=end, steps=STEPS,
                                          seed=0))
+    # RePaint's resampling passes: the same guarantees, another result than one pass
+    y2 = sa.inpaint(clip, SR_IN, ["sine flute melody"], start=start, end=end, steps=STEPS, seed=0, resample_passes=2)
+    assert y2.shape == y0.shape and np.abs(y2 - rt)[:, :, outside].max() <= KEEP_TOL
+    assert np.abs(y2 - y0)[:, :, int(start * sr):int(end * sr)].max() > 0.01
 
 
 def test_generate_long_length_batch_one_program_and_seams(sa):
@@ -189,7 +193,7 @@ def test_cli_inpaint_continue_and_long_sample(tmp_path, clip):
     src = tmp_path / "in.wav"
     sf.write(str(src), clip, SR_IN)
     r = _cli("inpaint", str(src), str(tmp_path / "inp.wav"), "--start", "1.5", "--end", "2.5", "--prompt",
-             "sine flute", "--steps", "2", cwd=tmp_path)
+             "sine flute", "--steps", "2", "--resample-passes", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     y, sr = sf.read(str(tmp_path / "inp.wav"), always_2d=True)
     assert y.shape == (5 * 44100, 2) and sr == 44100 and (tmp_path / "inp.png").is_file()

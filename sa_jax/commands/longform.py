@@ -49,7 +49,7 @@ def _run(args, what: str) -> int:
             model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
                                      clap_tokenizer=args.clap_tokenizer)
         sampling = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed,
-                        negative_prompt=args.negative_prompt)
+                        negative_prompt=args.negative_prompt, resample_passes=args.resample_passes)
         prompts = [args.prompt]
         if what == "inpaint":
             audio = model.inpaint(data.T, rate, prompts, start=args.start, end=args.end, **sampling)
@@ -85,6 +85,8 @@ def _common(p) -> None:
     p.add_argument("--sampler", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--resample-passes", type=int, default=1,
+                   help="RePaint resampling: each step taken N times, jumping back up in between (default 1: none)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--allow-nonfinite-weights", action="store_true",
                    help="load weights that hold NaN/inf values (refused by default)")

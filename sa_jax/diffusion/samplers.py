@@ -29,7 +29,7 @@ from jax import lax
 
 from .wrappers import as_pytree_fn
 
-_SOLVER_STREAM, _INPAINT_STREAM = 0, 1
+_SOLVER_STREAM, _INPAINT_STREAM, _JUMP_STREAM = 0, 1, 2
 
 
 def step_noise(key, i, x, stream: int = _SOLVER_STREAM):
@@ -384,8 +384,17 @@ def _noised(known, sigma, noise, rectified_flow: bool):
     return known + sigma * noise
 
 
-@functools.partial(jax.jit, static_argnames=("sampler", "opts", "rectified_flow"))
-def _run(denoise, x, sigmas, key, inpaint, *, sampler, opts, rectified_flow):
+def _jump_back(x, sigma_low, sigma_high, noise, rectified_flow: bool):
+    """x at noise level sigma_low taken back up to sigma_high (RePaint's resampling jump): the forward
+    process's transition, x + sqrt(high^2 - low^2) eps, or its rectified-flow form."""
+    if rectified_flow:
+        scale = (1 - sigma_high) / (1 - sigma_low)
+        return scale * x + jnp.sqrt(jnp.maximum(sigma_high ** 2 - (scale * sigma_low) ** 2, 0)) * noise
+    return x + jnp.sqrt(jnp.maximum(sigma_high ** 2 - sigma_low ** 2, 0)) * noise
+
+
+@functools.partial(jax.jit, static_argnames=("sampler", "opts", "rectified_flow", "resample_passes"))
+def _run(denoise, x, sigmas, key, inpaint, *, sampler, opts, rectified_flow, resample_passes=1):
     spec = SAMPLERS[sampler]
     opts = dict(opts)
     batch = x.shape[0]
@@ -399,14 +408,26 @@ def _run(denoise, x, sigmas, key, inpaint, *, sampler, opts, rectified_flow):
 
     model = Model()
 
-    def body(carry, i):
-        x, memory = carry
+    def attempt(x, memory, i, key):
         if inpaint is not None:  # RePaint: overwrite the known region with known data noised to sigma_i
             known, mask = inpaint
             renoised = _noised(known, sigmas[i], step_noise(key, i, x, _INPAINT_STREAM), rectified_flow)
             x = (mask * renoised + (1 - mask) * x).astype(x.dtype)
         x_next, memory = spec.step(model, x, sigmas, i, memory, key, opts)
-        return (x_next.astype(x.dtype), memory), None  # sigmas may be wider than x (bf16 latents)
+        return x_next.astype(x.dtype), memory  # sigmas may be wider than x (bf16 latents)
+
+    def body(carry, i):
+        x, memory = carry
+        x_next, new_memory = attempt(x, memory, i, key)
+        # RePaint's resampling: take the step's result back up to sigma_i and step again, so the generated
+        # region and the re-noised known region harmonise. Each pass starts from the step's own history
+        # (multistep solvers) and draws its own noise; one pass is the plain step.
+        for jump in range(1, resample_passes):
+            jump_key = jax.random.fold_in(key, _JUMP_STREAM + jump)
+            back = _jump_back(x_next, sigmas[i + 1], sigmas[i], step_noise(jump_key, i, x, _JUMP_STREAM),
+                              rectified_flow).astype(x.dtype)
+            x_next, new_memory = attempt(back, memory, i, jump_key)
+        return (x_next, new_memory), None
 
     steps = sigmas.shape[0] - 1
     (x, _), _ = lax.scan(body, (x, spec.memory(x, sigmas, opts)), jnp.arange(steps))
@@ -417,7 +438,7 @@ def _run(denoise, x, sigmas, key, inpaint, *, sampler, opts, rectified_flow):
 
 
 def sample(denoise: Callable, x, sigmas, sampler: str = "dpmpp-3m-sde", key=None, *, known=None, mask=None,
-           rectified_flow: bool | None = None, **options):
+           resample_passes: int = 1, rectified_flow: bool | None = None, **options):
     """Draw x0 by integrating from x at sigmas[0] through `sigmas` with `sampler`.
 
     denoise: `denoise(x, sigma) -> x0 estimate`, sigma of shape (batch,) (k-diffusion's convention): a
@@ -432,6 +453,9 @@ def sample(denoise: Callable, x, sigmas, sampler: str = "dpmpp-3m-sde", key=None
     known, mask: RePaint-style inpainting. `known` holds clean latents (shape of x); `mask` (broadcast to
       x) is 1 where `known` is kept, 0 where the model generates. Before every step the kept region is
       replaced by `known` noised to the current sigma; the output carries `known` exactly there.
+    resample_passes: RePaint's resampling (Lugmayr et al. 2022) for inpainting: each step is taken this
+      many times, the result jumped back up to the step's sigma with fresh noise in between (1: none;
+      each pass costs a step's network calls).
     rectified_flow: whether x lives on rectified-flow time (x_t = (1 - t) x0 + t eps); decides how
       `known` is noised. Default: true for the flow-only samplers and for `rf_denoiser` models.
     options: per-sampler knobs, e.g. eta and s_noise for ancestral/SDE samplers, s_churn for euler/heun/
@@ -466,6 +490,11 @@ def sample(denoise: Callable, x, sigmas, sampler: str = "dpmpp-3m-sde", key=None
         except ValueError:
             raise ValueError(f"mask of shape {jnp.shape(mask)} does not broadcast to x {x.shape}") from None
         inpaint = (known, mask)
+    if isinstance(resample_passes, bool) or not isinstance(resample_passes, (int, np.integer)) \
+            or resample_passes < 1:
+        raise ValueError(f"resample_passes must be an integer >= 1 (1: no resampling), got {resample_passes!r}")
+    if resample_passes > 1 and inpaint is None:
+        raise ValueError("resample_passes > 1 resamples an inpainting run: give known and mask")
 
     if isinstance(key, (int, np.integer)):
         raise ValueError(f"key must be a jax.random key, e.g. key=jax.random.key({key}), not an integer")
@@ -475,7 +504,7 @@ def sample(denoise: Callable, x, sigmas, sampler: str = "dpmpp-3m-sde", key=None
             raise ValueError(f"sampler {name!r} needs key=jax.random.key(seed): {why}")
         key = jax.random.key(0)  # never used
     return _run(denoise, x, sigmas, key, inpaint, sampler=name, opts=tuple(sorted(opts.items())),
-                rectified_flow=bool(rectified_flow))
+                rectified_flow=bool(rectified_flow), resample_passes=int(resample_passes))
 
 
 def start_latents(noise, sigma_max, init=None, *, rectified_flow: bool = False):
