@@ -15,7 +15,7 @@ import pytest
 
 from sa_jax.errors import ConfigError
 from sa_jax.testing.kdiffusion_ref import kdiffusion
-from sa_jax.testing.sat_ref import SAO_MODEL_CONFIG, randomize, rel_err
+from sa_jax.testing.sat_ref import SAO_MODEL_CONFIG, rel_err
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -48,36 +48,10 @@ def _config():
 def inpaint_folder(tmp_path_factory):
     """model_config.json + model.safetensors of a tiny diffusion_cond_inpaint model built by
     stable-audio-tools' own factory, with its (tiny, random) T5 in t5/."""
-    from safetensors.torch import save_file
-    from test_autoencoder_parity import small_sat_config
-    from test_t5 import _tokenizer
+    from test_pipeline import tiny_sat_release
 
-    from sa_jax.testing.sat_ref import sat_module
-
-    factory = sat_module("models.factory")
-    tok = _tokenizer()
-    t5 = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=len(tok), d_model=512, d_kv=64, d_ff=64, num_layers=1, num_heads=8, feed_forward_proj="relu",
-        dropout_rate=0.0, relative_attention_num_buckets=8, relative_attention_max_distance=12))
-    t5 = randomize(t5, seed=21)
-    config = _config()
-    config["model"]["pretransform"] = {"type": "autoencoder", "iterate_batch": True,
-                                       "config": small_sat_config("oobleck")["model"]}
-    torch.manual_seed(0)
-    with mock.patch.object(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tok), \
-            mock.patch.object(transformers.T5EncoderModel, "from_pretrained", lambda *a, **k: t5):
-        model = factory.create_model_from_config(config)
-    randomize(model.model, seed=22)          # the DiT, its input-concat channels included
-    randomize(model.conditioner, seed=23)
-    t5.float()
-    model.eval()
     root = tmp_path_factory.mktemp("sat-inpaint") / "sao-inpaint-tiny"
-    root.mkdir()
-    (root / "model_config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "model.safetensors"))
-    t5.save_pretrained(root / "t5")
-    tok.save_pretrained(root / "t5")
-    return root, model
+    return root, tiny_sat_release(root, _config(), seed=21)   # the DiT's input-concat channels included
 
 
 def _known_and_mask():

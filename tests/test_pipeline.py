@@ -313,11 +313,11 @@ def test_sharded_over_devices_matches_one_device(tiny, tmp_path):
 # ---------------------------------------------------------------- stable-audio-tools files
 
 
-@pytest.fixture(scope="module")
-def sat_folder(tmp_path_factory):
-    """A tiny Stable-Audio-Open-layout model built by stable-audio-tools' own factory from a
-    model_config.json (T5 conditioner fed a tiny local t5-small-wide T5), saved as
-    model_config.json + model.safetensors with the T5 in t5/ beside them."""
+def tiny_sat_release(folder, config: dict, seed: int):
+    """stable-audio-tools' own factory builds `config` (a Stable-Audio-Open layout, given a small Oobleck
+    pretransform here) with its T5 conditioner fed a tiny random local T5 (seed), the DiT and the
+    conditioners randomised (seed + 1, seed + 2); saved in `folder` as model_config.json +
+    model.safetensors with the T5 in t5/. Returns the torch model."""
     from unittest import mock
 
     from safetensors.torch import save_file
@@ -331,7 +331,29 @@ def sat_folder(tmp_path_factory):
     t5 = transformers.T5EncoderModel(transformers.T5Config(
         vocab_size=len(tok), d_model=512, d_kv=64, d_ff=64, num_layers=1, num_heads=8, feed_forward_proj="relu",
         dropout_rate=0.0, relative_attention_num_buckets=8, relative_attention_max_distance=12))
-    t5 = randomize(t5, seed=11)
+    t5 = randomize(t5, seed=seed)
+    config["model"]["pretransform"] = {"type": "autoencoder", "iterate_batch": True,
+                                       "config": small_sat_config("oobleck")["model"]}
+    torch.manual_seed(0)
+    with mock.patch.object(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tok), \
+            mock.patch.object(transformers.T5EncoderModel, "from_pretrained", lambda *a, **k: t5):
+        model = factory.create_model_from_config(config)
+    randomize(model.model, seed=seed + 1)                # the DiT (its output layers start at zero)
+    randomize(model.conditioner, seed=seed + 2)          # number embedders, the T5 projection
+    t5.float()   # the reference casts T5 to float16; compare in float32 with those rounded weights
+    model.eval()
+    folder.mkdir(parents=True)
+    (folder / "model_config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    t5.save_pretrained(folder / "t5")
+    tok.save_pretrained(folder / "t5")
+    return model
+
+
+@pytest.fixture(scope="module")
+def sat_folder(tmp_path_factory):
+    """A tiny Stable-Audio-Open-layout model built by stable-audio-tools' own factory from a
+    model_config.json, saved as a release folder (`tiny_sat_release`)."""
     config = json.loads(json.dumps(SAO_MODEL_CONFIG))
     config.update(sample_size=FRAMES * 16, sample_rate=SAMPLE_RATE)
     config["model"]["io_channels"] = 8
@@ -339,23 +361,8 @@ def sat_folder(tmp_path_factory):
                                                   cond_token_dim=64, global_cond_dim=128)
     config["model"]["conditioning"]["cond_dim"] = 64
     config["model"]["conditioning"]["configs"][0]["config"].update(t5_model_name="t5-small", max_length=MAX_TOKENS)
-    config["model"]["pretransform"] = {"type": "autoencoder", "iterate_batch": True,
-                                       "config": small_sat_config("oobleck")["model"]}
-    torch.manual_seed(0)
-    with mock.patch.object(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tok), \
-            mock.patch.object(transformers.T5EncoderModel, "from_pretrained", lambda *a, **k: t5):
-        model = factory.create_model_from_config(config)
-    randomize(model.model, seed=12)                      # the DiT (its output layers start at zero)
-    randomize(model.conditioner, seed=13)                # number embedders, the T5 projection
-    t5.float()   # the reference casts T5 to float16; compare in float32 with those rounded weights
-    model.eval()
     root = tmp_path_factory.mktemp("sat") / "sao-tiny"
-    root.mkdir()
-    (root / "model_config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "model.safetensors"))
-    t5.save_pretrained(root / "t5")
-    tok.save_pretrained(root / "t5")
-    return root, model
+    return root, tiny_sat_release(root, config, seed=11)
 
 
 def test_stable_audio_tools_folder_matches_generate_diffusion_cond(sat_folder):
