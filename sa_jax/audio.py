@@ -44,6 +44,14 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 def load_audio(path: str | Path, sample_rate: int, channels: int = 2) -> np.ndarray:
     """Read `path` as float32 (channels, samples) at `sample_rate`."""
+    audio, sr = read_audio(path)
+    audio = to_channels(resample(audio, sr, sample_rate), channels, str(path))
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read `path` as it is: float32 (channels, samples) and its sample rate; unreadable, empty or
+    non-finite audio is an AudioError."""
     import soundfile as sf
 
     path = Path(path)
@@ -58,8 +66,7 @@ def load_audio(path: str | Path, sample_rate: int, channels: int = 2) -> np.ndar
         raise AudioError(f"{path} has no samples")
     audio = data.T
     check_finite(audio, str(path))
-    audio = to_channels(resample(audio, sr, sample_rate), channels, str(path))
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    return audio, sr
 
 
 def _atomic_target(path: Path) -> Path:

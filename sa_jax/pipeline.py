@@ -314,7 +314,7 @@ class StableAudio:
             negative = self.family.condition([negative_prompt] * batch, seconds_start, seconds_total)
         uncond = self.family.unconditional(cond, negative)
         # only inpainting-trained checkpoints (family.has_inpaint_inputs) take these inputs; others refuse them
-        hook = self.family.inpaint_inputs if getattr(self.family, "has_inpaint_inputs", False) else None
+        hook = self.family.inpaint_inputs if self.family.has_inpaint_inputs else None
         extra = hook(known, mask) if (hook is not None and known is not None) else None
         if extra:
             cond, uncond = {**cond, **extra}, {**uncond, **extra}

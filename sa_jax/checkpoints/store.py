@@ -22,7 +22,7 @@ from typing import Any, Callable
 import yaml
 
 from sa_jax.config import read_yaml
-from sa_jax.errors import CheckpointError
+from sa_jax.errors import CheckpointError, ConfigError
 
 CONFIG_FILE = "config.yaml"
 PARAMS_DIR = "params"
@@ -39,9 +39,8 @@ def written_by_sa_jax(path: str | Path) -> bool:
     if not is_checkpoint(path):
         return False
     try:
-        with open(path / CONFIG_FILE, "rb") as f:
-            config = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        config = read_yaml(path / CONFIG_FILE)
+    except (OSError, ConfigError):
         return False
     return isinstance(config, dict) and "sa_jax_version" in config
 

@@ -6,44 +6,26 @@ past the model's window uses the same long-form path (`generate_long`)."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 
 def _run(args, what: str) -> int:
-    from sa_jax.commands.sample import check_writable, write_spectrogram
+    from sa_jax.commands.sample import pipeline_log, writable_outputs, write_spectrogram
 
     out = Path(args.out)
     if out.suffix.lower() != ".wav":
         raise ValueError(f"OUT must be a .wav path, got {out}")
-    if not Path(args.input).is_file():
-        raise FileNotFoundError(f"audio file {args.input} does not exist")
     if what == "inpaint" and not args.start < args.end:
         raise ValueError(f"--start ({args.start:g}) must be before --end ({args.end:g})")
     if what == "continue" and not args.seconds > 0:
         raise ValueError(f"--seconds must be > 0, got {args.seconds:g}")
-    created = check_writable([out])
-    handler = logging.StreamHandler(sys.stderr)
-    logger = logging.getLogger("sa_jax")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        import soundfile as sf
+    from sa_jax.audio import read_audio, write_audio
+    from sa_jax.checkpoints.table import allow_nonfinite_weights
+    from sa_jax.pipeline import StableAudio
 
-        from sa_jax.audio import check_finite, write_audio
-        from sa_jax.checkpoints.table import allow_nonfinite_weights
-        from sa_jax.errors import AudioError
-        from sa_jax.pipeline import StableAudio
-
-        try:
-            data, rate = sf.read(str(args.input), dtype="float32", always_2d=True)
-        except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or TypeError
-            raise AudioError(f"{args.input} could not be decoded as audio ({e})") from None
-        if data.shape[0] == 0:
-            raise AudioError(f"{args.input} has no samples")
-        check_finite(data, str(args.input))
+    data, rate = read_audio(args.input)   # before the output check: a missing input writes nothing
+    with pipeline_log(), writable_outputs([out]):
         print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
         with allow_nonfinite_weights(args.allow_nonfinite_weights):
             model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
@@ -52,24 +34,14 @@ def _run(args, what: str) -> int:
                         negative_prompt=args.negative_prompt, resample_passes=args.resample_passes)
         prompts = [args.prompt]
         if what == "inpaint":
-            audio = model.inpaint(data.T, rate, prompts, start=args.start, end=args.end, **sampling)
+            audio = model.inpaint(data, rate, prompts, start=args.start, end=args.end, **sampling)
         else:
-            audio = model.continue_audio(data.T, rate, prompts, seconds=args.seconds,
+            audio = model.continue_audio(data, rate, prompts, seconds=args.seconds,
                                          overlap_seconds=args.overlap_seconds, **sampling)
         wav = write_audio(out, audio[0], model.sample_rate)
         write_spectrogram(wav.with_suffix(".png"), audio[0], model.sample_rate, args.prompt)
         print(f"  {wav} ({audio.shape[-1] / model.sample_rate:.2f} s)", file=sys.stderr)
         return 0
-    except BaseException:
-        for folder in created:
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-        raise
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def _common(p) -> None:

@@ -8,6 +8,7 @@ batch size); all (prompt, variation) items go through `StableAudio.generate` in 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -116,17 +117,39 @@ def write_spectrogram(path: Path, audio, sample_rate: int, title: str) -> Path:
     return path
 
 
-def run(args) -> int:
-    handler = logging.StreamHandler(sys.stderr)   # the pipeline logs one line per stage
+@contextlib.contextmanager
+def writable_outputs(paths: list[Path]):
+    """`check_writable` before the work; a run that fails leaves no empty output folder it made."""
+    created = check_writable(paths)
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+@contextlib.contextmanager
+def pipeline_log():
+    """The pipeline's log (a line per stage and per long-form window) on stderr while a command runs."""
+    handler = logging.StreamHandler(sys.stderr)
     logger = logging.getLogger("sa_jax")
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        return _sample(args)
+        yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def run(args) -> int:
+    with pipeline_log():
+        return _sample(args)
 
 
 def _sample(args) -> int:
@@ -139,16 +162,8 @@ def _sample(args) -> int:
     paths = output_paths(args.out, items, args.batch_size)
     chunks = [items[s:s + args.max_batch] for s in range(0, len(items), args.max_batch)]
     check_seed(args.seed, "--seed", count=len(chunks))   # batch k draws from seed + k
-    created = check_writable(paths)   # before loading and sampling, not after
-    try:
+    with writable_outputs(paths):   # checked before loading and sampling, not after
         return _generate(args, prompts, paths, chunks)
-    except BaseException:
-        for folder in created:   # a run that fails leaves no empty output folder it made
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-        raise
 
 
 def _generate(args, prompts, paths, chunks) -> int:

@@ -104,10 +104,7 @@ class SAOFamily(Family):
 
     def unconditional(self, cond: dict, negative: dict | None = None) -> dict:
         cross = jnp.zeros_like(cond["cross_attn"]) if negative is None else negative["cross_attn"]
-        uncond = {"cross_attn": cross, "global": cond["global"]}
-        if "input_concat" in cond:  # the reference gives both CFG branches the same inpainting inputs
-            uncond["input_concat"] = cond["input_concat"]
-        return uncond
+        return {"cross_attn": cross, "global": cond["global"]}
 
     def network(self) -> Partial:
         """`network(x, t, cond) -> v` with the parameters as pytree leaves (jit arguments)."""

@@ -377,9 +377,6 @@ class Checkpoints:
             state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(iterator)))
         return out["state"]
 
-    def wait(self):
-        self.settle()
-
     def close(self, quiet: bool = False):
         """Wait for a save in flight (an error if it failed, unless `quiet`: the run is already stopping
         with one) and close the manager."""
@@ -440,14 +437,6 @@ class Preemption:
     def __exit__(self, *exc):
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
-
-    def agreed(self) -> bool:
-        """Whether any process got SIGTERM; every process sees the same answer (a tiny all-gather)."""
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
 
 
 def to_host(tree):
@@ -722,7 +711,7 @@ def _run(task: Task, stop_at, print_fn) -> RunResult:
                     # the iterator has given exactly the batches of steps 1..step: its state pairs with `state`
                     saved = ckpt.save(state, iterator)
                     # best/ is only ever the export of a checkpoint that was saved: wait for its commit
-                    if saved and best is not None and best.update(task, state, before=ckpt.wait):
+                    if saved and best is not None and best.update(task, state, before=ckpt.settle):
                         tel.print(f"best: mean loss {best.loss:.4f} up to step {step}; exported to {best.dir}")
                 if preempted:
                     tel.print(f"SIGTERM: saved step {step}, exiting")
