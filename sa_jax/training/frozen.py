@@ -109,3 +109,86 @@ def load_frozen(cfg) -> FrozenModels:
                 raise ConfigError(f"data.sample_rate {cfg.data.sample_rate} differs from the autoencoder's "
                                   f"{autoencoder.sample_rate} Hz")
     return FrozenModels(text_encoder, t.source if text_encoder is not None else None, t.layer, autoencoder)
+
+
+def plan_frozen(cfg) -> tuple[FrozenModels, list[str]]:
+    """The frozen models of `cfg` with abstract parameters (jax.ShapeDtypeStruct trees) for `--plan`:
+    no weights are read, only config files. The text encoder's shapes come from the config.json in
+    text.path (a T5 or ClapModel/BERT folder); the autoencoder's from the config at autoencoder.path (an
+    sa-jax checkpoint's config.yaml, a stable-audio-tools model_config.json, a diffusers vae/config.json)
+    or from a config given in its place (a VAE YAML or a packaged name such as vae_sao). A model with no
+    config on disk is planned with its family's reference shapes (T5-base; CLAP's RoBERTa-base text tower;
+    vae_sao / vae_sa1); each such substitution is one line of the returned notes."""
+    import types
+    from pathlib import Path
+
+    from sa_jax.checkpoints import sat_config, store
+    from sa_jax.checkpoints.autoencoder import diffusers_config
+    from sa_jax.config import load_yaml, read_json, resolve_config
+    from sa_jax.models.autoencoder import AudioAutoencoder, config_from_dict
+    from sa_jax.training.model import text_shape
+
+    notes, key = [], jax.random.key(0)
+    t, text_encoder = cfg.text, None
+    n, d = text_shape(cfg.model)
+    if t.source in ("t5", "clap"):
+        hf_config = Path(t.path) / "config.json"
+        if t.source == "t5":
+            from sa_jax.models.t5 import T5Config, T5Encoder
+
+            config = T5Config.from_hf(read_json(hf_config)) if hf_config.is_file() else T5Config()
+            module, width, what = T5Encoder(config), config.d_model, "T5-base"
+        else:
+            from sa_jax.checkpoints.bert import read_bert_config
+            from sa_jax.models.bert import BertConfig, BertEncoder
+
+            config = read_bert_config(t.path) if hf_config.is_file() else BertConfig()
+            module, width, what = BertEncoder(config), config.hidden_size, "CLAP's RoBERTa-base text tower"
+            if not -(config.num_layers + 1) <= t.layer <= config.num_layers:
+                raise ConfigError(f"text.layer {t.layer} is outside the CLAP text tower's "
+                                  f"{-(config.num_layers + 1)}..{config.num_layers} hidden states")
+        if not hf_config.is_file():
+            notes.append(f"text.path {t.path} has no config.json here: planned with {what}'s shapes")
+        if width != d:
+            raise ConfigError(f"the {t.source} text encoder ({t.path}) is {width} wide but the model takes {d}-d "
+                              "text features (model.text_dim / model.conditioning.text_dim)")
+        ids, mask = jnp.zeros((1, n), jnp.int32), jnp.ones((1, n), bool)
+        params = jax.eval_shape(lambda: module.init(key, ids, mask)["params"])
+        text_encoder = types.SimpleNamespace(module=module, config=config, params=params, max_length=n)
+    autoencoder = None
+    if cfg.autoencoder.path:
+        path = Path(cfg.autoencoder.path)
+        if path.is_dir() and store.is_checkpoint(path):
+            ae = config_from_dict(store.read_config(path)["autoencoder"])
+        elif path.is_dir() and (path / "model_config.json").is_file():
+            ae = sat_config.autoencoder_config(sat_config.read(path / "model_config.json"))
+        elif path.is_dir() and any((p / "config.json").is_file() for p in (path / "vae", path)):
+            ae = diffusers_config(read_json(path / "vae" / "config.json" if (path / "vae").is_dir()
+                                            else path / "config.json"))
+        elif path.suffix == ".json" and path.is_file():
+            ae = sat_config.autoencoder_config(sat_config.read(path))
+        else:
+            try:   # a VAE config in place of the weights: a YAML or a packaged name
+                data = load_yaml(resolve_config(path))
+            except ConfigError:
+                reference = {"sao": "vae_sao", "sa1": "vae_sa1"}[cfg.model.family]
+                notes.append(f"autoencoder.path {path} is neither a model folder nor a config here: planned with "
+                             f"{reference}'s shapes")
+                data = load_yaml(reference)
+            ae = config_from_dict(data.get("autoencoder", data))
+        if ae.latent_dim != cfg.model.latent_dim:
+            raise ConfigError(f"the autoencoder ({path}) has {ae.latent_dim} latent channels but the denoiser takes "
+                              f"{cfg.model.latent_dim}")
+        if cfg.data.kind != "latents" and cfg.data.window % ae.downsampling_ratio:
+            raise ConfigError(f"data.window {cfg.data.window} must be a multiple of the autoencoder's downsampling "
+                              f"ratio {ae.downsampling_ratio}")
+        if cfg.data.kind != "latents" and cfg.data.sample_rate != ae.sample_rate:
+            raise ConfigError(f"data.sample_rate {cfg.data.sample_rate} differs from the autoencoder's "
+                              f"{ae.sample_rate} Hz")
+        module = AudioAutoencoder(ae)
+        x = jnp.zeros((1, ae.downsampling_ratio, ae.io_channels), jnp.float32)
+        params = jax.eval_shape(lambda: module.init(key, x, key)["params"])
+        autoencoder = types.SimpleNamespace(module=module, config=ae, params=params,
+                                            downsampling_ratio=ae.downsampling_ratio, latent_dim=ae.latent_dim,
+                                            sample_rate=ae.sample_rate)
+    return FrozenModels(text_encoder, t.source if text_encoder is not None else None, t.layer, autoencoder), notes
