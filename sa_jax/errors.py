@@ -34,3 +34,7 @@ class NoUsableData(RuntimeError):
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many non-finite steps in a row)."""
+
+
+class LoraError(ValueError):
+    """A LoRA adapter, or its settings (targets, rank, scale), that does not fit the model it is used with."""

@@ -65,6 +65,18 @@ def check_replaceable(path: str | Path, ours: Callable[[Path], bool] = written_b
                           "what sa-jax wrote. Move it away or choose another path")
 
 
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename the complete folder `tmp` to `path`; an existing `path` (already checked replaceable) is
+    moved aside only once the new one is complete, and removed after."""
+    if os.path.lexists(path):
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+
+
 def save(path: str | Path, config: dict, params: Any, overwrite: bool = False,
          extra: Callable[[Path], None] | None = None) -> Path:
     """Write `config` (plain data) and `params` (a pytree of arrays) as a checkpoint at `path`.
@@ -94,13 +106,7 @@ def save(path: str | Path, config: dict, params: Any, overwrite: bool = False,
             ckptr.wait_until_finished()
         if extra is not None:
             extra(tmp)
-        if os.path.lexists(path):  # overwrite: move the old one aside only once the new one is complete
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        move_into_place(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
