@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from sa_jax import compile_cache
+
+        compile_cache.enable()   # a second run with the same shapes reuses the compiled programs
         if getattr(args, "seed", None) is not None:   # every command's --seed, checked before any work
             from sa_jax.config import check_seed
 

@@ -36,7 +36,7 @@ LAYERS = [
     {"models"},
     {"nn"},
     {"errors", "config", "tree", "audio", "data", "diffusion", "parallel", "text_tokenizer", "assets",
-     "configs"},
+     "configs", "compile_cache"},
 ]
 # Names the package root resolves lazily, and the module each one lives in.
 FACADE = {"Autoencoder": "autoencoder", "Clap": "encoders", "StableAudio": "pipeline", "__version__": "errors"}
