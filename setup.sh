@@ -8,9 +8,15 @@ PY=${PYTHON:-python3}
 PIP=".venv/bin/pip"
 "$PIP" install -q --upgrade pip
 if [ "${1:-}" = "test" ]; then
-  "$PIP" install -q -c constraints.txt -e '.[test]'
+  "$PIP" install -q -c constraints.txt -e '.[test,ui]'
   "$PIP" install -q -c constraints.txt --no-deps -r requirements-reference.txt
+  # The web UI's browser tests drive Debian's chromium (Playwright's own browser download is not reachable).
+  if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing chromium for the browser tests"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+      || echo "chromium could not be installed: tests/test_ui_browser.py will be skipped"
+  fi
 else
-  "$PIP" install -q -c constraints.txt -e .
+  "$PIP" install -q -c constraints.txt -e '.[ui]'
 fi
 echo "sa-jax is set up in .venv ($(.venv/bin/python -c 'import jax; print("jax", jax.__version__)'))"

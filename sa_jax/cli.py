@@ -20,6 +20,7 @@ COMMANDS = [
     "train",  # diffusion training (sa_jax/training)
     "evaluate",  # timing accuracy, text adherence, reconstruction (sa_jax/eval)
     "recipe",  # the small model end to end: synth, VAE, CLAP, encode, U-Net, evaluate
+    "ui",  # the web UI (sa_jax/ui): generation, variations, inpainting, long form in a browser
 ]
 
 

@@ -24,12 +24,15 @@ devices the batch is sharded over a 1-D mesh and the parameters are replicated.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import math
 import numbers
+import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -172,7 +175,8 @@ class StableAudio:
                  steps: int | None = None, cfg_scale: float | None = None, sampler: str | None = None,
                  seed: int = 0, negative_prompt: str | None = None, init_audio: np.ndarray | None = None,
                  init_noise_level: float = 1.0, sigma_min: float | None = None, sigma_max: float | None = None,
-                 rho: float | None = None, init_noise: np.ndarray | None = None, trim: bool = True) -> np.ndarray:
+                 rho: float | None = None, init_noise: np.ndarray | None = None, trim: bool = True,
+                 on_step: StepCallback | None = None) -> np.ndarray:
         """Audio for `prompts`: float32 (batch, channels, samples) at `sample_rate`, trimmed to
         `seconds_total` (None: the whole window; trim=False: the whole window whatever
         seconds_total, to see where the model fell silent, as the paper's timing analysis does).
@@ -180,7 +184,7 @@ class StableAudio:
         """
         latents = self.generate_latents(
             prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt, init_audio,
-            init_noise_level, sigma_min, sigma_max, rho, init_noise)
+            init_noise_level, sigma_min, sigma_max, rho, init_noise, on_step=on_step)
         t0 = time.perf_counter()
         audio = self.autoencoder.decode(latents)
         log.info("decoded in %.2f s", time.perf_counter() - t0)
@@ -224,7 +228,7 @@ class StableAudio:
                          sampler: str | None = None, seed: int = 0, negative_prompt: str | None = None,
                          init_audio: np.ndarray | None = None, init_noise_level: float = 1.0,
                          sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
-                         init_noise: np.ndarray | None = None) -> np.ndarray:
+                         init_noise: np.ndarray | None = None, on_step: StepCallback | None = None) -> np.ndarray:
         """The sampled latents of the whole window, float32 (batch, latent channels, window frames),
         before decoding (`generate` decodes them).
 
@@ -236,7 +240,9 @@ class StableAudio:
         replaces the zeroed one of CFG's unconditional branch. init_audio: (channels, samples) or
         (batch, channels, samples) at `sample_rate` for variations: encoded, then sampling starts at
         sigma_max = init_noise_level. init_noise: (batch, latent channels, window frames) standard
-        normal noise to start from instead of the seed's.
+        normal noise to start from instead of the seed's. on_step: `on_step(step, steps)` is called from
+        inside the jitted sampling loop as each step begins (step = steps taken so far) and once with
+        (steps, steps) at the end (a progress bar; see `_StepReporter`).
         """
         window = self.window_seconds
         seconds_total = window if seconds_total is None else _number("seconds_total", seconds_total, above=0)
@@ -245,11 +251,12 @@ class StableAudio:
                              f"({self.window_samples} samples at {self.sample_rate} Hz); for longer audio use "
                              f"generate_long (windows overlapping and inpainted; `sa-jax sample` does it by itself)")
         return self._latents(prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt,
-                             init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise)
+                             init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise, on_step=on_step)
 
     def _latents(self, prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt,
                  init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise, *, known=None, mask=None,
-                 resample_passes: int = 1, window_index: int | None = None) -> np.ndarray:
+                 resample_passes: int = 1, window_index: int | None = None,
+                 on_step: StepCallback | None = None) -> np.ndarray:
         """`generate_latents` without the window check on seconds_total (long form conditions each
         window on the whole piece's length). known, mask: RePaint inpainting (`sa_jax.diffusion.sample`),
         (batch, latent channels, window frames) and a mask broadcasting to it, 1 = keep; a family with an
@@ -330,9 +337,14 @@ class StableAudio:
         if known is not None:
             known, mask = _place(None, (jnp.asarray(known, x.dtype), jnp.broadcast_to(
                 jnp.asarray(mask, x.dtype), x.shape)), batch)[1]
-        latents = sample(denoiser, x, sigmas, name, key=k_sampler, known=known, mask=mask,
-                         resample_passes=resample_passes)
-        latents = np.asarray(jax.device_get(latents))
+        with _StepReporter(on_step, sigmas) as listener:
+            if listener is not None:
+                denoiser = _ReportingDenoiser(denoiser, listener)
+            latents = sample(denoiser, x, sigmas, name, key=k_sampler, known=known, mask=mask,
+                             resample_passes=resample_passes)
+            latents = np.asarray(jax.device_get(latents))
+        if on_step is not None:
+            on_step(steps, steps)
         log.info("sampled %d x %d latent frames, %d steps (%s, cfg %g) in %.2f s", batch, self.window_frames, steps,
                  name, cfg_scale, time.perf_counter() - t0)
         if not np.all(np.isfinite(latents)):
@@ -357,6 +369,61 @@ class StableAudio:
             audio = np.pad(audio, ((0, 0), (0, 0), (0, n - audio.shape[-1])))
         latents = self.autoencoder.encode(audio, sample=True, seed=seed)
         return jnp.asarray(np.broadcast_to(latents, (batch,) + latents.shape[1:]))
+
+
+StepCallback = Callable[[int, int], None]   # (steps taken, steps)
+
+
+class _StepReporter:
+    """Per-step progress from inside the jitted sampling loop. The denoiser is wrapped in
+    `_ReportingDenoiser`, which makes a host callback (`jax.debug.callback`) each time the sampler
+    evaluates it, passing the sigma; the host side turns the sigma into the number of steps taken.
+    The listener is found through an integer id that is a traced argument, not a constant, so one
+    compiled loop serves every caller; without on_step the loop has no callback at all (and is the
+    same program as before)."""
+
+    _listeners: dict[int, tuple[StepCallback, np.ndarray]] = {}
+    _ids = itertools.count()
+    _lock = threading.Lock()
+
+    def __init__(self, on_step: StepCallback | None, sigmas):
+        self.on_step, self.sigmas, self.id = on_step, np.asarray(sigmas), None
+
+    def __enter__(self) -> jax.Array | None:
+        if self.on_step is None:
+            return None
+        with self._lock:
+            self.id = next(self._ids) % 2**31
+            self._listeners[self.id] = (self.on_step, self.sigmas)
+        return jnp.asarray(self.id, jnp.int32)
+
+    def __exit__(self, *exc) -> None:
+        if self.id is not None:
+            with self._lock:
+                self._listeners.pop(self.id, None)
+
+    @classmethod
+    def report(cls, listener, sigma) -> None:
+        entry = cls._listeners.get(int(listener))
+        if entry is None:
+            return
+        on_step, sigmas = entry
+        taken = int(np.sum(sigmas[:-1] > np.float32(sigma)))   # an evaluation at sigmas[i]: i steps taken
+        try:
+            on_step(min(taken, len(sigmas) - 1), len(sigmas) - 1)
+        except Exception:   # a broken progress display must not stop sampling
+            log.exception("on_step callback failed")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)  # a pytree (the listener id is a leaf), like the diffusion wrappers
+class _ReportingDenoiser:
+    denoiser: Any
+    listener: jax.Array
+
+    def __call__(self, x, sigma):
+        jax.debug.callback(_StepReporter.report, self.listener, jnp.reshape(sigma, (-1,))[0])
+        return self.denoiser(x, sigma)
 
 
 def _place(network, batch_trees, batch: int):

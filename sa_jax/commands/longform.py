@@ -31,7 +31,8 @@ def _run(args, what: str) -> int:
             model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
                                      clap_tokenizer=args.clap_tokenizer)
         sampling = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed,
-                        negative_prompt=args.negative_prompt, resample_passes=args.resample_passes)
+                        negative_prompt=args.negative_prompt, resample_passes=args.resample_passes,
+                        sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho)
         prompts = [args.prompt]
         if what == "inpaint":
             audio = model.inpaint(data, rate, prompts, start=args.start, end=args.end, **sampling)
@@ -45,6 +46,8 @@ def _run(args, what: str) -> int:
 
 
 def _common(p) -> None:
+    from sa_jax.commands.sample import sigma_options
+
     p.add_argument("input", metavar="IN", help="audio file (any rate and channel count soundfile reads)")
     p.add_argument("out", metavar="OUT", help="output .wav path (a spectrogram .png is written beside it)")
     p.add_argument("--prompt", required=True, help="text prompt")
@@ -55,6 +58,7 @@ def _common(p) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--sampler", default=None)
+    sigma_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--resample-passes", type=int, default=1,

@@ -193,7 +193,8 @@ def _generate(args, prompts, paths, chunks) -> int:
         start = time.perf_counter()
         print(f"batch {c + 1}/{len(chunks)}: {len(chunk)} item(s)", file=sys.stderr)
         sampling = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed + c,
-                        negative_prompt=args.negative_prompt)
+                        negative_prompt=args.negative_prompt, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+                        rho=args.rho)
         if long_form:   # the pipeline logs a line per window
             audio = model.generate_long([p for _, p, _ in chunk], seconds_total=args.seconds_total, **sampling)
         else:
@@ -207,6 +208,15 @@ def _generate(args, prompts, paths, chunks) -> int:
             print(f"  {wav} ({audio.shape[-1] / model.sample_rate:.2f} s)", file=sys.stderr)
         print(f"batch {c + 1}/{len(chunks)} done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
+
+
+def sigma_options(p) -> None:
+    """--sigma-min, --sigma-max, --rho: the noise schedule (default: the model's)."""
+    p.add_argument("--sigma-min", type=float, default=None, help="lowest noise level (default: the model's)")
+    p.add_argument("--sigma-max", type=float, default=None,
+                   help="highest noise level, where sampling starts (default: the model's; with --init-audio "
+                        "--init-noise-level is the start instead)")
+    p.add_argument("--rho", type=float, default=None, help="schedule shape (default: the model's)")
 
 
 def register(sub) -> None:
@@ -231,6 +241,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--sampler", default=None, help="e.g. dpmpp-3m-sde, dpmpp-2m, heun, dpmpp-2m-sde")
+    sigma_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1, help="samples of each prompt (default 1)")
     p.add_argument("--max-batch", type=int, default=8, help="most items sampled together (default 8)")

@@ -1,0 +1,77 @@
+"""`sa-jax ui [--model M] [--t5 DIR] [--lora DIR[:SCALE] ...] [--host 127.0.0.1] [--port 7860]`: the web
+UI (sa_jax/ui) for text to audio, variations, inpainting, continuation and long form. The model is
+loaded once before the page is served; the page is local to this machine unless --host says otherwise,
+and no public share link is made."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """DIR or DIR:SCALE -> (DIR, SCALE); the scale is 1.0 when absent."""
+    folder, sep, scale = text.rpartition(":")
+    if not sep or not folder:
+        return text, 1.0
+    try:
+        value = float(scale)
+    except ValueError:
+        return text, 1.0   # a folder name with a colon in it
+    if not math.isfinite(value):
+        raise ValueError(f"--lora {text}: the strength must be a finite number, got {scale!r}")
+    return folder, value
+
+
+def run(args) -> int:
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"   # nothing leaves the machine
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ValueError("the web UI needs gradio: `bash setup.sh` installs it, or pip install 'sa-jax[ui]'") \
+            from None
+    if not 0 <= args.port < 65536:
+        raise ValueError(f"--port must be from 0 to 65535, got {args.port}")
+    from sa_jax.commands.sample import pipeline_log
+    from sa_jax.ui.app import launch
+    from sa_jax.ui.studio import Studio
+
+    loras = tuple(parse_lora(text) for text in args.lora)
+    with pipeline_log():
+        print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
+        studio = Studio(args.model, t5=args.t5, clap=args.clap, clap_tokenizer=args.clap_tokenizer, dtype=args.dtype,
+                        loras=loras, allow_nonfinite_weights=args.allow_nonfinite_weights)
+        try:
+            app, url = launch(studio, args.host, args.port)
+            print(f"sa-jax ui: serving {url} (Ctrl+C stops it)", file=sys.stderr, flush=True)
+            try:
+                app.block_thread()
+            finally:
+                app.close()
+        finally:
+            studio.close()
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ui", help="the web UI: generation, variations, inpainting, long form in a browser",
+                       description="Serve a Gradio page for text to audio with a Stable Audio model (both "
+                                   "families): variations of init audio, inpainting, continuation, long form, "
+                                   "batches, LoRA adapters. Local to this machine by default.")
+    p.add_argument("--model", default=None,
+                   help="sa-jax checkpoint, diffusers StableAudioPipeline folder, or stable-audio-tools folder "
+                        "(default: the small model shipped with sa-jax)")
+    p.add_argument("--t5", default=None, help="local T5 folder for a stable-audio-tools checkpoint")
+    p.add_argument("--clap", default=None,
+                   help="CLAP model (LAION .pt or transformers ClapModel folder) for a Stable Audio 1.0 checkpoint")
+    p.add_argument("--clap-tokenizer", default=None, help="local RoBERTa tokenizer folder for a LAION .pt")
+    p.add_argument("--lora", action="append", default=[], metavar="DIR[:SCALE]",
+                   help="a LoRA adapter folder and its strength (default 1); repeatable; the page has a slider each")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 serves the network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--allow-nonfinite-weights", action="store_true",
+                   help="load weights that hold NaN/inf values (refused by default)")
+    p.set_defaults(func=run)
