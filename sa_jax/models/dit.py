@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from sa_jax.errors import ConfigError
-from sa_jax.nn.attention import apply_rotary, attention, layer_norm, rotary_cos_sin
+from sa_jax.nn.attention import apply_rotary, attention, layer_norm, remat_block, rotary_cos_sin
 from sa_jax.tree import flat_shapes
 
 Dtype = Any
@@ -205,13 +205,14 @@ class DiT(nn.Module):
 
     x: (batch, io_channels, frames) noisy latents; t: (batch,) or scalar diffusion time in [0, 1];
     cross_attn_cond: (batch, tokens, cond_token_dim); global_cond: (batch, global_cond_dim).
-    Returns (batch, io_channels, frames) float32. `remat` recomputes each block's activations in
-    the backward pass (training memory); it changes neither the parameters nor the output.
+    Returns (batch, io_channels, frames) float32. `remat` ("none" / "block" / "attention", see
+    sa_jax.nn.attention.REMAT_POLICIES; True / False read as block / none) recomputes each block's
+    activations in the backward pass (training memory); it changes neither the parameters nor the output.
     """
 
     config: DiTConfig
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, cross_attn_cond: jax.Array,
@@ -246,7 +247,7 @@ class DiT(nn.Module):
         h = _dense(c.embed_dim, "project_in", dt)(h).astype(f32)
         h = jnp.concatenate([prepend.astype(f32), h], axis=1)     # the global token comes first
         cos, sin = rotary_cos_sin(h.shape[1], c.rotary_features, c.rotary_base)
-        block = nn.remat(DiTBlock) if self.remat else DiTBlock
+        block = remat_block(DiTBlock, self.remat)
         for i in range(c.depth):
             h = block(c, dt, name=f"layers_{i}")(h, context, cos, sin)
         h = _dense(c.io_channels, "project_out", dt)(h)[:, 1:].astype(f32)
@@ -270,7 +271,7 @@ def param_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
     return flat_shapes(tree)
 
 
-def make_denoiser(config: DiTConfig, dtype: Dtype = jnp.float32, remat: bool = False):
+def make_denoiser(config: DiTConfig, dtype: Dtype = jnp.float32, remat: bool | str = False):
     """`apply(params, x, t, cross_attn_cond, global_cond, input_concat=None) -> v`, a pure function
     of the DiT (x and v (batch, io_channels, frames); float32 params; `dtype` the compute dtype)."""
     model = DiT(config, dtype, remat)

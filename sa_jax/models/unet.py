@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from sa_jax.config import from_dict
 from sa_jax.errors import ConfigError
+from sa_jax.nn.attention import attention_output, remat_block
 from sa_jax.nn.layers import Conv1d, ConvTranspose1d
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +190,8 @@ class Attention(nn.Module):
             keep = context_mask[:, :, None].astype(k.dtype)
             k, v = k * keep, v * keep
         split = lambda t: t.reshape(*t.shape[:2], self.heads, self.head_features)
-        out = jax.nn.dot_product_attention(split(q), split(k), split(v), scale=self.head_features ** -0.5)
+        out = attention_output(jax.nn.dot_product_attention(split(q), split(k), split(v),
+                                                            scale=self.head_features ** -0.5))
         return nn.Dense(features, dtype=self.dtype, name="to_out")(out.reshape(*out.shape[:2], mid))
 
 
@@ -215,7 +217,7 @@ class Transformer(nn.Module):
     layers: int
     config: UNetConfig
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
 
     @nn.compact
     def __call__(self, x, context, context_mask):
@@ -225,7 +227,7 @@ class Transformer(nn.Module):
         heads = c.attention_heads or channels // c.attention_features
         x = nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=self.dtype, name="norm_in")(x)
         x = PaddedConv(channels, 1, dtype=self.dtype, name="proj_in")(x)
-        block = nn.remat(TransformerBlock) if self.remat else TransformerBlock
+        block = remat_block(TransformerBlock, self.remat)
         for i in range(self.layers):
             x = block(heads, head_features, c.attention_multiplier, self.dtype,
                                  name=f"blocks_{i}")(x, context, context_mask)
@@ -260,13 +262,14 @@ class UNet1d(nn.Module):
     global conditioning when `context_features` is set. Returns (B, T, out_channels).
 
     `remat` recomputes the activations of every resnet block and transformer block in the backward
-    pass instead of keeping them (less training memory, more compute); the parameters and the
-    output are the same either way.
+    pass instead of keeping them (less training memory, more compute); "attention" keeps the
+    attention outputs (sa_jax.nn.attention.REMAT_POLICIES; True / False read as block / none); the
+    parameters and the output are the same either way.
     """
 
     config: UNetConfig
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
 
     @nn.compact
     def __call__(self, x, t, embedding, embedding_mask=None, features=None):
@@ -278,7 +281,7 @@ class UNet1d(nn.Module):
         widths = [c.channels * m for m in c.multipliers]
         groups = c.resnet_groups
         dt = self.dtype
-        resnet = nn.remat(ResnetBlock) if self.remat else ResnetBlock
+        resnet = remat_block(ResnetBlock, self.remat)
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
 
         if c.use_xattn_time:

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
@@ -54,6 +55,37 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([head, tail], axis=-1).astype(dtype)
 
 
+# Rematerialisation policies a training config may name (`model.remat`): "none" keeps every activation for
+# the backward pass, "block" recomputes each block from its input, "attention" recomputes each block too but
+# keeps the attention outputs (tagged ATTENTION_OUT below), so the costliest part is not computed twice.
+REMAT_POLICIES = ("none", "block", "attention")
+ATTENTION_OUT = "attention_out"
+
+
+def remat_mode(remat: bool | str) -> str:
+    """A remat setting as one of REMAT_POLICIES (True / False, older configs' values, read as block / none)."""
+    if remat is True or remat is False:
+        return "block" if remat else "none"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat {remat!r} is not known; choose one of {list(REMAT_POLICIES)}")
+    return remat
+
+
+def remat_block(block, remat: bool | str):
+    """The Flax module class `block` wrapped for rematerialisation policy `remat` (see REMAT_POLICIES)."""
+    mode = remat_mode(remat)
+    if mode == "none":
+        return block
+    if mode == "block":
+        return nn.remat(block)
+    return nn.remat(block, policy=jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT))
+
+
+def attention_output(x: jax.Array) -> jax.Array:
+    """Tag an attention output so the "attention" remat policy keeps it (a no-op otherwise)."""
+    return checkpoint_name(x, ATTENTION_OUT)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
               mask: jax.Array | None = None, scale: float | None = None) -> jax.Array:
     """Scaled dot-product attention over (batch, seq, heads, head_dim) tensors.
@@ -66,7 +98,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | Non
     k, v = k.astype(dtype), v.astype(dtype)
     if bias is not None:
         bias = bias.astype(dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
+    return attention_output(jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale))
 
 
 def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:

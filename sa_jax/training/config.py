@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from sa_jax.data.config import DataConfig
 from sa_jax.errors import ConfigError
@@ -17,6 +17,7 @@ from sa_jax.models.conditioners import ConditioningConfig
 from sa_jax.models.dit import DiTConfig
 from sa_jax.models.sa1_conditioning import IntConditionerConfig
 from sa_jax.models.unet import UNetConfig
+from sa_jax.nn.attention import REMAT_POLICIES, remat_mode
 
 # The two model families, named as everywhere in sa-jax (checkpoints, pipeline, CLI): `sao` is Stable Audio
 # Open (T5 + number timing conditioners -> DiT), `sa1` the paper, Stable Audio 1.0 (CLAP + integer timing
@@ -38,9 +39,17 @@ class ModelConfig:
     text_tokens: int = 77          # sa1 only: text tokens before the two timing tokens
     text_dim: int = 768            # sa1 only: width of the text features
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: bool = False            # recompute each block in the backward pass (less memory, more compute)
+    # Rematerialisation (less memory, more compute): "none" keeps every activation for the backward pass,
+    # "block" recomputes each block, "attention" recomputes each block but keeps its attention outputs.
+    # true / false (older configs) read as block / none.
+    remat: Union[Literal["none", "block", "attention"], bool] = "none"
 
     def validate(self) -> None:
+        try:
+            self.remat = remat_mode(self.remat)
+        except ValueError:
+            raise ConfigError(f"model.remat {self.remat!r} is not known; "
+                              f"choose one of {list(REMAT_POLICIES)}") from None
         if self.family == "sa1":
             if self.text_tokens + 2 > self.unet.context_embedding_max_length:
                 raise ConfigError(f"model: text_tokens {self.text_tokens} + 2 timing tokens exceed the U-Net's "
@@ -75,9 +84,6 @@ class TextConfig:
     tokenizer: Optional[str] = None   # its tokenizer folder when not inside `path`
     layer: int = -2                # clap only: which hidden state (-2: the penultimate layer)
 
-    def validate(self) -> None:
-        if self.source in ("t5", "clap") and not self.path:
-            raise ConfigError(f"text.source {self.source} needs text.path (a local {self.source} encoder)")
 
 
 @dataclass
@@ -136,6 +142,9 @@ class OptimConfig:
     warmup_steps: int = 0          # cosine only
     final_lr: float = 0.0
     clip_norm: Optional[float] = None   # global-norm gradient clipping; None: off
+    mu_dtype: Literal["float32", "bfloat16"] = "float32"   # AdamW's first moments (bfloat16: half their memory)
+    accumulate: int = 1            # microbatches per step: gradients of data.batch_size / accumulate items at a
+                                   # time, summed, one update (the same update as the whole batch at once)
 
     def validate(self) -> None:
         if not self.lr > 0:
@@ -150,6 +159,8 @@ class OptimConfig:
             raise ConfigError(f"optim: clip_norm must be positive or null, got {self.clip_norm}")
         if self.warmup_steps < 0 or self.final_lr < 0:
             raise ConfigError("optim: warmup_steps and final_lr must be >= 0")
+        if self.accumulate < 1:
+            raise ConfigError(f"optim: accumulate must be >= 1 (microbatches per step), got {self.accumulate}")
 
 
 @dataclass
@@ -214,8 +225,56 @@ class LogConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (LoRA) instead of training the whole model: the model (`init.from`) stays
+    frozen and only `down` (fan_in x rank) and `up` (rank x fan_out, zero at the start) matrices of the
+    weights whose path matches one of `targets` are trained, W' = W + (alpha / rank) * down @ up.
+    rank 0: off (the whole model is trained). `targets`: regexes over "/"-joined parameter paths of
+    {"conditioner", "denoiser"}; empty: sa_jax.nn.lora.default_targets(model.family). `base_dtype`:
+    how the frozen model is held on the devices (bfloat16 halves it)."""
+
+    rank: int = 0
+    alpha: Optional[float] = None      # None: alpha = rank (scale 1)
+    dropout: float = 0.0               # dropout on the adapters' input during training
+    targets: tuple[str, ...] = ()
+    base_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def scale(self) -> float:
+        return (self.rank if self.alpha is None else self.alpha) / self.rank
+
+    def validate(self) -> None:
+        if self.rank < 0:
+            raise ConfigError(f"lora.rank must be >= 0 (0: off), got {self.rank}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ConfigError(f"lora.alpha must be positive or null (= rank), got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        import re
+
+        for t in self.targets:
+            try:
+                re.compile(t)
+            except re.error as e:
+                raise ConfigError(f"lora.targets: {t!r} is not a regular expression ({e})") from None
+
+
+# The keys of the `init:` section (a mapping, as `from` cannot be a dataclass field's name).
+INIT_KEYS = {"from": "the model the run starts from: any folder StableAudio.load reads",
+             "hash": "its content hash (written by the run when it loads the model; a resume on other "
+                     "weights is refused)"}
+
+
+@dataclass
 class TrainConfig:
     trainer: Literal["diffusion"] = "diffusion"   # picks this schema in `sa-jax train` (see commands/train.py)
+    # init.from: PATH starts the denoiser and conditioners from a model (sa-jax checkpoint, stable-audio-tools
+    # release, diffusers folder, a run's export); the model section, text encoder and autoencoder come from it
+    init: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="latents"))
     text: TextConfig = field(default_factory=TextConfig)
@@ -227,19 +286,36 @@ class TrainConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     steps: int = 1000
     seed: int = 0
     max_bad_steps: int = 10       # stop after this many non-finite steps in a row
 
+    @property
+    def init_from(self) -> Optional[str]:
+        """The model the run starts from (`init.from`), or None (random weights)."""
+        return self.init.get("from")
+
     def validate(self) -> None:
         if self.steps <= 0:
             raise ConfigError(f"steps must be positive, got {self.steps}")
-        if self.data.kind != "latents" and not self.autoencoder.path:
+        unknown = sorted(set(self.init) - set(INIT_KEYS), key=repr)
+        if unknown:
+            raise ConfigError(f"init: unknown key(s) {unknown}; valid keys are {sorted(INIT_KEYS)}")
+        for k, v in self.init.items():
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"init.{k} must be a string (init.from: a model folder), got {v!r}")
+        if self.lora.enabled and not self.init_from:
+            raise ConfigError("lora.rank > 0 trains adapters of a model: set init.from (the model to adapt)")
+        if self.data.kind != "latents" and not self.autoencoder.path and not self.init_from:
             raise ConfigError(f"data.kind {self.data.kind!r} is audio: set autoencoder.path (a frozen VAE encodes "
                               "each batch), or pre-encode with `sa-jax encode` and use data.kind latents")
-        if self.demo.every and (self.text.source not in ("t5", "clap") or not self.autoencoder.path):
+        if self.demo.every and not self.init_from and (self.text.source not in ("t5", "clap")
+                                                       or not self.autoencoder.path):
             raise ConfigError("demo.every needs a real text encoder (text.source t5 or clap) and autoencoder.path")
         want = {"sao": "t5", "sa1": "clap"}[self.model.family]
+        if self.text.source in ("t5", "clap") and not self.text.path and not self.init_from:
+            raise ConfigError(f"text.source {self.text.source} needs text.path (a local {self.text.source} encoder)")
         if self.text.source in ("t5", "clap") and self.text.source != want:
             raise ConfigError(f"text.source {self.text.source} does not fit model.family {self.model.family} "
                               f"(which takes {want} features)")

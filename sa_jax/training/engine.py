@@ -102,6 +102,9 @@ class Task:
         """A fresh state, initialised into its shardings."""
         raise NotImplementedError
 
+    def check_resume(self, saved_config: dict, where: str) -> None:
+        """Before a resume, with the config saved in the checkpoint (`where`): raise to refuse it."""
+
     def describe(self, state, mesh, global_bs: int) -> str:
         return (f"mesh {dict(mesh.shape)} on {jax.device_count()} devices ({jax.process_count()} processes); "
                 f"state {describe(state)}; global batch {global_bs}")
@@ -285,7 +288,10 @@ class Checkpoints:
         """The config saved with checkpoint `step`, after checking that it holds the config's model."""
         saved = self.saved_config(step)
         saved["model"] = current_names(type(self.cfg.model), saved.get("model"))   # e.g. family dit -> sao
-        if json.loads(json.dumps(saved.get("model"))) != json.loads(json.dumps(to_dict(self.cfg.model))):
+        model = saved.get("model")
+        if isinstance(model, dict) and isinstance(model.get("remat"), bool):   # older configs: remat true/false
+            model = {**model, "remat": "block" if model["remat"] else "none"}
+        if json.loads(json.dumps(model)) != json.loads(json.dumps(to_dict(self.cfg.model))):
             raise ConfigError(f"{self.dir}/{step} holds a different model than the config "
                               "(model section differs); use a new checkpoint.dir or checkpoint.resume=false")
         return saved
@@ -642,7 +648,11 @@ def _run(task: Task, stop_at, print_fn) -> RunResult:
     try:
         latest = ckpt.latest() if cfg.checkpoint.resume else None
         # a resume is checked before anything in the run directory changes (a refused config leaves it as it was)
-        changes = config_changes(ckpt.check_model(latest), to_dict(cfg)) if latest is not None else []
+        changes = []
+        if latest is not None:
+            saved = ckpt.check_model(latest)
+            task.check_resume(saved, f"{ckpt.dir}/{latest}")
+            changes = config_changes(saved, to_dict(cfg))
         task.setup(run_dir, mesh, global_bs, print_fn)
         iterator = task.iterator
         total = task.total_steps

@@ -22,9 +22,14 @@ from sa_jax.errors import ConfigError
 
 
 class FrozenModels:
-    def __init__(self, text_encoder=None, text_kind: str | None = None, text_layer: int = -2, autoencoder=None):
+    """`base`: a LoRA run's frozen model, the trainable tree {"conditioner", "denoiser"} the adapters are
+    added to (in lora.base_dtype); None otherwise."""
+
+    def __init__(self, text_encoder=None, text_kind: str | None = None, text_layer: int = -2, autoencoder=None,
+                 base=None):
         self.text_encoder, self.text_kind, self.text_layer = text_encoder, text_kind, text_layer
         self.autoencoder = autoencoder
+        self.base = base
 
     @property
     def params(self) -> dict:
@@ -33,6 +38,8 @@ class FrozenModels:
             out["text"] = self.text_encoder.params
         if self.autoencoder is not None:
             out["vae"] = self.autoencoder.params
+        if self.base is not None:
+            out["base"] = self.base
         return out
 
     def signature(self) -> str:
@@ -69,13 +76,32 @@ class FrozenModels:
         return jax.lax.stop_gradient(jnp.swapaxes(z / ae.config.scale, 1, 2).astype(jnp.float32))
 
 
-def load_frozen(cfg) -> FrozenModels:
+def base_params(cfg, params):
+    """A LoRA run's frozen base as the step holds it: float32 `params` in lora.base_dtype."""
+    dtype = jnp.bfloat16 if cfg.lora.base_dtype == "bfloat16" else jnp.float32
+    return jax.tree.map(lambda x: np.asarray(x).astype(dtype), params)
+
+
+def load_frozen(cfg, init=None) -> FrozenModels:
     """The text encoder named by cfg.text (sources t5 and clap) and the autoencoder at
-    cfg.autoencoder.path, checked against the model config."""
+    cfg.autoencoder.path, checked against the model config; with `init` (the model at init.from,
+    sa_jax.training.finetune.InitModel) its text encoder and autoencoder (an autoencoder.path still
+    wins), and for a LoRA run its weights as the frozen base."""
     from sa_jax.training.model import text_shape
 
     t, text_encoder = cfg.text, None
     n, d = text_shape(cfg.model)
+    if init is not None:
+        autoencoder = init.autoencoder
+        if cfg.autoencoder.path:
+            from sa_jax.autoencoder import Autoencoder
+
+            autoencoder = Autoencoder.load(cfg.autoencoder.path)
+        base = base_params(cfg, init.params) if cfg.lora.enabled else None
+        frozen = FrozenModels(init.text_encoder, init.text_kind, init.text_layer,
+                              autoencoder, base)
+        check_autoencoder(cfg, autoencoder, f"init.from {init.path}")
+        return frozen
     if t.source == "t5":
         from sa_jax.encoders import T5TextEncoder
 
@@ -98,17 +124,22 @@ def load_frozen(cfg) -> FrozenModels:
         from sa_jax.autoencoder import Autoencoder
 
         autoencoder = Autoencoder.load(cfg.autoencoder.path)
-        if autoencoder.latent_dim != cfg.model.latent_dim:
-            raise ConfigError(f"the autoencoder at {cfg.autoencoder.path} has {autoencoder.latent_dim} latent "
-                              f"channels but the denoiser takes {cfg.model.latent_dim}")
-        if cfg.data.kind != "latents":
-            if cfg.data.window % autoencoder.downsampling_ratio:
-                raise ConfigError(f"data.window {cfg.data.window} must be a multiple of the autoencoder's "
-                                  f"downsampling ratio {autoencoder.downsampling_ratio}")
-            if cfg.data.sample_rate != autoencoder.sample_rate:
-                raise ConfigError(f"data.sample_rate {cfg.data.sample_rate} differs from the autoencoder's "
-                                  f"{autoencoder.sample_rate} Hz")
+        check_autoencoder(cfg, autoencoder, cfg.autoencoder.path)
     return FrozenModels(text_encoder, t.source if text_encoder is not None else None, t.layer, autoencoder)
+
+
+def check_autoencoder(cfg, autoencoder, where) -> None:
+    """The autoencoder fits the denoiser (latent channels) and, for audio data, the data's window and rate."""
+    if autoencoder.latent_dim != cfg.model.latent_dim:
+        raise ConfigError(f"the autoencoder of {where} has {autoencoder.latent_dim} latent "
+                          f"channels but the denoiser takes {cfg.model.latent_dim}")
+    if cfg.data.kind != "latents":
+        if cfg.data.window % autoencoder.downsampling_ratio:
+            raise ConfigError(f"data.window {cfg.data.window} must be a multiple of the autoencoder's "
+                              f"downsampling ratio {autoencoder.downsampling_ratio}")
+        if cfg.data.sample_rate != autoencoder.sample_rate:
+            raise ConfigError(f"data.sample_rate {cfg.data.sample_rate} differs from the autoencoder's "
+                              f"{autoencoder.sample_rate} Hz")
 
 
 def plan_frozen(cfg) -> tuple[FrozenModels, list[str]]:
@@ -132,7 +163,8 @@ def plan_frozen(cfg) -> tuple[FrozenModels, list[str]]:
     t, text_encoder = cfg.text, None
     n, d = text_shape(cfg.model)
     if t.source in ("t5", "clap"):
-        hf_config = Path(t.path) / "config.json"
+        # a run from init.from takes its encoder from that model: without text.path, the reference shapes
+        hf_config = Path(t.path) / "config.json" if t.path else Path("/nonexistent/config.json")
         if t.source == "t5":
             from sa_jax.models.t5 import T5Config, T5Encoder
 
@@ -191,4 +223,12 @@ def plan_frozen(cfg) -> tuple[FrozenModels, list[str]]:
         autoencoder = types.SimpleNamespace(module=module, config=ae, params=params,
                                             downsampling_ratio=ae.downsampling_ratio, latent_dim=ae.latent_dim,
                                             sample_rate=ae.sample_rate)
-    return FrozenModels(text_encoder, t.source if text_encoder is not None else None, t.layer, autoencoder), notes
+    base = None
+    if cfg.lora.enabled:   # a LoRA run's frozen model: a step argument, as in training
+        from sa_jax.training.model import init_params
+
+        dtype = jnp.bfloat16 if cfg.lora.base_dtype == "bfloat16" else jnp.float32
+        base = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype),
+                            jax.eval_shape(lambda: init_params(cfg.model, key)))
+    frozen = FrozenModels(text_encoder, t.source if text_encoder is not None else None, t.layer, autoencoder, base)
+    return frozen, notes

@@ -1,7 +1,7 @@
 """The trainable model of a run: conditioner + denoiser of one family, as pure functions.
 
     params = init_params(cfg.model, key, frames)        # {"conditioner": ..., "denoiser": ...}
-    v = predict(cfg.model, params, x_t, t, text, text_mask, seconds_start, seconds_total, drop_key, p)
+    v = predict(cfg.model, params, x_t, t, text, text_mask, seconds_start, seconds_total, cfg_drop(key, p, batch))
 
 `sao` (Stable Audio Open): SAOConditioner -> (cross-attention tokens, global vector) -> DiT; CFG
 dropout zeroes a batch item's whole cross-attention tensor (`cfg_dropout`), the global vector is
@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sa_jax.models import conditioners as sao_cond
-from sa_jax.models.conditioners import cfg_dropout
 from sa_jax.models.dit import DiT
 from sa_jax.models.sa1_conditioning import SA1Conditioner
 from sa_jax.models.unet import UNet1d, null_embedding
@@ -58,19 +57,24 @@ def init_params(model, key: jax.Array, frames: int = 16) -> dict:
     return {"conditioner": pc, "denoiser": pd}
 
 
-def predict(model, params, x_t, t, text, text_mask, seconds_start, seconds_total, drop_key=None,
-            drop_prob: float = 0.0):
-    """The network output (v or velocity) for noisy latents x_t (batch, channels, frames)."""
+def cfg_drop(key: jax.Array, prob: float, batch: int):
+    """Which batch items lose their conditioning (CFG dropout): (batch,) bool, or None when prob is 0.
+    The same draws as sa_jax.models.conditioners.cfg_dropout makes for that batch."""
+    return jax.random.bernoulli(key, prob, (batch,)) if prob > 0 else None
+
+
+def predict(model, params, x_t, t, text, text_mask, seconds_start, seconds_total, drop=None):
+    """The network output (v or velocity) for noisy latents x_t (batch, channels, frames); `drop`
+    ((batch,) bool, `cfg_drop`) marks the items trained unconditionally."""
     cond, den = _modules(model)
     if model.family == "sao":
         cross, glob = cond.apply({"params": params["conditioner"]}, text, text_mask, seconds_start, seconds_total)
-        if drop_key is not None and drop_prob > 0:
-            cross = cfg_dropout(drop_key, cross, drop_prob)
+        if drop is not None:   # as cfg_dropout: the item's whole cross-attention tensor is zeroed
+            cross = jnp.where(drop[:, None, None], jnp.zeros_like(cross), cross)
         return den.apply({"params": params["denoiser"]}, x_t, t, cross, glob)
     ctx, cmask = cond.apply({"params": params["conditioner"]}, text, text_mask, seconds_start, seconds_total)
-    if drop_key is not None and drop_prob > 0:
-        drop = jax.random.bernoulli(drop_key, drop_prob, (ctx.shape[0], 1, 1))
-        ctx = jnp.where(drop, null_embedding(params["denoiser"], ctx.shape[0], ctx.shape[1]), ctx)
+    if drop is not None:
+        ctx = jnp.where(drop[:, None, None], null_embedding(params["denoiser"], ctx.shape[0], ctx.shape[1]), ctx)
     out = den.apply({"params": params["denoiser"]}, jnp.swapaxes(x_t, 1, 2), t, ctx, cmask)
     return jnp.swapaxes(out, 1, 2)
 

@@ -21,14 +21,17 @@ def learning_rate(c):
 
 
 def make_optimizer(c, total_steps: int) -> tuple[optax.GradientTransformation, callable]:
-    """(AdamW with optional global-norm clipping, the lr schedule)."""
+    """(AdamW with optional global-norm clipping, the lr schedule). `c.mu_dtype` bfloat16 keeps the first
+    moments in bfloat16 (the second moments stay float32: their small values need its range)."""
     if c.schedule == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(
             init_value=0.0 if c.warmup_steps else c.lr, peak_value=c.lr, warmup_steps=c.warmup_steps,
             decay_steps=max(total_steps, c.warmup_steps + 1), end_value=c.final_lr)
     else:
         schedule = learning_rate(c)
-    adamw = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
+    mu_dtype = getattr(c, "mu_dtype", "float32")   # the VAE and CLAP trainers' optimiser configs have none
+    adamw = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
+                        mu_dtype=None if mu_dtype == "float32" else jnp.bfloat16)
     if c.clip_norm is not None:
         return optax.chain(optax.clip_by_global_norm(c.clip_norm), adamw), schedule
     return adamw, schedule
