@@ -9,6 +9,7 @@ Names resolve lazily so that `import sa_jax.metrics` does not import JAX.
 _WHERE = {
     "frechet_distance": "frechet", "embedding_statistics": "frechet", "RunningStats": "frechet",
     "save_stats": "frechet", "load_stats": "frechet",
+    "OpenL3": "openl3", "fd_openl3": "openl3",
 }
 
 __all__ = sorted(_WHERE)

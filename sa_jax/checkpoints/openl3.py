@@ -1,0 +1,133 @@
+"""Importing OpenL3 weights: torchopenl3's `.pth.tar` state dicts and openl3's Keras `.h5` weight files
+(read with h5py; TensorFlow is not needed).
+
+Both are tables of rows (sa_jax.checkpoints.table) over the same layer names (`conv2d_1..7`,
+`batch_normalization_1..8`, `audio_embedding_layer`). The spectrogram front end's fixed tensors
+come along: the mel matrix is taken from the file (it is what the released model computes with),
+the DFT kernels are checked against ours. One file serves both embedding sizes (only the last pool
+differs), so `embedding_size` is the caller's choice; the input representation is read from the
+file (its mel matrix, or none for `linear`) and must agree with the one asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from sa_jax.checkpoints.table import Row, convert, equals, expand, layer, torch_layer
+from sa_jax.errors import CheckpointError
+from sa_jax.models.openl3 import CHANNELS, CONTENT_TYPES, OpenL3Config, stft_kernels, variable_shapes
+
+NEEDS = ("FD_openl3 needs OpenL3 weights: torchopenl3's torchopenl3_<input_repr>_<content_type>_<size>.pth.tar or "
+         "openl3's openl3_audio_<input_repr>_<content_type>.h5 (mel256, 'music' for music, 'env' for sound effects)")
+
+_LAYERS = [f"conv2d_{i + 1}" for i in range(len(CHANNELS))] + ["audio_embedding_layer"]
+_NORMS = [f"batch_normalization_{i + 1}" for i in range(len(CHANNELS) + 1)]
+
+
+def _describe(config: OpenL3Config) -> str:
+    return f"OpenL3 ({config.input_repr}, {config.content_type}, embedding {config.embedding_size})"
+
+
+def torch_rows(config: OpenL3Config) -> list[Row]:
+    rows = [r for name in _LAYERS for r in torch_layer(name, name, "conv")]
+    rows += [r for name in _NORMS for r in torch_layer(name, name, "bn")]
+    if config.n_mels:
+        rows += torch_layer("speclayer.mel_basis", "mel", "tensor", params="constants")
+    return rows
+
+
+# Keras layers as openl3 saves them: "<layer>.<weight>" after `read_h5` takes off the ":0".
+_KERAS_CONV = [("kernel", "params/{dst}/kernel", None), ("bias", "params/{dst}/bias", None)]
+_KERAS_BN = [("gamma", "params/{dst}/scale", None), ("beta", "params/{dst}/bias", None),
+             ("moving_mean", "batch_stats/{dst}/mean", None), ("moving_variance", "batch_stats/{dst}/var", None)]
+
+
+def keras_rows(config: OpenL3Config, spectrogram_layer: str) -> list[Row]:
+    rows = [r for name in _LAYERS for r in layer(name, name, _KERAS_CONV)]
+    rows += [r for name in _NORMS for r in layer(name, name, _KERAS_BN)]
+    if config.n_mels:
+        rows.append((f"{spectrogram_layer}.freq2mel", "constants/mel", lambda w: w.T))   # (bins, mels) -> (mels, bins)
+    return rows
+
+
+def _torch_checks(config: OpenL3Config):
+    real, imag = stft_kernels(config.n_fft)
+    return [("speclayer.dft_real_kernels", equals(real[:, None, :], "STFT kernels (real)")),
+            ("speclayer.dft_imag_kernels", equals(imag[:, None, :], "STFT kernels (imaginary)"))]
+
+
+def _keras_checks(config: OpenL3Config, spectrogram_layer: str):
+    real, imag = stft_kernels(config.n_fft)      # kapre keeps them as (n_fft, 1, 1, bins)
+    return [(f"{spectrogram_layer}.dft_real_kernels", equals(real.T[:, None, None, :], "STFT kernels (real)")),
+            (f"{spectrogram_layer}.dft_imag_kernels", equals(imag.T[:, None, None, :], "STFT kernels (imaginary)"))]
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    # checkpoints.io.read_state_dict goes by the last suffix; torchopenl3's files end in ".pth.tar".
+    import torch
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} could not be loaded safely as a PyTorch file ({e}). {NEEDS}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict. {NEEDS}")
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in obj.items() if hasattr(v, "detach")}
+
+
+def read_h5(path: Path) -> dict[str, np.ndarray]:
+    """Every weight of a Keras `.h5` (weights-only or whole-model file) as {"layer.weight": array}."""
+    import h5py
+
+    out: dict[str, np.ndarray] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            root = f["model_weights"] if "model_weights" in f else f
+
+            def visit(name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    parts = name.split("/")
+                    weight = re.sub(r":\d+$", "", parts[-1])        # Keras' "kernel:0" -> "kernel"
+                    out[f"{parts[0]}.{weight}"] = np.asarray(obj)
+            root.visititems(visit)
+    except OSError as e:
+        raise CheckpointError(f"{path} is not a readable HDF5 (.h5) file ({e}). {NEEDS}") from None
+    return out
+
+
+def _check_content_type(path: Path, config: OpenL3Config) -> None:
+    named = [c for c in CONTENT_TYPES if re.search(rf"(^|[_\-.]){c}([_\-.]|$)", path.name)]
+    if named and config.content_type not in named:
+        raise CheckpointError(f"{path} is named for OpenL3's '{named[0]}' model, but content type "
+                              f"'{config.content_type}' was asked for")
+
+
+def load_openl3(path: str | Path, config: OpenL3Config) -> dict:
+    """{'params', 'batch_stats', 'constants'} of `OpenL3(config)` from a torchopenl3 `.pth.tar` (or
+    `.pth`/`.pt`) or an openl3 Keras `.h5`."""
+    config.validate()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"OpenL3 weight file {path} does not exist. {NEEDS}")
+    _check_content_type(path, config)
+    want = variable_shapes(config)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        state = read_h5(path)
+        spectrogram = next((k.split(".")[0] for k in state if k.endswith(".dft_real_kernels")), "melspectrogram_1")
+        rows, checks = keras_rows(config, spectrogram), _keras_checks(config, spectrogram)
+    else:
+        state = _read_torch(path)
+        rows, checks = torch_rows(config), _torch_checks(config)
+    if not any(k.startswith("conv2d_1.") for k in state):
+        raise CheckpointError(f"{path} holds no OpenL3 network (no conv2d_1 weights; its first keys: "
+                              f"{', '.join(sorted(state)[:4])}). {NEEDS}")
+    if not config.n_mels and any("mel" in k for k in state):
+        raise CheckpointError(f"{path} holds a mel front end, but input_repr 'linear' was asked for")
+    return convert(state, expand(rows), want, _describe(config), str(path), checks=checks,
+                   ignore=(r".*num_batches_tracked",))
