@@ -5,6 +5,7 @@ and no public share link is made."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -38,6 +39,7 @@ def run(args) -> int:
     from sa_jax.ui.studio import Studio
 
     loras = tuple(parse_lora(text) for text in args.lora)
+    logging.getLogger("sa_jax").propagate = False   # gradio's imports set up the root logger: one line, not two
     with pipeline_log():
         print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
         studio = Studio(args.model, t5=args.t5, clap=args.clap, clap_tokenizer=args.clap_tokenizer, dtype=args.dtype,

@@ -69,12 +69,14 @@ def build_app(studio: Studio) -> gr.Blocks:
                         fields["sigma_max"] = gr.Number(label="Sigma max", value=info.sigma_max)
                         fields["rho"] = gr.Number(label="Rho", value=info.rho)
                 with gr.Accordion("Init audio (variations)", open=False) as init_box:
-                    fields["init_audio"] = gr.Audio(label="Init audio", type="filepath", sources=["upload"])
+                    fields["init_audio"] = gr.Audio(label="Init audio", type="filepath", sources=["upload"],
+                                                      elem_id="init-audio")
                     fields["init_noise_level"] = gr.Number(
                         label="Init noise level", value=1.0,
                         info="the noise sampling starts from: low keeps the init audio, high departs from it")
                 with gr.Accordion("Inpainting and continuation", open=False) as source_box:
-                    fields["source_audio"] = gr.Audio(label="Source audio", type="filepath", sources=["upload"])
+                    fields["source_audio"] = gr.Audio(label="Source audio", type="filepath", sources=["upload"],
+                                                        elem_id="source-audio")
                     with gr.Row():
                         fields["inpaint_start"] = gr.Number(label="Inpaint start", info="seconds")
                         fields["inpaint_end"] = gr.Number(label="Inpaint end", info="seconds (exclusive)")
@@ -92,12 +94,12 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Column(scale=1):
                 seed_used = gr.Number(label="Seed used", interactive=False, precision=0)
                 settings = gr.Textbox(label="Settings", lines=3, interactive=False, buttons=["copy"],
-                                      info="the command line that makes the same audio")
+                                      elem_id="settings", info="the command line that makes the same audio")
                 items = []
                 for k in range(MAX_BATCH):
                     with gr.Group(visible=k == 0) as group:
                         audio = gr.Audio(label="Output" if k == 0 else f"Output {k + 1}", type="filepath",
-                                         interactive=False, buttons=["download"])
+                                         interactive=False, buttons=["download"], elem_id=f"output-{k + 1}")
                         image = gr.Image(label="Spectrogram" if k == 0 else f"Spectrogram {k + 1}", type="filepath",
                                          interactive=False, format="png", height=220)
                         with gr.Row():
@@ -138,7 +140,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             return out
 
         outputs = [status, seed_used, settings] + [c for item in items for c in item]
-        generate.click(handle, set(fields.values()) | set(loras), outputs, api_name="generate")
+        generate.click(handle, set(fields.values()) | set(loras), outputs, api_name="generate",
+                       show_progress_on=[audio for _, audio, _ in items])   # the bar over the players
     return app
 
 
