@@ -46,7 +46,25 @@ def train_from(config, overrides=(), **kwargs):
     return train_fn(cfg, **kwargs)
 
 
+def plan(args) -> int:
+    """`--plan`: compile the step for the devices present or a TPU topology, print the plan (sa_jax.training.plan)."""
+    from sa_jax.errors import ConfigError
+    from sa_jax.training.plan import format_report, plan_train
+
+    if args.slices != 1 and args.topology is None:
+        raise ConfigError("--slices needs --topology (and --plan)")
+    cfg, _ = load_run(args.config, args.overrides)
+    print(format_report(plan_train(cfg, args.topology, args.slices)))
+    return 0
+
+
 def run(args) -> int:
+    if args.plan:
+        return plan(args)   # one process, nothing loaded: no distributed start
+    if args.topology is not None or args.slices != 1:
+        from sa_jax.errors import ConfigError
+
+        raise ConfigError("--topology and --slices plan a run: add --plan")
     from sa_jax.parallel import maybe_initialize_distributed
 
     maybe_initialize_distributed()   # before anything touches a device
@@ -85,4 +103,11 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*",
                    help="dotted overrides, e.g. steps=1000 optim.lr=1.0e-4")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--plan", action="store_true",
+                   help="compile the train step without loading weights or data and print per-device memory, FLOPs "
+                        "per step and the mesh, ending with one JSON line (docs/launch.md)")
+    p.add_argument("--topology", default=None,
+                   help="with --plan: compile for this TPU slice on this machine (libtpu: `bash setup.sh tpu`), e.g. "
+                        "v5e:4x4, v5p:2x4x4, v5litepod-16, v5p-64; adds the compiler's step time estimate and MFU")
+    p.add_argument("--slices", type=int, default=1, help="with --topology: that many slices (multi-slice, DCN)")
     p.set_defaults(func=run)
