@@ -57,7 +57,7 @@ SIZES = {
     "smoke": dict(
         steps=3, repeats=1, train_steps=2,
         sao=dict(width=128, depth=2, heads=2, kv_heads=1, frames=32, t5_dim=64, t5_ff=128, t5_layers=2, t5_heads=1,
-                 t5_vocab=64, vae_channels=8, vae_decoder=8),
+                 t5_vocab=64, vae_channels=128, vae_decoder=8),
         sa1=dict(unet="tiny", vae="tiny", frames=32, text_dim=64),
         train_dit=dict(config="train_dit_tiny", batch=2, frames=32),
         train_unet=dict(config="train_unet_tiny", batch=2, frames=32),
@@ -311,7 +311,7 @@ def sa1_torch(folder: Path, size: dict) -> list[dict]:
             text = parts["clap"].text_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                             output_hidden_states=True).hidden_states[-2]
             s_emb, s_mask = parts["start"]([0], device="cpu")
-            t_emb, t_mask = parts["total"]([int(seconds)], device="cpu")
+            t_emb, t_mask = parts["total"]([max(1, int(seconds))], device="cpu")
             context = torch.cat([text, s_emb, t_emb], dim=1).to(device, dtype)
             mask = torch.cat([enc["attention_mask"], s_mask, t_mask], dim=1).bool().to(device)
 
@@ -350,7 +350,7 @@ def sa1_jax(folder: Path, size: dict) -> list[dict]:
     seconds = sa.window_seconds
 
     def generate():
-        audio = sa.generate([PROMPT], seconds_total=int(seconds), steps=size["steps"], cfg_scale=CFG_SCALE,
+        audio = sa.generate([PROMPT], seconds_total=seconds, steps=size["steps"], cfg_scale=CFG_SCALE,
                             sampler="dpmpp-3m-sde", seed=0)
         assert np.all(np.isfinite(audio))
 
@@ -543,7 +543,9 @@ def main(argv=None) -> int:
             folder = Path(tmp) / case
             folder.mkdir()
             for side in sides:
+                began = time.perf_counter()
                 got, error = run_worker(case, side, folder, args)
+                print(f"{case}/{side}: {time.perf_counter() - began:.0f} s", flush=True)
                 rows += got
                 if error:
                     failures.append(error)
