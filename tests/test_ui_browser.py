@@ -8,7 +8,7 @@ page, clicks Generate, waits for the player and downloads the WAV from the playe
 - errors: Seconds total past the model's range, then an unreadable init file, each shown in the page with
   what is allowed; the next request still works; a second browser session sees none of the first's files;
 - init audio: a WAV uploaded as Init audio makes a variation of the requested length;
-- the server listens on 127.0.0.1 only.
+- the server listens on 127.0.0.1 only, and the page asks for nothing outside it.
 
 Skipped, saying why, when Playwright or /usr/bin/chromium is missing (`bash setup.sh test` installs both).
 """
@@ -94,6 +94,8 @@ def page(browser, server):
     """A fresh browser session (its own cookies: a user of its own) on the page."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
+    page.requested = []   # every URL the page asks for
+    page.on("request", lambda r: page.requested.append(r.url))
     page.goto(server[0])
     page.get_by_role("button", name="Generate").wait_for()
     yield page
@@ -142,6 +144,8 @@ def test_generate_and_download_the_wav(page, server, tmp_path):
     assert settings.startswith("sa-jax sample --prompt 'A warm plucked string") and "--seed 7" in settings \
         and "--seconds-total 2 --steps 8" in settings
     assert page.locator("img[src*='.png']").count() >= 1   # the spectrogram
+    outside = [u for u in page.requested if not u.startswith((server[0], "blob:", "data:"))]
+    assert outside == []   # the page loads nothing from outside the machine
     shot = tmp_path / "ui.png"
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("SA_JAX_SCREENSHOT_DIR"):
