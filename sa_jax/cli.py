@@ -15,6 +15,7 @@ COMMANDS = [
     "params",
     "configs",  # the packaged configs (configs/), by name
     "sample",  # text-to-audio generation (sa_jax/pipeline.py)
+    "merge_lora",  # merge-lora: LoRA adapters merged into a model (sa_jax/checkpoints/lora.py)
     "longform",  # inpaint, continue (sa_jax/longform.py)
     "synth",  # synthetic corpus (sa_jax/data/synth.py)
     "train",  # diffusion training (sa_jax/training)

@@ -40,6 +40,7 @@ import numpy as np
 
 from sa_jax.autoencoder import Autoencoder
 from sa_jax.checkpoints import store
+from sa_jax.checkpoints.lora import merge_adapters, read_adapters
 from sa_jax.config import check_int, check_seed, from_dict, naming, to_dict
 from sa_jax.errors import CheckpointError
 from sa_jax.families import Loaded, SamplingDefaults, family_class, sa1, sao
@@ -123,7 +124,8 @@ class StableAudio:
     # --- loading and saving --------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path | None = None, t5: str | Path | None = None, dtype: str = "float32",
-             clap: str | Path | None = None, clap_tokenizer: str | Path | None = None) -> "StableAudio":
+             clap: str | Path | None = None, clap_tokenizer: str | Path | None = None,
+             lora: Sequence[str | Path | tuple[str | Path, float]] | None = None) -> "StableAudio":
         """Load a model from
         * nothing (`path=None`): the small model shipped with sa-jax (`SHIPPED_MODEL`, trained by
           `sa-jax recipe small` on the synthetic corpus);
@@ -136,8 +138,13 @@ class StableAudio:
           (paper, `adp_cfg_1d`) folder takes its CLAP model from `clap` (a LAION `.pt`, with a local
           RoBERTa tokenizer folder as `clap_tokenizer`, or a transformers ClapModel folder).
         `dtype` is the compute dtype of the denoiser and autoencoder ("float32" or "bfloat16").
+        `lora`: LoRA adapter folders (what a LoRA run exports), each a folder or (folder, strength),
+        added to the weights in order at alpha / rank * strength (sa_jax.checkpoints.lora.merge_adapters;
+        an adapter of another family or model is an error, one trained on other weights a warning);
+        strength 0 leaves the model exactly as without it.
         """
         compute_dtype(dtype)   # checked before anything is read
+        adapters = read_adapters(lora) if lora else []   # before the base: a bad adapter fails fast
         path = shipped_model() if path is None else Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
@@ -156,6 +163,9 @@ class StableAudio:
             raise CheckpointError(f"{path} is not a model folder sa-jax knows: expected an sa-jax checkpoint "
                                   "(config.yaml + params/), a diffusers StableAudioPipeline folder (transformer/, "
                                   "vae/, ...) or a stable-audio-tools folder (model_config.json + weights)")
+        if adapters:
+            family = model.family
+            family.set_trainable(merge_adapters(family.trainable(), family.name, adapters, base=str(path)))
         log.info("loaded %s (%s, window %.2f s at %d Hz) in %.1f s", path, model.family.name,
                  model.window_seconds, model.sample_rate, time.perf_counter() - start)
         return model

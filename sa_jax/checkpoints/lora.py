@@ -167,3 +167,86 @@ def load_adapter(folder: str | Path) -> tuple[dict, dict]:
     if bad:
         raise LoraError(f"{folder / WEIGHTS_FILE}: NaN or infinite values in {bad[:3]}")
     return adapters, meta
+
+
+# --------------------------------------------------------------------------------------------
+# Using adapters: StableAudio.load(base, lora=[...]), `sa-jax sample --lora`, `sa-jax merge-lora`
+
+
+def parse_spec(text: str) -> tuple[str, float]:
+    """Command-line `DIR` or `DIR:STRENGTH` -> (folder, strength); an existing folder whose name holds a
+    colon is taken whole. LoraError for a strength that is not a finite number."""
+    if ":" not in text or Path(text).is_dir():
+        return text, 1.0
+    folder, _, value = text.rpartition(":")
+    try:
+        strength = float(value)
+    except ValueError:
+        raise LoraError(f"LoRA adapter {text!r}: strength {value!r} is not a number; write DIR or DIR:STRENGTH "
+                        "(e.g. runs/mine/export:0.8)") from None
+    if not math.isfinite(strength):
+        raise LoraError(f"LoRA adapter {text!r}: the strength must be a finite number, got {value!r}")
+    if not folder:
+        raise LoraError(f"LoRA adapter {text!r} names no folder before ':'")
+    return folder, strength
+
+
+def adapter_specs(lora) -> list[tuple[Path, float]]:
+    """`[folder or (folder, strength), ...]` (a single folder is read as a list of one) -> [(Path, strength)]."""
+    if isinstance(lora, (str, Path)):
+        lora = [lora]
+    if not isinstance(lora, (list, tuple)):
+        raise LoraError(f"lora must be a list of adapter folders or (folder, strength) pairs, got "
+                        f"{type(lora).__name__}")
+    specs = []
+    for item in lora:
+        if isinstance(item, (str, Path)):
+            folder, strength = item, 1.0
+        elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], (str, Path)):
+            folder, strength = item
+        else:
+            raise LoraError(f"lora item {item!r} is neither an adapter folder nor a (folder, strength) pair")
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+            raise LoraError(f"LoRA adapter {folder}: the strength must be a finite number, got {strength!r}")
+        specs.append((Path(folder), float(strength)))
+    return specs
+
+
+def read_adapters(lora) -> list[tuple[Path, float, dict, dict]]:
+    """[(folder, strength, adapters, metadata)] for `lora` (see `adapter_specs`), every folder read and
+    checked (`load_adapter`): done before a base model is loaded, so a bad adapter fails fast."""
+    return [(folder, strength, *load_adapter(folder)) for folder, strength in adapter_specs(lora)]
+
+
+def merge_adapters(params, family: str, adapters: list, base: str = "the base model"):
+    """`params` (a model's trainable tree {"conditioner", "denoiser"}, family `family`) with `adapters`
+    (`read_adapters`) added, each at alpha / rank * strength, in order. A strength of 0 leaves the
+    weights exactly as they were (the adapter is still checked). An adapter of another family, or with
+    kernels this model lacks, is a LoraError; one trained on other weights (its base_hash differs from
+    this model's content hash) is applied with a warning naming both hashes."""
+    import logging
+
+    from sa_jax.nn.lora import apply_adapters, check_adapters, content_hash
+
+    log = logging.getLogger("sa_jax.lora")
+    for folder, _, tensors, meta in adapters:
+        if meta["family"] != family:
+            raise LoraError(f"LoRA adapter {folder} was trained on a {meta['family']!r} model, but {base} is a "
+                            f"{family!r} model; adapters only apply to the family they were trained on")
+        try:
+            check_adapters(params, tensors)
+        except LoraError as e:
+            raise LoraError(f"LoRA adapter {folder} does not fit {base}: {e}") from None
+    if not adapters:
+        return params
+    digest = content_hash(params)
+    for folder, strength, tensors, meta in adapters:
+        if meta["base_hash"] != digest:
+            log.warning("LoRA adapter %s was trained on other weights (base %s, content hash %s) than %s "
+                        "(content hash %s); applying it anyway", folder, meta.get("base_path"), meta["base_hash"],
+                        base, digest)
+        if strength != 0:
+            params = apply_adapters(params, tensors, scale(meta, strength))
+        log.info("LoRA adapter %s: rank %d, alpha %g, strength %g, %d kernels", folder, meta["rank"], meta["alpha"],
+                 strength, len(tensors))
+    return params

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _run(args, what: str) -> int:
-    from sa_jax.commands.sample import pipeline_log, writable_outputs, write_spectrogram
+    from sa_jax.commands.sample import lora_specs, pipeline_log, writable_outputs, write_spectrogram
 
     out = Path(args.out)
     if out.suffix.lower() != ".wav":
@@ -29,7 +29,7 @@ def _run(args, what: str) -> int:
         print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
         with allow_nonfinite_weights(args.allow_nonfinite_weights):
             model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
-                                     clap_tokenizer=args.clap_tokenizer)
+                                     clap_tokenizer=args.clap_tokenizer, lora=lora_specs(args))
         sampling = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed,
                         negative_prompt=args.negative_prompt, resample_passes=args.resample_passes,
                         sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho)
@@ -66,6 +66,8 @@ def _common(p) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--allow-nonfinite-weights", action="store_true",
                    help="load weights that hold NaN/inf values (refused by default)")
+    p.add_argument("--lora", action="append", default=[], metavar="DIR[:STRENGTH]",
+                   help="a LoRA adapter folder added to the model at STRENGTH (default 1); repeatable")
 
 
 def register(sub) -> None:

@@ -147,6 +147,13 @@ def pipeline_log():
         logger.setLevel(level)
 
 
+def lora_specs(args) -> list[tuple[str, float]]:
+    """--lora DIR[:STRENGTH] (repeatable) as StableAudio.load's `lora`; LoraError for a bad strength."""
+    from sa_jax.checkpoints.lora import parse_spec
+
+    return [parse_spec(text) for text in getattr(args, "lora", None) or []]
+
+
 def run(args) -> int:
     with pipeline_log():
         return _sample(args)
@@ -177,7 +184,7 @@ def _generate(args, prompts, paths, chunks) -> int:
 
     with allow_nonfinite_weights(getattr(args, "allow_nonfinite_weights", False)):
         model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
-                                 clap_tokenizer=args.clap_tokenizer)
+                                 clap_tokenizer=args.clap_tokenizer, lora=lora_specs(args))
     init_audio = None
     long_form = args.seconds_total is not None and args.seconds_total > model.window_seconds
     if long_form:
@@ -252,4 +259,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--allow-nonfinite-weights", action="store_true",
                    help="load weights that hold NaN/inf values (refused by default: they decode NaN audio)")
+    p.add_argument("--lora", action="append", default=[], metavar="DIR[:STRENGTH]",
+                   help="a LoRA adapter folder (a LoRA run's export) added to the model, at STRENGTH (default 1; "
+                        "0 = the model without it); repeatable")
     p.set_defaults(func=run)

@@ -13,7 +13,8 @@ Every family class has the same members, which `sa_jax.pipeline.StableAudio` use
 `condition(prompts, seconds_start, seconds_total) -> cond`, `unconditional(cond, negative) -> uncond`,
 `has_inpaint_inputs` and `inpaint_inputs(known_latents, mask) -> dict` (the extra conditioning of an
 inpainting-trained checkpoint, merged into both CFG branches; ConfigError for models without it),
-`network() -> Partial(params, x, t, cond) -> v`, and for sa-jax checkpoints `config_sections()`,
+`network() -> Partial(params, x, t, cond) -> v`, `trainable()` / `set_trainable(tree)` (the
+{"conditioner", "denoiser"} weights a run trains and LoRA adapts), and for sa-jax checkpoints `config_sections()`,
 `params()`, `save_files(folder)` and the classmethod `from_checkpoint(config, params, folder, dtype)`.
 The foreign-format loaders return a `Loaded` (family, autoencoder, sample_size, defaults).
 
@@ -79,6 +80,26 @@ class Family:
         raise ConfigError(f"this model ({self.title}) has no inpainting inputs: it is not a stable-audio-tools "
                           "'diffusion_cond_inpaint' checkpoint. Inpaint it through sampling instead "
                           "(StableAudio.inpaint / sa_jax.diffusion.sample(known=, mask=), RePaint-style)")
+
+    # {"conditioner": attribute, "denoiser": attribute}: where a family keeps the weights a run trains
+    trainable_attributes: dict[str, str] = {}
+
+    def trainable(self) -> dict:
+        """The weights a training run trains and LoRA adapters address: {"conditioner": ..., "denoiser": ...}
+        (the tree of sa_jax.training.model.init_params)."""
+        return {part: getattr(self, attr) for part, attr in self.trainable_attributes.items()}
+
+    def set_trainable(self, tree: dict) -> None:
+        """Replace the weights `trainable` returns, e.g. with LoRA adapters merged; ValueError unless `tree`
+        has the same structure and shapes."""
+        import jax
+        import jax.numpy as jnp
+
+        old = jax.tree_util.tree_map(jnp.shape, self.trainable())
+        if jax.tree_util.tree_map(jnp.shape, tree) != old:
+            raise ValueError(f"set_trainable: the new weights of {self.title} differ in structure or shapes")
+        for part, attr in self.trainable_attributes.items():
+            setattr(self, attr, jax.tree_util.tree_map(jnp.asarray, tree[part]))
 
     def save_files(self, folder: Path) -> None:
         self.text_encoder.tokenizer.save_pretrained(str(Path(folder) / TOKENIZER_DIR))

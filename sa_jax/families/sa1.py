@@ -43,6 +43,7 @@ class SA1Family(Family):
     title = "a Stable Audio 1.0 model"
     sections = ("unet", "clap_text", "timing")
     objective = "v"
+    trainable_attributes = {"conditioner": "timing_params", "denoiser": "unet_params"}
     cfg_rescale = 0.4  # UNetCFG1d's scale_phi, applied whenever the reference guides
     defaults = SamplingDefaults(**SAMPLING_DEFAULTS)
     timing_range = (0, 512)

@@ -38,6 +38,7 @@ class SAOFamily(Family):
     title = "an SAO model"
     sections = ("dit", "conditioning", "t5")
     objective = "v"
+    trainable_attributes = {"conditioner": "cond_params", "denoiser": "dit_params"}
     cfg_rescale = 0.0  # the DiT wrapper's scale_phi: guidance is not rescaled
     defaults = SamplingDefaults()  # the model card's
 

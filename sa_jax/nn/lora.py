@@ -110,12 +110,15 @@ def init_adapters(params, rank: int, targets: str | Iterable[str], key: jax.Arra
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
         raise LoraError(f"LoRA rank must be an integer >= 1, got {rank!r}")
     kernels = _kernels(params)
-    adapters = {}
-    for i, path in enumerate(target_paths(params, targets)):
-        fan_in, fan_out = _fans(kernels[path])
-        down = jax.random.normal(jax.random.fold_in(key, i), (fan_in, int(rank)), jnp.float32) / math.sqrt(fan_in)
-        adapters[path] = {"down": down, "up": jnp.zeros((int(rank), fan_out), jnp.float32)}
-    return adapters
+    fans = {path: _fans(kernels[path]) for path in target_paths(params, targets)}
+
+    @jax.jit   # one program for all adapters rather than an op-by-op dispatch per shape
+    def make(key):
+        return {path: {"down": jax.random.normal(jax.random.fold_in(key, i), (fan_in, int(rank)), jnp.float32)
+                       / math.sqrt(fan_in),
+                       "up": jnp.zeros((int(rank), fan_out), jnp.float32)}
+                for i, (path, (fan_in, fan_out)) in enumerate(fans.items())}
+    return make(key)
 
 
 def check_adapters(params, adapters: dict) -> None:
