@@ -146,6 +146,10 @@ def test_generate_and_download_the_wav(page, server, tmp_path):
     assert page.locator("img[src*='.png']").count() >= 1   # the spectrogram
     outside = [u for u in page.requested if not u.startswith((server[0], "blob:", "data:"))]
     assert outside == []   # the page loads nothing from outside the machine
+    page.get_by_role("button", name="Send to inpaint").first.click()   # the output becomes the Source audio
+    page.get_by_test_id("audio-player-Source audio").wait_for(state="attached")
+    page.get_by_label("Inpaint start", exact=True).wait_for()
+    page.get_by_role("button", name="Inpainting and continuation").click()   # closed again for the screenshot
     shot = tmp_path / "ui.png"
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("SA_JAX_SCREENSHOT_DIR"):

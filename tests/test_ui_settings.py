@@ -251,3 +251,37 @@ def test_stable_audio_open_family_through_the_studio(tmp_path):
             f"--model {root}" in r.command
     finally:
         st.close()
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+def _ui(*args, module: bool = False):
+    cmd = [sys.executable, "-m", "sa_jax.ui"] if module else [SA_JAX, "ui"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", GRADIO_ANALYTICS_ENABLED="False")
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_ui_command_refuses_a_bad_or_busy_port_before_loading():
+    import socket
+
+    done = _ui("--port", 70000)
+    assert done.returncode == 2 and done.stderr.strip() == "sa-jax ui: error: --port must be from 0 to 65535, got 70000"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _ui("--port", port, module=True)   # python -m sa_jax.ui is the same command
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"sa-jax ui: error: cannot serve on 127.0.0.1:{port} (Address already in use); "
+                                   "choose another --port")
+    assert "loading" not in done.stderr   # refused before the model loads
+
+
+def test_parse_lora():
+    from sa_jax.commands.ui import parse_lora
+
+    assert parse_lora("adapters/drums") == ("adapters/drums", 1.0)
+    assert parse_lora("adapters/drums:0.5") == ("adapters/drums", 0.5)
+    assert parse_lora("C:/x:2") == ("C:/x", 2.0) and parse_lora("a:b") == ("a:b", 1.0)
+    with pytest.raises(ValueError, match="the strength must be a finite number"):
+        parse_lora("adapters/drums:nan")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import sys
 
 
@@ -25,15 +26,31 @@ def parse_lora(text: str) -> tuple[str, float]:
     return folder, value
 
 
+def check_port(host: str, port: int) -> None:
+    """Before the model loads (a minute for a large one): the address can be served on."""
+    if not 0 <= port < 65536:
+        raise ValueError(f"--port must be from 0 to 65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ValueError(f"cannot serve on {host}:{port} ({e.strerror}); choose another --port") from None
+
+
 def run(args) -> int:
+    check_port(args.host, args.port)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"   # nothing leaves the machine
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise ValueError("the web UI needs gradio: `bash setup.sh` installs it, or pip install 'sa-jax[ui]'") \
             from None
-    if not 0 <= args.port < 65536:
-        raise ValueError(f"--port must be from 0 to 65535, got {args.port}")
     from sa_jax.commands.sample import pipeline_log
     from sa_jax.ui.app import launch
     from sa_jax.ui.studio import Studio
