@@ -20,6 +20,7 @@ COMMANDS = [
     "synth",  # synthetic corpus (sa_jax/data/synth.py)
     "train",  # diffusion training (sa_jax/training)
     "evaluate",  # timing accuracy, text adherence, reconstruction (sa_jax/eval)
+    "metrics",  # FD_openl3, KL_passt, CLAP score, FD on CLAP embeddings (sa_jax/metrics)
     "recipe",  # the small model end to end: synth, VAE, CLAP, encode, U-Net, evaluate
     "ui",  # the web UI (sa_jax/ui): generation, variations, inpainting, long form in a browser
 ]

@@ -24,9 +24,9 @@ def data_mesh() -> jax.sharding.Mesh:
 
 
 class BatchedModel:
-    """`fn(variables, windows) -> outputs` compiled once for (batch_size, *window_shape) inputs, the
-    batch split over the data mesh and the variables replicated; `__call__` takes any number of
-    windows (the last batch zero-padded, its padding dropped)."""
+    """`fn(variables, windows) -> outputs` compiled for (batch_size, *window_shape) inputs (and a few
+    power-of-two sizes for a short last batch), the batch split over the data mesh and the variables
+    replicated; `__call__` takes any number of windows (zero padding dropped from the outputs)."""
 
     def __init__(self, fn: Callable, variables, batch_size: int):
         self.mesh = data_mesh()
@@ -38,13 +38,23 @@ class BatchedModel:
         self.fn = jax.jit(fn, in_shardings=(replicated, self.data), out_shardings=self.data)
         self.seconds = 0.0      # device time spent, for the per-metric timing
 
+    def padded_size(self, n: int) -> int:
+        """A short last batch is padded only to the next power of two (times the device count), so a
+        small set does not pay for a whole batch and at most log2(batch) shapes are compiled."""
+        devices = self.mesh.size
+        size = devices
+        while size < n:
+            size *= 2
+        return min(size, self.batch_size)
+
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         out = []
         for start in range(0, len(windows), self.batch_size):
             chunk = windows[start:start + self.batch_size]
             n = len(chunk)
-            if n < self.batch_size:
-                chunk = np.concatenate([chunk, np.zeros((self.batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+            size = self.padded_size(n)
+            if n < size:
+                chunk = np.concatenate([chunk, np.zeros((size - n,) + chunk.shape[1:], chunk.dtype)])
             t0 = time.perf_counter()
             y = np.asarray(self.fn(self.variables, jax.device_put(chunk, self.data)))
             self.seconds += time.perf_counter() - t0

@@ -1,0 +1,115 @@
+"""`sa-jax metrics` as a user runs it (a subprocess): FD_openl3, FD on CLAP embeddings and the CLAP
+score on folders of mixed rates, lengths and channel counts; reference statistics saved once and
+read back; weight files that are missing or of another model; empty and unmatched sets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from test_clap_api import clap_folder  # noqa: E402  (a tiny random CLAP with its tokenizer)
+from test_metrics_openl3 import SOUNDS, torch_model  # noqa: E402
+
+
+def write_sets(root):
+    """Short files (few OpenL3 windows) of mixed rates, lengths and channel counts; one real MP3."""
+    import soundfile as sf
+
+    gen, ref = root / "generated", root / "reference"
+    gen.mkdir()
+    ref.mkdir()
+    (ref / "sheep.mp3").write_bytes((SOUNDS / "sheep.mp3").read_bytes())     # 48 kHz mono, 0.92 s
+    rng = np.random.default_rng(0)
+    for folder, name, sr, ch, sec in ((gen, "a", 32000, 2, 0.6), (gen, "b", 16000, 1, 0.5), (gen, "c", 48000, 2, 0.4),
+                                      (ref, "d", 22050, 2, 0.7)):
+        t = np.arange(int(sr * sec)) / sr
+        x = np.stack([np.sin(2 * np.pi * (220 + 330 * c) * t) * 0.3 + rng.normal(size=t.size) * 0.05
+                      for c in range(ch)], axis=1)
+        sf.write(folder / f"{name}.wav", x, sr)
+    return gen, ref
+
+
+def sa_jax(*args, cwd=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "sa_jax.cli", "metrics", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("metrics_cli")
+    gen, ref = write_sets(root)
+    openl3 = root / "torchopenl3_mel256_music_512.pth.tar"
+    torch.save(torch_model(seed=7).state_dict(), openl3)
+    _, _, clap = clap_folder(str(root))
+    captions = root / "captions.csv"
+    captions.write_text("id,caption\na,a dog barks in the rain\nb,soft ambient piano\nc,128 BPM tech house drum loop\n")
+    return root, gen, ref, openl3, clap, captions
+
+
+def test_metrics_command_end_to_end(setup):
+    from sa_jax.metrics import load_stats
+
+    root, gen, ref, openl3, clap, captions = setup
+    out, stats = root / "m.json", root / "stats"
+    r = sa_jax("--generated", gen, "--reference", ref, "--metrics", "fd_openl3,fd_clap,clap_score",
+               "--openl3", openl3, "--clap", clap, "--captions", captions, "--save-stats", stats, "--out", out)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())["metrics"]
+    for m in ("fd_openl3", "fd_clap", "clap_score"):
+        assert np.isfinite(report[m]["value"]) and report[m]["seconds"] > 0
+        assert f"{m}: " in r.stdout
+    assert report["fd_openl3"]["value"] > 0 and report["fd_openl3"]["generated"] == {"files": 3, "samples": 2 + 1 + 1}
+    assert report["fd_openl3"]["reference"]["samples"] == 2 + 2
+    assert -1 <= report["clap_score"]["value"] <= 1 and report["clap_score"]["captions"] == 3
+    assert load_stats(stats / "fd_openl3.npz")[0].shape == (1024,)
+    # the reference embedded once: its statistics give the same numbers
+    again = root / "m2.json"
+    r = sa_jax("--generated", gen, "--reference-stats", stats, "--metrics", "fd_openl3,fd_clap",
+               "--openl3", openl3, "--clap", clap, "--out", again)
+    assert r.returncode == 0, r.stderr
+    report2 = json.loads(again.read_text())["metrics"]
+    for m in ("fd_openl3", "fd_clap"):
+        np.testing.assert_allclose(report2[m]["value"], report[m]["value"], rtol=1e-9)
+    # statistics of another embedding are refused
+    r = sa_jax("--generated", gen, "--reference-stats", stats, "--metrics", "fd_openl3", "--openl3", openl3,
+               "--channels", "1")
+    assert r.returncode == 2 and "not of 'openl3 mel256 music 512 hop 0.5 44100 Hz 1 ch'" in r.stderr
+
+
+def test_metrics_command_errors(setup, tmp_path, capsys):
+    """The same entry point in-process (each case is a user error: exit code 2, one message)."""
+    from sa_jax.cli import main
+
+    root, gen, ref, openl3, clap, captions = setup
+
+    def run(*args):
+        code = main(["metrics", *map(str, args)])
+        return code, capsys.readouterr().err
+
+    code, err = run("--generated", gen, "--reference", ref, "--metrics", "fd_openl3,kl_passt")
+    assert code == 2 and "fd_openl3 needs --openl3: OpenL3 weights" in err and "kl_passt needs --passt: PaSST" in err
+    # a weight file of another model, for each metric
+    code, err = run("--generated", gen, "--reference", ref, "--metrics", "fd_openl3", "--openl3",
+                    clap / "model.safetensors")
+    assert code == 2 and "fd_openl3: --openl3" in err and "no OpenL3 network" in err, err
+    code, err = run("--generated", gen, "--metrics", "clap_score", "--clap", openl3, "--captions", captions)
+    assert code == 2 and "clap_score: --clap" in err, err
+    # unmatched ids, an empty set, an unknown metric
+    bad = tmp_path / "captions.csv"
+    bad.write_text("id,caption\na,one\nzz,two\n")
+    code, err = run("--generated", gen, "--metrics", "clap_score", "--clap", clap, "--captions", bad)
+    assert code == 2 and "have no generated file: zz" in err, err
+    (tmp_path / "empty").mkdir()
+    code, err = run("--generated", tmp_path / "empty", "--reference", ref, "--metrics", "fd_clap", "--clap", clap)
+    assert code == 2 and "holds no audio files" in err, err
+    code, err = run("--generated", gen, "--metrics", "fad")
+    assert code == 2 and "choose from fd_openl3, kl_passt, clap_score, fd_clap" in err
