@@ -54,14 +54,14 @@ def _model_of(sa, cfg):
     f = sa.family
     if f.name == "sao":
         fields = {"family": "sao", "dit": f.dit_config, "conditioning": f.cond_config}
-        return fields, {"conditioner": f.cond_params, "denoiser": f.dit_params}, "t5", cfg.text.layer
+        return fields, f.trainable(), "t5", cfg.text.layer
     start, total = f.timing
     if start != total:
         raise ConfigError(f"init.from {cfg.init_from}: its seconds_start and seconds_total embeddings have "
                           f"different ranges ({start} vs {total}); a training run uses one range for both")
     fields = {"family": "sa1", "unet": f.unet_config, "timing": start, "text_tokens": f.text_encoder.max_length,
               "text_dim": f.unet_config.context_embedding_features}
-    return fields, {"conditioner": f.timing_params, "denoiser": f.unet_params}, "clap", f.text_layer
+    return fields, f.trainable(), "clap", f.text_layer
 
 
 def _plain(value):
