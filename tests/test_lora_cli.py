@@ -5,11 +5,14 @@ other family, an OUT that exists)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+import soundfile as sf
 from test_lora_pipeline import PROMPTS, SAMPLING, make_adapter, tiny_model
 
 from sa_jax import StableAudio
@@ -37,8 +40,6 @@ def models(tmp_path_factory):
 
 
 def test_sample_with_lora_writes_what_the_api_generates(models, tmp_path):
-    import soundfile as sf
-
     base, a, b = models["sao"]
     r = sa_jax("sample", *PROMPTS, "--model", base, "--lora", f"{a}:0.5", "--lora", b, "--steps", 3, "--seed", 7,
                "--cfg-scale", 3, "--out", tmp_path / "out", cwd=tmp_path)
@@ -76,8 +77,6 @@ def test_merge_lora_writes_a_model_equal_to_the_unmerged_one(models, tmp_path, c
     assert "not an sa-jax checkpoint" in capsys.readouterr().err and (notes / "keep.txt").exists()
     assert main(["merge-lora", str(base), f"{a}:0", str(out), "--overwrite"]) == 0   # strength 0: the base itself
     merged, plain = StableAudio.load(out).family.trainable(), StableAudio.load(base).family.trainable()
-    import jax
-
     assert all(np.asarray(x).tobytes() == np.asarray(y).tobytes()
                for x, y in zip(jax.tree_util.tree_leaves(merged), jax.tree_util.tree_leaves(plain)))
 
@@ -95,8 +94,6 @@ def test_bad_lora_arguments_are_one_clear_line(models, tmp_path, capsys):
         ([str(other)], "trained on a 'sa1' model, but .* is a 'sao' model"),
         ([str(base)], "is not an sa-jax LoRA adapter"),
     ]
-    import re
-
     for lora, message in cases:
         args = ["sample", "x", "--model", str(base), "--steps", "2", "--out", str(tmp_path / "o.wav")]
         assert main(args + [x for item in lora for x in ("--lora", item)]) == 2, lora
@@ -104,3 +101,8 @@ def test_bad_lora_arguments_are_one_clear_line(models, tmp_path, capsys):
         assert main(["merge-lora", str(base), *lora, str(tmp_path / "m")]) == 2
         assert re.search(message, capsys.readouterr().err), message
     assert not (tmp_path / "o.wav").exists() and not (tmp_path / "m").exists()
+    # inpaint / continue take --lora the same way
+    sf.write(str(tmp_path / "in.wav"), np.zeros((2048, 2), np.float32), 44100)
+    assert main(["inpaint", str(tmp_path / "in.wav"), str(tmp_path / "o.wav"), "--start", "0", "--end", "0.01",
+                 "--prompt", "x", "--model", str(base), "--lora", str(other)]) == 2
+    assert "trained on a 'sa1' model" in capsys.readouterr().err and not (tmp_path / "o.wav").exists()

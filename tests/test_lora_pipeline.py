@@ -154,7 +154,7 @@ def test_merged_model_generates_what_the_unmerged_one_does(setup, tmp_path):
 def test_adapters_that_do_not_belong_are_refused_before_or_after_loading(setup, tmp_path, caplog):
     base, a, b, family = setup
     with pytest.raises(FileNotFoundError, match="LoRA adapter folder .*missing.* does not exist"):
-        StableAudio.load(base, lora=[tmp_path / "missing"])
+        StableAudio.load(tmp_path / "no-base-either", lora=[tmp_path / "missing"])   # adapters are read first
     with pytest.raises(LoraError, match="is not an sa-jax LoRA adapter.*model checkpoint, not an adapter"):
         StableAudio.load(base, lora=[base])
     for bad in ([(a, float("nan"))], [(a, "1")], [(a, True)], [42], 3.0):
