@@ -6,7 +6,8 @@ page, clicks Generate, waits for the player and downloads the WAV from the playe
   seed and the command line shown; a screenshot of the page (copied to $SA_JAX_SCREENSHOT_DIR when set:
   that is how docs/ui.png is made);
 - errors: Seconds total past the model's range, then an unreadable init file, each shown in the page with
-  what is allowed; the next request still works; a second browser session sees none of the first's files;
+  what is allowed; the next request still works; a second browser session sees none of the first's files,
+  and two sessions clicking at once both get their own result (the queue);
 - init audio: a WAV uploaded as Init audio makes a variation of the requested length;
 - the server listens on 127.0.0.1 only, and the page asks for nothing outside it.
 
@@ -180,11 +181,24 @@ def test_errors_are_shown_and_the_server_serves_on(page, browser, server, tmp_pa
     audio, sr, _ = _download(page)
     assert audio.shape == (SR, 2)
 
+    mine = page.locator(WAV_LINK).first.get_attribute("href")
     other = browser.new_context().new_page()   # a second user sees none of the first user's files
     other.goto(server[0])
     other.get_by_role("button", name="Generate").wait_for()
     assert other.locator("a[href*='/gradio_api/file=']").count() == 0
     assert other.locator("#status").inner_text().strip() == ""
+    # both users click at once: the requests queue, each gets its own result
+    _fill(other, "Prompt", "a low drone")
+    _fill(other, "Steps", 8)
+    _fill(other, "Seconds total", 1)
+    _fill(page, "Seed", 5)
+    other.get_by_role("button", name="Generate").click()
+    status = _generate(page)
+    other.locator("#status").filter(has_text="Done").wait_for(timeout=RUN_TIMEOUT_MS)
+    assert status.startswith("Done") and "seed 5)" in status, status
+    theirs = other.locator(WAV_LINK).first.get_attribute("href")
+    assert page.locator(WAV_LINK).first.get_attribute("href") not in (mine, theirs)
+    assert other.locator(WAV_LINK).count() == 1 and mine not in other.content()
     other.context.close()
 
 

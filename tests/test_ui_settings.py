@@ -205,7 +205,7 @@ def test_the_page_and_its_command_line_make_the_same_audio(studio, tmp_path):
         assert sf.info(page_wav).subtype == "FLOAT"
 
 
-def test_variation_inpaint_and_continue_runs(studio, tmp_path):
+def test_variation_inpaint_continue_and_long_form_runs(studio, tmp_path):
     sr = studio.sa.sample_rate
     t = np.arange(2 * sr) / sr
     src = tmp_path / "tone.wav"
@@ -219,6 +219,10 @@ def test_variation_inpaint_and_continue_runs(studio, tmp_path):
     assert (0, 1) in windows
     r = studio.run(resolve(request(source_audio=str(src), continue_seconds=1.0), studio.info))
     assert r.settings.mode == "continue" and r.seconds == 3.0 and r.wavs[0].name == "continued.wav"
+    windows = []
+    r = studio.run(resolve(request(seconds_total=10.0), studio.info), lambda done, what: windows.append(done))
+    assert r.settings.mode == "long" and r.seconds == 10.0 and r.wavs[0].name == "000_a-warm-pad.wav"
+    assert windows[:2] == [(0, 2), (1, 2)]   # a progress step per window (8.92 s windows)
 
 
 def test_unreadable_source_audio_is_an_audio_error(studio, tmp_path):
