@@ -257,3 +257,38 @@ def test_bfloat16_first_moments(sao, tmp_path):
     state = td.create_state(cfg, make_mesh(cfg.mesh))
     mu = [x for x in jax.tree.leaves(state.opt_state) if x.dtype == jnp.bfloat16]
     assert len(mu) == len(jax.tree.leaves(state.params))   # the first moments; the second stay float32
+
+
+@pytest.mark.slow   # builds a diffusers pipeline and a stable-audio-tools release with torch: ~1 minute
+def test_init_from_each_format_gives_the_same_starting_weights(tmp_path):
+    """A diffusers folder and a stable-audio-tools release (its T5 in t5/) start a run from exactly the
+    weights, model section and content hash of their conversion to an sa-jax checkpoint."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    import json
+
+    from test_pipeline import FRAMES, MAX_TOKENS, SAMPLE_RATE, _build_pipeline, tiny_sat_release
+
+    from sa_jax import StableAudio
+    from sa_jax.testing.sat_ref import SAO_MODEL_CONFIG
+
+    _build_pipeline(tmp_path / "diffusers")
+    config = json.loads(json.dumps(SAO_MODEL_CONFIG))   # a tiny release, as test_pipeline's sat_folder
+    config.update(sample_size=FRAMES * 16, sample_rate=SAMPLE_RATE)
+    config["model"]["io_channels"] = 8
+    config["model"]["diffusion"]["config"].update(io_channels=8, embed_dim=256, depth=2, num_heads=4,
+                                                  cond_token_dim=64, global_cond_dim=128)
+    config["model"]["conditioning"]["cond_dim"] = 64
+    config["model"]["conditioning"]["configs"][0]["config"].update(t5_model_name="t5-small", max_length=MAX_TOKENS)
+    tiny_sat_release(tmp_path / "sat", config, seed=11)
+    for name in ("diffusers", "sat"):
+        folder = tmp_path / name
+        converted = StableAudio.load(folder).save(tmp_path / f"{name}-converted")
+        runs = [ft.load_init(load(TrainConfig, None, [f"init.from={path}", f"checkpoint.dir={tmp_path / 'run'}"]))
+                for path in (folder, converted)]
+        (cfg_a, a), (cfg_b, b) = runs
+        assert cfg_a.model == cfg_b.model and a.hash == b.hash, name
+        for x, y in zip(leaves(a.params), leaves(b.params)):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+        for x, y in zip(leaves(a.autoencoder.params), leaves(b.autoencoder.params)):
+            np.testing.assert_array_equal(x, y, err_msg=name)
