@@ -348,6 +348,8 @@ class DiffusionTask(Task):
                               f"batch axes ({divisor}), so every microbatch splits evenly over them")
         self.frozen = load_frozen(self.cfg, self.init)
         self.frozen_params = place_frozen(self.cfg, mesh, self.frozen)
+        if self.init is not None and self.cfg.lora.enabled:
+            self.init.params = None   # the frozen base holds it now
         if self.init is not None:
             print_fn(f"init.from {self.init.path}: content hash {self.init.hash[:16]}..., "
                      + (f"LoRA rank {self.cfg.lora.rank} on {len(lora_target_paths(self.cfg))} kernels"
@@ -360,7 +362,7 @@ class DiffusionTask(Task):
     def create_state(self, mesh):
         state = create_state(self.cfg, mesh, None if self.init is None else self.init.params)
         if self.init is not None:
-            self.init.params = None   # on the devices now (the state, or the frozen base): the host copy goes
+            self.init.params = None   # on the devices now: the host copy goes
         return state
 
     def prepare(self, raw):
