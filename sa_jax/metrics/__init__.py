@@ -10,6 +10,7 @@ _WHERE = {
     "frechet_distance": "frechet", "embedding_statistics": "frechet", "RunningStats": "frechet",
     "save_stats": "frechet", "load_stats": "frechet",
     "OpenL3": "openl3", "fd_openl3": "openl3",
+    "PaSST": "passt", "kl_passt": "passt",
     "clap_score": "clap", "fd_clap": "clap", "read_captions": "clap",
 }
 

