@@ -114,7 +114,8 @@ def test_passt_logits_match_hear21passt(small):
     model = PaSST.load(path, batch_size=2, config=config)
     rng = np.random.default_rng(1)
     t = np.arange(320000) / 32000
-    audio = np.stack([rng.normal(size=320000) * 0.3, np.sin(2 * np.pi * 440 * t) * 0.5 + rng.normal(size=t.size) * 0.01])
+    audio = np.stack([rng.normal(size=320000) * 0.3,
+                      np.sin(2 * np.pi * 440 * t) * 0.5 + rng.normal(size=t.size) * 0.01])
     want = torch_logits(net, audio)
     got = model.logits(list(audio.astype(np.float32)))
     assert got.shape == want.shape == (2, 527)
