@@ -103,6 +103,8 @@ def test_metrics_command_errors(setup, tmp_path, capsys):
     assert code == 2 and "fd_openl3: --openl3" in err and "no OpenL3 network" in err, err
     code, err = run("--generated", gen, "--metrics", "clap_score", "--clap", openl3, "--captions", captions)
     assert code == 2 and "clap_score: --clap" in err, err
+    code, err = run("--generated", gen, "--reference", ref, "--metrics", "kl_passt", "--passt", clap / "model.safetensors")
+    assert code == 2 and "kl_passt: --passt" in err and "holds no PaSST network" in err, err
     # unmatched ids, an empty set, an unknown metric
     bad = tmp_path / "captions.csv"
     bad.write_text("id,caption\na,one\nzz,two\n")
