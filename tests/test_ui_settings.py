@@ -281,11 +281,32 @@ def test_ui_command_refuses_a_bad_or_busy_port_before_loading():
     assert "loading" not in done.stderr   # refused before the model loads
 
 
-def test_parse_lora():
-    from sa_jax.commands.ui import parse_lora
+def test_lora_adapters_with_strengths(tmp_path):
+    """A tiny random SA1 model and an adapter (tests/test_lora_pipeline.py's): a slider per adapter; the page's
+    strength reaches StableAudio.load (a new strength reloads: 0.5 changes the audio, 0 is the base model bit for
+    bit) and the command line carries it."""
+    from test_lora_pipeline import make_adapter, tiny_model
 
-    assert parse_lora("adapters/drums") == ("adapters/drums", 1.0)
-    assert parse_lora("adapters/drums:0.5") == ("adapters/drums", 0.5)
-    assert parse_lora("C:/x:2") == ("C:/x", 2.0) and parse_lora("a:b") == ("a:b", 1.0)
-    with pytest.raises(ValueError, match="the strength must be a finite number"):
-        parse_lora("adapters/drums:nan")
+    from sa_jax import StableAudio
+    from sa_jax.ui.app import build_app
+    from sa_jax.ui.studio import Studio, lora_supported
+
+    assert lora_supported()
+    model = tiny_model("sa1")
+    base = model.save(tmp_path / "base")
+    adapter, _ = make_adapter(model, tmp_path / "drums", seed=3)
+    st = Studio(str(base), loras=((str(adapter), 0.5),))
+    try:
+        sliders = [b for b in build_app(st).blocks.values() if getattr(b, "label", None) == "LoRA strength: drums"]
+        assert len(sliders) == 1 and sliders[0].value == 0.5
+        sampling = dict(seconds_total=0.02, steps=3, cfg_scale=3.0, seed=7)
+        audio = {}
+        for strength in (0.5, 0.0):
+            r = st.run(resolve(request(lora_scales=(strength,), **sampling), st.info))
+            assert r.command.endswith(f"--model {base} --lora {adapter}:{strength:g}")
+            audio[strength] = sf.read(r.wavs[0], dtype="float32", always_2d=True)[0]
+        plain = StableAudio.load(base).generate(["a warm pad"], on_step=lambda *_: None, **sampling)[0].T
+        assert np.array_equal(audio[0.0], plain)
+        assert np.abs(audio[0.5] - plain).max() > 1e-3 * np.abs(plain).max()
+    finally:
+        st.close()

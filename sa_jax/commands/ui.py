@@ -6,24 +6,9 @@ and no public share link is made."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import sys
-
-
-def parse_lora(text: str) -> tuple[str, float]:
-    """DIR or DIR:SCALE -> (DIR, SCALE); the scale is 1.0 when absent."""
-    folder, sep, scale = text.rpartition(":")
-    if not sep or not folder:
-        return text, 1.0
-    try:
-        value = float(scale)
-    except ValueError:
-        return text, 1.0   # a folder name with a colon in it
-    if not math.isfinite(value):
-        raise ValueError(f"--lora {text}: the strength must be a finite number, got {scale!r}")
-    return folder, value
 
 
 def check_port(host: str, port: int) -> None:
@@ -51,11 +36,11 @@ def run(args) -> int:
     except ImportError:
         raise ValueError("the web UI needs gradio: `bash setup.sh` installs it, or pip install 'sa-jax[ui]'") \
             from None
-    from sa_jax.commands.sample import pipeline_log
+    from sa_jax.commands.sample import lora_specs, pipeline_log
     from sa_jax.ui.app import launch
     from sa_jax.ui.studio import Studio
 
-    loras = tuple(parse_lora(text) for text in args.lora)
+    loras = tuple(lora_specs(args))   # read (and checked) when the model loads
     logging.getLogger("sa_jax").propagate = False   # gradio's imports set up the root logger: one line, not two
     with pipeline_log():
         print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
