@@ -121,6 +121,8 @@ class Studio:
 
         def on_step(done: int, steps: int) -> None:
             progress((done, steps), "sampling steps")
+            if done == steps:   # generate decodes next: a long piece of a large model takes a while
+                progress(1.0, "decoding the latents")
 
         def on_window(index: int, windows: int, seconds_start: float) -> None:
             progress((index, windows), f"window {index + 1} of {windows} (from {seconds_start:.1f} s)")
