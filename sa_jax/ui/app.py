@@ -37,6 +37,11 @@ def theme():
                              font_mono=["ui-monospace", "monospace"])
 
 
+def _send(path):
+    """An output's file into an input audio control, its section opened."""
+    return path, gr.Accordion(open=True)
+
+
 def build_app(studio: Studio) -> gr.Blocks:
     info = studio.info
     window = info.window_seconds
@@ -105,10 +110,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                         with gr.Row():
                             to_init = gr.Button("Send to init", size="sm")
                             to_source = gr.Button("Send to inpaint", size="sm")
-                    to_init.click(lambda path: (path, gr.Accordion(open=True)), audio,
-                                  [fields["init_audio"], init_box], queue=False, show_progress="hidden")
-                    to_source.click(lambda path: (path, gr.Accordion(open=True)), audio,
-                                    [fields["source_audio"], source_box], queue=False, show_progress="hidden")
+                    for button, target, box in ((to_init, fields["init_audio"], init_box),
+                                                (to_source, fields["source_audio"], source_box)):
+                        button.click(_send, audio, [target, box], queue=False, show_progress="hidden")
                     items.append((group, audio, image))
 
         def handle(values: dict, progress=gr.Progress()):
