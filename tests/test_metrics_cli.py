@@ -16,7 +16,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from test_clap_api import clap_folder  # noqa: E402  (a tiny random CLAP with its tokenizer)
-from test_metrics_openl3 import SOUNDS, torch_model  # noqa: E402
+from test_metrics_openl3 import SOUNDS  # noqa: E402
+
+from sa_jax.testing.metrics_ref import openl3_torch  # noqa: E402
 
 
 def write_sets(root):
@@ -48,14 +50,14 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("metrics_cli")
     gen, ref = write_sets(root)
     openl3 = root / "torchopenl3_mel256_music_512.pth.tar"
-    torch.save(torch_model(seed=7).state_dict(), openl3)
+    torch.save(openl3_torch(seed=7).state_dict(), openl3)
     _, _, clap = clap_folder(str(root))
     captions = root / "captions.csv"
     captions.write_text("id,caption\na,a dog barks in the rain\nb,soft ambient piano\nc,128 BPM tech house drum loop\n")
     return root, gen, ref, openl3, clap, captions
 
 
-def test_metrics_command_end_to_end(setup):
+def test_metrics_command_end_to_end(setup, capsys):
     from sa_jax.metrics import load_stats
 
     root, gen, ref, openl3, clap, captions = setup
@@ -71,18 +73,18 @@ def test_metrics_command_end_to_end(setup):
     assert report["fd_openl3"]["reference"]["samples"] == 2 + 2
     assert -1 <= report["clap_score"]["value"] <= 1 and report["clap_score"]["captions"] == 3
     assert load_stats(stats / "fd_openl3.npz")[0].shape == (1024,)
-    # the reference embedded once: its statistics give the same numbers
+    # the reference embedded once: its statistics give the same numbers (in-process, the same entry point)
+    from sa_jax.cli import main
+
     again = root / "m2.json"
-    r = sa_jax("--generated", gen, "--reference-stats", stats, "--metrics", "fd_openl3,fd_clap",
-               "--openl3", openl3, "--clap", clap, "--out", again)
-    assert r.returncode == 0, r.stderr
-    report2 = json.loads(again.read_text())["metrics"]
-    for m in ("fd_openl3", "fd_clap"):
-        np.testing.assert_allclose(report2[m]["value"], report[m]["value"], rtol=1e-9)
-    # statistics of another embedding are refused
-    r = sa_jax("--generated", gen, "--reference-stats", stats, "--metrics", "fd_openl3", "--openl3", openl3,
-               "--channels", "1")
-    assert r.returncode == 2 and "not of 'openl3 mel256 music 512 hop 0.5 44100 Hz 1 ch'" in r.stderr
+    assert main(["metrics", "--generated", str(gen), "--reference-stats", str(stats), "--metrics", "fd_openl3",
+                 "--openl3", str(openl3), "--out", str(again)]) == 0
+    np.testing.assert_allclose(json.loads(again.read_text())["metrics"]["fd_openl3"]["value"],
+                               report["fd_openl3"]["value"], rtol=1e-9)
+    # statistics of another embedding are refused before anything is embedded
+    assert main(["metrics", "--generated", str(gen), "--reference-stats", str(stats), "--metrics", "fd_openl3",
+                 "--openl3", str(openl3), "--channels", "1"]) == 2
+    assert "not of 'openl3 mel256 music 512 hop 0.5 44100 Hz 1 ch'" in capsys.readouterr().err
 
 
 def test_metrics_command_errors(setup, tmp_path, capsys):
@@ -103,7 +105,8 @@ def test_metrics_command_errors(setup, tmp_path, capsys):
     assert code == 2 and "fd_openl3: --openl3" in err and "no OpenL3 network" in err, err
     code, err = run("--generated", gen, "--metrics", "clap_score", "--clap", openl3, "--captions", captions)
     assert code == 2 and "clap_score: --clap" in err, err
-    code, err = run("--generated", gen, "--reference", ref, "--metrics", "kl_passt", "--passt", clap / "model.safetensors")
+    code, err = run("--generated", gen, "--reference", ref, "--metrics", "kl_passt", "--passt",
+                    clap / "model.safetensors")
     assert code == 2 and "kl_passt: --passt" in err and "holds no PaSST network" in err, err
     # unmatched ids, an empty set, an unknown metric
     bad = tmp_path / "captions.csv"

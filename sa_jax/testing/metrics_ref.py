@@ -1,0 +1,130 @@
+"""The PyTorch references of the metric models, for the parity tests and bench/bench_metrics.py:
+torchopenl3's OpenL3 and hear21passt's PaSST with random weights, and hear21passt's mel front end.
+
+- resampy 0.2 (openl3's pin, used by torchopenl3) finds its filter files through pkg_resources, which
+  setuptools >= 81 no longer ships: `import_resampy` gives it the one function it calls.
+- hear21passt's helpers import timm only for a download function (and timm needs torchvision, which
+  does not load beside CPU torch): `passt_module` stands in for it.
+- torchaudio (which hear21passt's AugmentMelSTFT imports) does not load beside CPU torch either:
+  `torch_mel` is AugmentMelSTFT.forward in eval mode written out, with
+  torchaudio.compliance.kaldi.get_mel_banks reproduced from its documented formula (no VTLN warp).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+
+def import_resampy():
+    if "pkg_resources" not in sys.modules:
+        try:
+            import pkg_resources  # noqa: F401
+        except ImportError:
+            shim = types.ModuleType("pkg_resources")
+            root = Path(importlib.util.find_spec("resampy").submodule_search_locations[0])
+            shim.resource_filename = lambda module, name: str(root / name)
+            sys.modules["pkg_resources"] = shim
+    import resampy
+
+    return resampy
+
+
+def openl3_torch(input_repr: str = "mel256", embedding_size: int = 512, seed: int = 0):
+    """torchopenl3's PytorchOpenl3 with random weights (He-like scales so 8 layers stay in range) and
+    random BatchNorm statistics."""
+    import torch
+
+    import_resampy()
+    from torchopenl3.models import PytorchOpenl3
+
+    torch.manual_seed(seed)
+    m = PytorchOpenl3(content_type="music", input_repr=input_repr, embedding_size=embedding_size)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            fan = p[0].numel() if p.ndim > 1 else 1
+            p.copy_(torch.randn(p.shape, generator=g) * (np.sqrt(2.0 / fan) if p.ndim > 1 else 0.1)
+                    + (1.0 if name.endswith("weight") and p.ndim == 1 else 0.0))
+        for name, b in m.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    return m.eval()
+
+
+def passt_module():
+    """hear21passt.models.passt, with a stand-in for timm's download helper."""
+    names = ("timm", "timm.models", "timm.models._hub")
+    added = [n for n in names if n not in sys.modules]
+    for name in added:
+        mod = types.ModuleType(name)
+        mod.download_cached_file = lambda *a, **k: None
+        sys.modules[name] = mod
+    try:
+        from hear21passt.models import passt
+    finally:    # taken out again: a timm in sys.modules makes transformers take paths that need the real one
+        for name in added:
+            sys.modules.pop(name, None)
+    return passt
+
+
+def passt_torch(config, seed: int = 0):
+    """hear21passt's PaSST network of `config`'s sizes (sa_jax.models.passt.PaSSTConfig) with random
+    weights, LayerNorm scales near 1."""
+    import torch
+
+    passt = passt_module()
+    torch.manual_seed(seed)
+    net = passt.PaSST(img_size=(config.n_mels, 998), patch_size=config.patch, stride=config.stride, in_chans=1,
+                      num_classes=config.num_classes, embed_dim=config.embed_dim, depth=config.depth,
+                      num_heads=config.heads, distilled=True)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.05 if p.ndim > 1 else 0.02)
+                    + (1.0 if "norm" in name and name.endswith("weight") or name == "head.0.weight" else 0.0))
+    return net.eval()
+
+
+def kaldi_mel_banks_torch(n_mels=128, n_fft=1024, sr=32000, fmin=0.0, fmax=15000.0):
+    """torchaudio.compliance.kaldi.get_mel_banks (vtln_warp_factor 1.0) from its documented formula:
+    band edges on the mel scale 1127 ln(1 + f / 700) (python floats), triangles in mel (float32 tensors),
+    plus hear21passt's zero column for the Nyquist bin."""
+    import torch
+
+    def mel(f):
+        return 1127.0 * math.log(1.0 + f / 700.0)
+    low, high = mel(fmin), mel(fmax)
+    delta = (high - low) / (n_mels + 1)
+    b = torch.arange(n_mels).float().unsqueeze(1)
+    left, center, right = low + b * delta, low + (b + 1.0) * delta, low + (b + 2.0) * delta
+    m = (1127.0 * (1.0 + (sr / n_fft) * torch.arange(n_fft // 2).float() / 700.0).log()).unsqueeze(0)
+    up, down = (m - left) / (center - left), (right - m) / (right - center)
+    return torch.nn.functional.pad(torch.max(torch.zeros(1), torch.min(up, down)), (0, 1))
+
+
+def torch_mel(x):
+    """hear21passt's AugmentMelSTFT.forward in eval mode (128 mels, 32 kHz, window 800, hop 320, n_fft 1024)."""
+    import torch
+
+    x = torch.nn.functional.conv1d(x.unsqueeze(1), torch.tensor([[[-0.97, 1.0]]])).squeeze(1)
+    spec = torch.stft(x, 1024, hop_length=320, win_length=800, center=True, normalized=False,
+                      window=torch.hann_window(800, periodic=False), return_complex=True)
+    power = spec.real ** 2 + spec.imag ** 2
+    mel = torch.matmul(kaldi_mel_banks_torch(), power)
+    return (torch.log(mel + 0.00001) + 4.5) / 5.0
+
+
+def passt_logits_torch(net, audio) -> np.ndarray:
+    """(n, samples) at 32 kHz -> (n, classes) logits, as get_basic_model(mode='logits') computes them."""
+    import torch
+
+    with torch.no_grad():
+        return net(torch_mel(torch.from_numpy(np.asarray(audio, np.float32))).unsqueeze(1))[0].numpy()
