@@ -159,7 +159,9 @@ def _num(value: float) -> str:
 
 
 def _number(label: str, value, allowed: str) -> float:
-    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real) \
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ConfigError(f"{label} is empty: give a number ({allowed})")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
             or not math.isfinite(float(value)):
         raise ConfigError(f"{label} must be a number ({allowed}), got {value!r}")
     return float(value)
