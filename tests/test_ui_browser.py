@@ -5,7 +5,7 @@ page, clicks Generate, waits for the player and downloads the WAV from the playe
 - generation: a prompt, Seconds total 2, Steps 8, Seed 7 -> a 2 s float32 stereo WAV that is not silent, the
   seed and the command line shown; a screenshot of the page (copied to $SA_JAX_SCREENSHOT_DIR when set:
   that is how docs/ui.png is made);
-- errors: Seconds total past the model's range, then an unreadable init file, each shown in the page with
+- errors: Seconds total empty, then past the model's range, then an unreadable init file, each shown in the page with
   what is allowed; the next request still works; a second browser session sees none of the first's files,
   and two sessions clicking at once both get their own result (the queue);
 - init audio: a WAV uploaded as Init audio makes a variation of the requested length;
@@ -160,6 +160,9 @@ def test_generate_and_download_the_wav(page, server, tmp_path):
 def test_errors_are_shown_and_the_server_serves_on(page, browser, server, tmp_path):
     _fill(page, "Prompt", "a soft pad")
     _fill(page, "Steps", 8)
+    _fill(page, "Seconds total", "")
+    status = _generate(page)
+    assert status == "Error: Seconds total is empty: give a number (more than 0 and at most 512 s)", status
     _fill(page, "Seconds total", 1000)
     status = _generate(page)
     assert status.startswith("Error: Seconds total 1000 is out of range: give more than 0 and at most 512 s"), status
