@@ -87,6 +87,8 @@ def table(report: dict) -> str:
              f"| silence reconstructs to (dBFS) | {r['silence_rms_db']:.1f} |",
              "", "| attribute | generations match | chance | measurement on corpus clips (ceiling) |",
              "|---|---|---|---|"]
+    for name, m in report.get("distribution", {}).items():     # sa_jax.eval.distribution
+        lines.insert(7, f"| {name} ({m['clips']} generations vs held-out clips) | {m['value']:.4g} |")
     for a in ATTRIBUTES:
         if a in report["adherence"]:
             g, o = report["adherence"][a], report["adherence_oracle"].get(a, {})
@@ -103,6 +105,15 @@ def run(args) -> int:
                       timing_lengths=args.timing_lengths, per_value=args.per_value, recon_clips=args.recon_clips,
                       seed=args.seed, log=lambda s: print(s, file=sys.stderr))
     report["model"]["path"] = str(args.model) if args.model else "(shipped)"
+    if args.clap or args.openl3 or args.passt:
+        from sa_jax.encoders import Clap
+        from sa_jax.eval.distribution import distribution_eval
+
+        clap = Clap.load(args.clap, tokenizer_folder=args.clap_tokenizer) if args.clap else None
+        report["distribution"] = distribution_eval(model, args.corpus, clap=clap, openl3=args.openl3,
+                                                   passt=args.passt, clips=args.metric_clips, steps=args.steps,
+                                                   cfg_scale=args.cfg_scale, seed=args.seed,
+                                                   log=lambda s: print(s, file=sys.stderr))
     print(table(report))
     if args.out:
         out = Path(args.out)
@@ -125,5 +136,12 @@ def register(sub) -> None:
     p.add_argument("--timing-lengths", type=int, default=5, help="requested lengths across the window (default 5)")
     p.add_argument("--per-value", type=int, default=2, help="generations per attribute value (default 2)")
     p.add_argument("--recon-clips", type=int, default=16, help="corpus clips for reconstruction (default 16)")
+    p.add_argument("--clap", default=None, help="a CLAP (ClapModel folder, e.g. the recipe's clap/export, or a LAION "
+                                                ".pt): adds the in-domain FD on its audio embedding and the CLAP score")
+    p.add_argument("--clap-tokenizer", default=None, help="tokenizer folder for a LAION .pt")
+    p.add_argument("--openl3", default=None, help="OpenL3 weights: adds FD_openl3 (see sa-jax metrics)")
+    p.add_argument("--passt", default=None, help="PaSST weights: adds KL_passt (see sa-jax metrics)")
+    p.add_argument("--metric-clips", type=int, default=16,
+                   help="held-out clips (one generation each) for the distribution metrics (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
