@@ -90,3 +90,39 @@ def test_reference_statistics_files(tmp_path):
         load_stats(tmp_path / "bad.npz")
     with pytest.raises(FileNotFoundError, match="--save-stats"):
         load_stats(tmp_path / "none.npz")
+
+
+def test_stream_batches_windows_of_many_files_and_returns_them_in_order():
+    from sa_jax.metrics.batching import BatchedModel, stream
+
+    model = BatchedModel(lambda v, x: x.sum(axis=-1) * v, np.float32(2.0), batch_size=4)
+    rng = np.random.default_rng(5)
+    items = [(f"f{i}", [rng.normal(size=(n, 3)).astype(np.float32) for n in sizes])
+             for i, sizes in enumerate([(3, 3), (0, 1), (7,), (1, 2, 5), (2,)])]
+    seen, calls = [], []
+    inner = model.fn
+    model.fn = lambda v, x: calls.append(x.shape[0]) or inner(v, x)
+    for item, outputs in stream(items, lambda it: it[1], model, workers=2, progress=lambda n: seen.append(n)):
+        for w, out in zip(item[1], outputs):
+            np.testing.assert_allclose(out, w.sum(-1) * 2, rtol=1e-6)
+    assert len(seen) == len(items)
+    assert sum(calls) >= 24 and all(c in (1, 2, 4) for c in calls) and calls.count(4) >= 5   # mostly full batches
+
+
+def test_batched_model_splits_over_several_devices(tmp_path):
+    """In a subprocess with 4 simulated CPU devices: the batch is a multiple of 4 and sharded over them."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, jax\n"
+            "from sa_jax.metrics.batching import BatchedModel\n"
+            "m = BatchedModel(lambda v, x: x * v, np.float32(3.0), batch_size=6)\n"
+            "assert m.batch_size == 8 and m.mesh.size == 4, (m.batch_size, m.mesh.size)\n"
+            "x = np.arange(22, dtype=np.float32)[:, None]\n"
+            "y = m(x)\n"
+            "assert y.shape == (22, 1) and np.allclose(y, x * 3)\n"
+            "print('ok', len(m.data.mesh.devices.flat))\n")
+    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "ok 4" in r.stdout, r.stderr
