@@ -68,9 +68,10 @@ def peak_normalize(audio: np.ndarray, dbfs: float = PEAK_DBFS) -> np.ndarray:
 def read_normalized(path: str | Path) -> tuple[np.ndarray, int]:
     """A file as float32 (channels, samples) at its own rate, peak-normalised to -1 dBFS."""
     audio, sr = read_audio(path)
-    if peak_normalize(audio) is audio:
+    normalized = peak_normalize(audio)
+    if normalized is audio:
         log.warning("%s is silent; it is scored as it is", path)
-    return peak_normalize(audio), sr
+    return normalized, sr
 
 
 # --------------------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ class OpenL3:
         return f"{self.name} {sample_rate} Hz {channels} ch"
 
 
-def set_statistics(source, model, what: str, **kwargs):
+def set_statistics(source, model, **kwargs):
     """(mu, sigma) of a set: an `.npz` of statistics, a (mu, sigma) pair, or audio files."""
     if isinstance(source, tuple) and len(source) == 2:
         return np.asarray(source[0], np.float64), np.asarray(source[1], np.float64)
@@ -152,6 +152,6 @@ def fd_openl3(generated, reference, model: OpenL3, sample_rate: int = EVAL_RATE,
     (`mu_ref`/`sigma_ref`, as stable-audio-metrics and `sa-jax metrics --save-stats` write them) or a
     (mu, sigma) pair."""
     kw = dict(sample_rate=sample_rate, channels=channels, workers=workers, progress=progress)
-    mu_g, sigma_g = set_statistics(generated, model, "generated set", **kw)
-    mu_r, sigma_r = set_statistics(reference, model, "reference set", **kw)
+    mu_g, sigma_g = set_statistics(generated, model, **kw)
+    mu_r, sigma_r = set_statistics(reference, model, **kw)
     return frechet_distance(mu_g, sigma_g, mu_r, sigma_r)
