@@ -193,6 +193,12 @@ def test_the_page_and_its_command_line_make_the_same_audio(studio, tmp_path):
     assert [p.name for p in result.wavs] == ["000_a-bright-bell_0.wav", "000_a-bright-bell_1.wav"]
     assert all(p.with_suffix(".png").is_file() for p in result.wavs)
     assert ((0, STEPS), "sampling steps") in progress and ((STEPS, STEPS), "sampling steps") in progress
+    from sa_jax.diffusion.samplers import _run
+
+    compiled = _run._cache_size()   # another prompt, seed and length of the same shape: no new compile
+    studio.run(resolve(request(prompt="a dark drone", seconds_total=0.5, batch_size=2, seed=12, cfg_scale=5.0,
+                               rho=2.0, sigma_max=200.0), studio.info))
+    assert _run._cache_size() == compiled
     out = tmp_path / "cli"
     args = shlex.split(result.command)[1:] + ["--out", str(out)]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
