@@ -5,7 +5,11 @@ progress hook it draws its progress bar from:
   same values, and run as a subprocess it makes the same audio as the page (same seed: max |diff| <= 1e-5);
 - `generate(on_step=...)` reports every step in order, changes nothing in the audio (bit for bit) and
   compiles the sampling loop once for every listener;
-- the Stable Audio Open family through the same Studio (a tiny random diffusers model).
+- a request of a shape already run compiles nothing new; variations, inpainting, continuation and long form
+  (a progress step per window) through the Studio; an unreadable audio file is an AudioError;
+- the Stable Audio Open family through the same Studio (a tiny random diffusers model);
+- LoRA: a slider per adapter, the page's strength reaches StableAudio.load, the command line carries it;
+- `sa-jax ui` / `python -m sa_jax.ui` refuse a bad or busy port before loading the model.
 """
 
 from __future__ import annotations
