@@ -119,7 +119,18 @@ def load_openl3(path: str | Path, config: OpenL3Config) -> dict:
     want = variable_shapes(config)
     if path.suffix.lower() in (".h5", ".hdf5"):
         state = read_h5(path)
-        spectrogram = next((k.split(".")[0] for k in state if k.endswith(".dft_real_kernels")), "melspectrogram_1")
+        spectrogram = next((k.split(".")[0] for k in state if k.endswith((".dft_real_kernels", ".freq2mel"))),
+                           "melspectrogram_1")
+        if config.n_mels and f"{spectrogram}.freq2mel" not in state:
+            # A file without the front end's tensors (openl3 >= 0.4 computes the spectrogram with weight-free
+            # layers): torchopenl3's mel matrix stands in, with a warning, since it cannot be checked here.
+            import logging
+
+            from sa_jax.models.openl3 import mel_matrix
+
+            logging.getLogger("sa_jax").warning("%s holds no mel matrix; using torchopenl3's (HTK, L1-normalised)",
+                                                path)
+            state[f"{spectrogram}.freq2mel"] = mel_matrix(config).T
         rows, checks = keras_rows(config, spectrogram), _keras_checks(config, spectrogram)
     else:
         state = _read_torch(path)
