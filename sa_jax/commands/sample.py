@@ -155,8 +155,21 @@ def lora_specs(args) -> list[tuple[str, float]]:
 
 
 def run(args) -> int:
+    if args.plan:
+        return _plan(args)
+    if args.topology is not None or args.slices != 1:
+        raise ValueError("--topology and --slices plan the sampling program: add --plan")
     with pipeline_log():
         return _sample(args)
+
+
+def _plan(args) -> int:
+    """`--plan`: compile the sampling loop and the VAE decode for --batch-size clips without loading weights."""
+    from sa_jax.training.plan import format_report, plan_sampling
+
+    print(format_report(plan_sampling(args.model, args.batch_size, args.steps, args.sampler, args.cfg_scale,
+                                      args.dtype if args.dtype != "float32" else None, args.topology, args.slices)))
+    return 0
 
 
 def _sample(args) -> int:
@@ -259,6 +272,12 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--allow-nonfinite-weights", action="store_true",
                    help="load weights that hold NaN/inf values (refused by default: they decode NaN audio)")
+    p.add_argument("--plan", action="store_true",
+                   help="compile the sampling loop and VAE decode for --batch-size clips without loading weights "
+                        "(--model: an sa-jax checkpoint's config.yaml or a training config) and print memory, FLOPs "
+                        "and time per clip, ending with one JSON line (docs/launch.md)")
+    p.add_argument("--topology", default=None, help="with --plan: a TPU slice to compile for, e.g. v5e:4x4, v5p-64")
+    p.add_argument("--slices", type=int, default=1, help="with --topology: that many slices")
     p.add_argument("--lora", action="append", default=[], metavar="DIR[:STRENGTH]",
                    help="a LoRA adapter folder (a LoRA run's export) added to the model, at STRENGTH (default 1; "
                         "0 = the model without it); repeatable")

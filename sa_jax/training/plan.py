@@ -96,11 +96,13 @@ def tpu_devices(topology: str, slices: int = 1) -> list:
     if slices < 1:
         raise ConfigError(f"--slices must be >= 1, got {slices}")
     name = topology_name(topology)
-    # TPU_LIBRARY_PATH is read when the TPU plugin loads; the other two only quiet libtpu's start-up
-    # warnings on a machine that is not a TPU VM. They are set while the topology is made, then restored
-    # (TPU_WORKER_HOSTNAMES would make a later trainer in this process start jax.distributed).
-    env = {"TPU_LIBRARY_PATH": libtpu_path(), "TPU_ACCELERATOR_TYPE": "v5litepod-16",
-           "TPU_WORKER_HOSTNAMES": "localhost"}
+    # TPU_LIBRARY_PATH is read when the TPU plugin loads; ALLOW_MULTIPLE_LIBTPU_LOAD lets several plans run
+    # at once (libtpu otherwise holds /tmp/libtpu_lockfile for the chips, which a compile does not use); the
+    # other two only quiet libtpu's start-up warnings on a machine that is not a TPU VM. They are set while
+    # the topology is made, then restored (TPU_WORKER_HOSTNAMES would make a later trainer in this process
+    # start jax.distributed).
+    env = {"TPU_LIBRARY_PATH": libtpu_path(), "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+           "TPU_ACCELERATOR_TYPE": "v5litepod-16", "TPU_WORKER_HOSTNAMES": "localhost"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update({k: v for k, v in env.items() if k == "TPU_LIBRARY_PATH" or saved[k] is None})
     try:
@@ -184,20 +186,39 @@ def program_stats(compiled) -> dict:
     return out
 
 
-def _compile(fn, *args, **kwargs):
+def _gib_in(text: str, label: str):
+    """Bytes of `label (12.3G)` / `label 12.3G` in a compiler message, or None."""
+    m = re.search(re.escape(label) + r"\D{0,3}([0-9.]+)([KMGT])", text)
+    return None if m is None else int(float(m.group(1)) * 2 ** (10 * "KMGT".index(m.group(2)) + 10))
+
+
+def compile_stats(fn, *args) -> tuple[dict, float]:
+    """(program_stats of `fn` compiled for these abstract arguments, compile seconds). A program the TPU
+    compiler refuses for want of HBM is a result, not an error: {"out_of_memory": its message,
+    "bytes_per_device": what it says it needed, when it says}."""
     t = time.perf_counter()
-    lowered = fn.lower(*args, **kwargs)
-    compiled = lowered.compile()
-    return compiled, time.perf_counter() - t
+    try:
+        compiled = fn.lower(*args).compile()
+    except Exception as e:   # jax.errors.JaxRuntimeError
+        msg = str(e)
+        if "RESOURCE_EXHAUSTED" not in msg:
+            raise
+        msg = msg.split("RESOURCE_EXHAUSTED:", 1)[-1].strip().splitlines()[0]
+        need = _gib_in(msg, "memory required for HLO temporaries") or _gib_in(msg, "Used")
+        return {"out_of_memory": msg, "bytes_per_device": need, "flops_per_device": None,
+                "optimal_seconds": None}, time.perf_counter() - t
+    return program_stats(compiled), time.perf_counter() - t
 
 
 def _finish(report: dict, devices: int, hbm, peak, seconds, flops_per_device) -> dict:
     """Fill the fit, the estimate and MFU, and the JSON line's fields."""
     b = report["bytes_per_device"]
+    fits = None if (b is None or hbm is None) else b <= hbm
     report.update(devices=devices, hbm_per_device=hbm, peak_flops_per_device=peak,
-                  fits=None if (b is None or hbm is None) else b <= hbm,
-                  estimated_seconds=seconds,
-                  mfu=(flops_per_device / (seconds * peak)) if (seconds and peak) else None)
+                  fits=False if report.get("out_of_memory") else fits, estimated_seconds=seconds,
+                  flops_per_step=None if flops_per_device is None else flops_per_device * devices,
+                  flops_per_device=flops_per_device,
+                  mfu=(flops_per_device / (seconds * peak)) if (seconds and peak and flops_per_device) else None)
     return report
 
 
@@ -223,8 +244,7 @@ def plan_train(cfg, topology: str | None = None, slices: int = 1) -> dict:
                           f"processes) is not divisible by the {batch_divisor(mesh, cfg.mesh)} devices of the batch "
                           f"axes {list(cfg.mesh.batch_axes)}")
     step, state, frozen_params, batch, notes = plan_inputs(cfg, mesh, global_bs)
-    compiled, compile_s = _compile(step, state, frozen_params, batch)
-    stats = program_stats(compiled)
+    stats, compile_s = compile_stats(step, state, frozen_params, batch)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
     x = batch.get("latents", batch.get("audio"))
     report = {"what": "train", "config": cfg.model.family, "params": n_params, "mesh": dict(mesh.shape),
@@ -233,7 +253,6 @@ def plan_train(cfg, topology: str | None = None, slices: int = 1) -> dict:
               "input": f"{'latents' if 'latents' in batch else 'audio'} {tuple(x.shape)}",
               "remat": getattr(cfg.model, "remat", None), "dtype": cfg.model.compute_dtype,
               "compile_seconds": compile_s, "notes": notes, **stats}
-    report["flops_per_step"] = stats["flops_per_device"] * len(devices)
     return _finish(report, len(devices), hbm, peak, stats["optimal_seconds"], stats["flops_per_device"])
 
 
@@ -280,9 +299,19 @@ def _sampling_model(model, dtype: str | None):
 
     frozen, notes = plan_frozen(cfg)
     ae = frozen.autoencoder.config if frozen.autoencoder is not None else None
+    if ae is None:   # the family's own VAE when it fits the denoiser, as plan_frozen does for a missing one
+        from sa_jax.config import load_yaml
+        from sa_jax.models.autoencoder import config_from_dict
+
+        reference = {"sao": "vae_sao", "sa1": "vae_sa1"}[cfg.model.family]
+        ae = config_from_dict(load_yaml(reference)["autoencoder"])
+        if ae.latent_dim == cfg.model.latent_dim:
+            notes.append(f"the training config names no autoencoder (autoencoder.path): decoding with {reference}'s "
+                         "shapes")
+        else:
+            notes.append("the training config names no autoencoder (autoencoder.path): the VAE decode is not planned")
+            ae = None
     ratio = ae.downsampling_ratio if ae is not None else {"sao": 2048, "sa1": 1024}[cfg.model.family]
-    if ae is None:
-        notes.append("the training config names no autoencoder (autoencoder.path): the VAE decode is not planned")
     frames = cfg.data.latent_window or cfg.data.window // ratio
     defaults = family_class(cfg.model.family).defaults
     return cfg.model, ae, frames, defaults, dtype or cfg.model.compute_dtype, notes
@@ -345,43 +374,45 @@ def plan_sampling(model=None, batch: int = 1, steps: int | None = None, sampler:
     key = jax.eval_shape(lambda: jax.random.key(0))
     loop = jax.jit(lambda den, x, sig, k: sample(den, x, sig, sampler, key=k))
     x = spec((batch, m.latent_dim, frames), jnp.float32)
-    compiled, compile_s = _compile(loop, denoiser, x, spec(sigmas.shape, jnp.float32, rep),
-                                   jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
-    loop_stats = program_stats(compiled)
-    # XLA's cost analysis counts a while loop's body once whatever its trip count, so the cost of the
-    # loop is that of a one-step program (no loop left in it) times the steps; the loop gives the memory
-    one, dt = _compile(loop, denoiser, x, spec((2,), jnp.float32, rep),
-                       jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
-    step_stats = program_stats(one)
-    compile_s += dt
-    loop_stats.update(flops_per_device=steps * step_stats["flops_per_device"],
-                      optimal_seconds=steps * step_stats["optimal_seconds"] if step_stats["optimal_seconds"] else None)
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)
+    loop_stats, compile_s = compile_stats(loop, denoiser, x, spec(sigmas.shape, jnp.float32, rep), key)
     param_bytes = lambda tree: sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(tree))
     report = {"what": "sample", "config": m.family, "params": sum(int(np.prod(a.shape))
                                                                   for a in jax.tree_util.tree_leaves(params)),
               "where": where, "topology": topo, "slices": slices, "batch": batch, "frames": frames, "steps": steps,
-              "sampler": sampler, "dtype": dtype, "mesh": dict(mesh.shape), "notes": notes,
-              "loop": loop_stats, "compile_seconds": compile_s}
-    total_flops = loop_stats["flops_per_device"]
-    seconds = loop_stats["optimal_seconds"]
-    peak_bytes = loop_stats["bytes_per_device"]
+              "sampler": sampler, "dtype": dtype, "mesh": dict(mesh.shape), "notes": notes, "loop": loop_stats}
+    if loop_stats.get("out_of_memory"):
+        report.update(compile_seconds=compile_s, bytes_per_device=loop_stats["bytes_per_device"],
+                      out_of_memory=loop_stats["out_of_memory"], seconds_per_clip=None)
+        return _finish(report, len(devices), hbm, peak, None, None)
+    # XLA's cost analysis counts a while loop's body once whatever its trip count, so the cost of the
+    # loop is that of a one-step program (no loop left in it) times the steps; the loop gives the memory
+    step_stats, dt = compile_stats(loop, denoiser, x, spec((2,), jnp.float32, rep), key)
+    compile_s += dt
+    loop_stats.update(flops_per_device=steps * step_stats["flops_per_device"],
+                      optimal_seconds=steps * step_stats["optimal_seconds"] if step_stats["optimal_seconds"] else None)
+    total_flops, seconds, peak_bytes = (loop_stats["flops_per_device"], loop_stats["optimal_seconds"],
+                                        loop_stats["bytes_per_device"])
     if ae is not None:
         module = AudioAutoencoder(ae, dtype=compute_dtype(dtype))
         ae_params = jax.eval_shape(lambda: module.init(
             jax.random.key(0), jnp.zeros((1, ae.downsampling_ratio, ae.io_channels)), jax.random.key(0))["params"])
+        ae_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), ae_params)
         chunk, calls = _decode_calls(frames)
         decode = jax.jit(lambda p, z: module.apply({"params": p}, z, method=module.decode))
-        ae_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), ae_params)
-        compiled, dt = _compile(decode, ae_params, spec((batch, chunk, ae.latent_dim), jnp.float32))
-        dec = program_stats(compiled)
-        report.update(decode=dict(dec, calls=calls, chunk_frames=chunk), compile_seconds=compile_s + dt)
-        total_flops += calls * dec["flops_per_device"]
-        seconds = (seconds + calls * dec["optimal_seconds"]) if (seconds and dec["optimal_seconds"]) else None
+        dec, dt = compile_stats(decode, ae_params, spec((batch, chunk, ae.latent_dim), jnp.float32))
+        compile_s += dt
+        report["decode"] = dict(dec, calls=calls, chunk_frames=chunk)
+        if dec.get("out_of_memory"):
+            report["out_of_memory"] = "VAE decode: " + dec["out_of_memory"]
+            total_flops = seconds = None
+        else:
+            total_flops += calls * dec["flops_per_device"]
+            seconds = (seconds + calls * dec["optimal_seconds"]) if (seconds and dec["optimal_seconds"]) else None
         if peak_bytes is not None and dec["bytes_per_device"] is not None:
             # both models stay loaded: each program runs beside the other one's parameters
             peak_bytes = max(peak_bytes + param_bytes(ae_params), dec["bytes_per_device"] + param_bytes(params))
-    report.update(bytes_per_device=peak_bytes, flops_per_device=total_flops,
-                  flops_per_step=total_flops * len(devices),
+    report.update(bytes_per_device=peak_bytes, compile_seconds=compile_s,
                   seconds_per_clip=(seconds / batch) if seconds else None)
     return _finish(report, len(devices), hbm, peak, seconds, total_flops)
 
@@ -406,6 +437,8 @@ def json_line(report: dict) -> str:
     out.update(flops_per_device=report["flops_per_device"], mesh=report["mesh"],
                hbm_per_device=report["hbm_per_device"], fits=report["fits"],
                compile_seconds=round(report["compile_seconds"], 1))
+    if report.get("out_of_memory"):
+        out["out_of_memory"] = report["out_of_memory"]
     if report["what"] == "train":
         out.update(global_batch=report["global_batch"], params=report["params"])
     else:
@@ -436,9 +469,12 @@ def format_report(report: dict) -> str:
                          f"temporaries {_size(p['temp_bytes'])}{host}")
     fit = "" if r["hbm_per_device"] is None else (
         f" of {_size(r['hbm_per_device'])} per device: " + ("fits" if r["fits"] else "DOES NOT FIT"))
+    if r.get("out_of_memory"):
+        lines.append(f"DOES NOT FIT: the compiler ran out of memory: {r['out_of_memory']}")
     lines.append(f"total per device: {_size(r['bytes_per_device'])}{fit}")
     unit = "step" if r["what"] == "train" else "batch"
-    lines.append(f"FLOPs per {unit}: {r['flops_per_step']:.3e} ({r['flops_per_device']:.3e} per device)")
+    if r["flops_per_step"] is not None:
+        lines.append(f"FLOPs per {unit}: {r['flops_per_step']:.3e} ({r['flops_per_device']:.3e} per device)")
     if r["estimated_seconds"]:
         line = f"compiler's estimate: {r['estimated_seconds']:.4g} s per {unit}"
         if r["what"] == "sample":
@@ -448,6 +484,8 @@ def format_report(report: dict) -> str:
         lines.append(line)
     elif r["topology"] is None:
         lines.append("time: no compiler estimate for these devices (plan with --topology for a TPU's)")
+    elif not r.get("out_of_memory"):
+        lines.append("time: the compiler gave no estimate for this program")
     lines.append(f"compiled in {r['compile_seconds']:.1f} s")
     lines.append(json_line(r))
     return "\n".join(lines)
