@@ -118,3 +118,33 @@ def test_metrics_command_errors(setup, tmp_path, capsys):
     assert code == 2 and "holds no audio files" in err, err
     code, err = run("--generated", gen, "--metrics", "fad")
     assert code == 2 and "choose from fd_openl3, kl_passt, clap_score, fd_clap" in err
+
+
+def test_metrics_command_kl_passt(setup, tmp_path, monkeypatch, capsys):
+    """kl_passt through the command (in-process; a small PaSST stands in for the full-size one)."""
+    import shutil
+
+    from sa_jax.cli import main
+    from sa_jax.metrics import passt
+    from sa_jax.models.passt import PaSSTConfig
+    from sa_jax.testing.metrics_ref import passt_torch
+
+    root, gen, ref, *_ = setup
+    config = PaSSTConfig(embed_dim=32, depth=1, heads=2)
+    weights = tmp_path / "passt.pt"
+    torch.save(passt_torch(config, seed=1).state_dict(), weights)
+    load = passt.PaSST.load
+    monkeypatch.setattr(passt.PaSST, "load", classmethod(lambda cls, path, batch_size=16: load(path, batch_size,
+                                                                                                config)))
+    paired = tmp_path / "ref"
+    paired.mkdir()
+    for name in ("a", "b", "c"):                        # the reference files of the generated ids
+        shutil.copy(ref / "d.wav", paired / f"{name}.wav")
+    out = tmp_path / "kl.json"
+    assert main(["metrics", "--generated", str(gen), "--reference", str(paired), "--metrics", "kl_passt",
+                 "--passt", str(weights), "--out", str(out)]) == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())["metrics"]["kl_passt"]
+    assert result["pairs"] == 3 and result["value"] >= 0
+    assert main(["metrics", "--generated", str(gen), "--reference", str(ref), "--metrics", "kl_passt",
+                 "--passt", str(weights)]) == 2
+    assert "3 of 3 generated ids have no reference file: a, b, c" in capsys.readouterr().err
