@@ -131,13 +131,13 @@ def plan(sa, seconds_total: float, overlap_seconds: float | None = None,
 
 def _sampling(kwargs: dict) -> dict:
     allowed = {"steps", "cfg_scale", "sampler", "seed", "negative_prompt", "sigma_min", "sigma_max", "rho",
-               "resample_passes"}
+               "resample_passes", "first_item"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise TypeError(f"unexpected argument(s) {', '.join(unknown)}; "
                         f"sampling arguments: {', '.join(sorted(allowed))}")
     return {"steps": None, "cfg_scale": None, "sampler": None, "seed": 0, "negative_prompt": None,
-            "sigma_min": None, "sigma_max": None, "rho": None, "resample_passes": 1, **kwargs}
+            "sigma_min": None, "sigma_max": None, "rho": None, "resample_passes": 1, "first_item": 0, **kwargs}
 
 
 def long_ramp(overlap: int) -> int:
@@ -157,7 +157,8 @@ def _window(sa, prompts, canvas, keep, start: int, seconds_total: float, index: 
     seconds_start = start * sa.autoencoder.downsampling_ratio / sa.sample_rate
     return sa._latents(prompts, seconds_start, seconds_total, s["steps"], s["cfg_scale"], s["sampler"], s["seed"],
                        s["negative_prompt"], None, 1.0, s["sigma_min"], s["sigma_max"], s["rho"], None,
-                       known=known, mask=mask, resample_passes=s["resample_passes"], window_index=index)
+                       known=known, mask=mask, resample_passes=s["resample_passes"], window_index=index,
+                       first_item=s["first_item"])
 
 
 def _fill(sa, prompts, canvas, keep, frames: int, seconds_total: float, overlap: int, s: dict,

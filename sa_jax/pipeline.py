@@ -19,7 +19,9 @@ embeddings + U-Net). This module keeps `StableAudio`: which format a path holds 
 loader reads it), the sa-jax checkpoint it saves and reads, and generation.
 
 The whole batch samples together in one jitted loop (`sa_jax.diffusion.sample`). With several
-devices the batch is sharded over a 1-D mesh and the parameters are replicated.
+devices the batch is sharded over a 1-D mesh and the parameters are replicated. Every item draws its
+noise (the starting noise and the SDE samplers' noise of every step) from its own key, (seed, item
+number), so its audio does not depend on how items were batched or over how many devices.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from sa_jax.autoencoder import Autoencoder
 from sa_jax.checkpoints import store
 from sa_jax.checkpoints.lora import merge_adapters, read_adapters
 from sa_jax.config import check_int, check_seed, from_dict, naming, to_dict
-from sa_jax.errors import CheckpointError
+from sa_jax.errors import CheckpointError, ConfigError
 from sa_jax.families import Loaded, SamplingDefaults, family_class, sa1, sao
 from sa_jax.nn import compute_dtype
 
@@ -125,7 +127,8 @@ class StableAudio:
     @classmethod
     def load(cls, path: str | Path | None = None, t5: str | Path | None = None, dtype: str = "float32",
              clap: str | Path | None = None, clap_tokenizer: str | Path | None = None,
-             lora: Sequence[str | Path | tuple[str | Path, float]] | None = None) -> "StableAudio":
+             lora: Sequence[str | Path | tuple[str | Path, float]] | None = None,
+             vae_dtype: str = "float32") -> "StableAudio":
         """Load a model from
         * nothing (`path=None`): the small model shipped with sa-jax (`SHIPPED_MODEL`, trained by
           `sa-jax recipe small` on the synthetic corpus);
@@ -137,13 +140,18 @@ class StableAudio:
           weights and tokenizer files), or from a `t5/` folder inside it. A Stable Audio 1.0
           (paper, `adp_cfg_1d`) folder takes its CLAP model from `clap` (a LAION `.pt`, with a local
           RoBERTa tokenizer folder as `clap_tokenizer`, or a transformers ClapModel folder).
-        `dtype` is the compute dtype of the denoiser and autoencoder ("float32" or "bfloat16").
+        `dtype` ("float32" or "bfloat16"): "bfloat16" holds the denoiser's and the text encoder's weights in
+        bfloat16 (half their memory; `Family.hold_weights`) and runs the denoiser in bfloat16 (cuDNN flash
+        attention on a GPU). `vae_dtype`: the autoencoder's compute dtype, float32 by default whatever
+        `dtype` is: the decoder is one pass per generation and the audio's precision is decided there
+        (bench/RESULTS.md, bfloat16 inference); its weights stay float32.
         `lora`: LoRA adapter folders (what a LoRA run exports), each a folder or (folder, strength),
         added to the weights in order at alpha / rank * strength (sa_jax.checkpoints.lora.merge_adapters;
         an adapter of another family or model is an error, one trained on other weights a warning);
         strength 0 leaves the model exactly as without it.
         """
         compute_dtype(dtype)   # checked before anything is read
+        compute_dtype(vae_dtype)
         adapters = read_adapters(lora) if lora else []   # before the base: a bad adapter fails fast
         path = shipped_model() if path is None else Path(path)
         if not path.exists():
@@ -163,15 +171,24 @@ class StableAudio:
             raise CheckpointError(f"{path} is not a model folder sa-jax knows: expected an sa-jax checkpoint "
                                   "(config.yaml + params/), a diffusers StableAudioPipeline folder (transformer/, "
                                   "vae/, ...) or a stable-audio-tools folder (model_config.json + weights)")
-        if adapters:
+        if adapters:   # in float32, before any cast to bfloat16
             family = model.family
             family.set_trainable(merge_adapters(family.trainable(), family.name, adapters, base=str(path)))
+        if dtype != "float32":
+            model.family.hold_weights(dtype)
+        if model.autoencoder.dtype != vae_dtype:
+            ae = model.autoencoder
+            model.autoencoder = Autoencoder(ae.config, ae.params, vae_dtype)
         log.info("loaded %s (%s, window %.2f s at %d Hz) in %.1f s", path, model.family.name,
                  model.window_seconds, model.sample_rate, time.perf_counter() - start)
         return model
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write an sa-jax checkpoint directory that `StableAudio.load` reads without the source."""
+        if self.family.weights_dtype != "float32":
+            raise ConfigError(f"this model holds its weights in {self.family.weights_dtype} (loaded with dtype="
+                              f"{self.family.weights_dtype!r}): saving would write the rounded weights; load it "
+                              "with dtype='float32' to save it")
         config = {"model_type": MODEL_TYPE, "family": self.family.name, "sample_rate": self.sample_rate,
                   "sample_size": self.window_samples, "sampling": to_dict(self.defaults),
                   "autoencoder": to_dict(self.autoencoder.config), **self.family.config_sections()}
@@ -186,7 +203,7 @@ class StableAudio:
                  seed: int = 0, negative_prompt: str | None = None, init_audio: np.ndarray | None = None,
                  init_noise_level: float = 1.0, sigma_min: float | None = None, sigma_max: float | None = None,
                  rho: float | None = None, init_noise: np.ndarray | None = None, trim: bool = True,
-                 on_step: StepCallback | None = None) -> np.ndarray:
+                 on_step: StepCallback | None = None, first_item: int = 0) -> np.ndarray:
         """Audio for `prompts`: float32 (batch, channels, samples) at `sample_rate`, trimmed to
         `seconds_total` (None: the whole window; trim=False: the whole window whatever
         seconds_total, to see where the model fell silent, as the paper's timing analysis does).
@@ -194,7 +211,7 @@ class StableAudio:
         """
         latents = self.generate_latents(
             prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt, init_audio,
-            init_noise_level, sigma_min, sigma_max, rho, init_noise, on_step=on_step)
+            init_noise_level, sigma_min, sigma_max, rho, init_noise, on_step=on_step, first_item=first_item)
         t0 = time.perf_counter()
         audio = self.autoencoder.decode(latents)
         log.info("decoded in %.2f s", time.perf_counter() - t0)
@@ -204,7 +221,7 @@ class StableAudio:
 
     # --- beyond the window (sa_jax.longform) --------------------------------------------------
     # Each takes generate's sampling arguments as keywords: steps, cfg_scale, sampler, seed,
-    # negative_prompt, sigma_min, sigma_max, rho; and returns float32 (batch, channels, samples) at
+    # negative_prompt, sigma_min, sigma_max, rho, first_item; and returns float32 (batch, channels, samples) at
     # sample_rate. Input audio may have any rate and channel count (resampled, made stereo).
     def generate_long(self, prompts: str | Sequence[str], seconds_total: float = 180.0,
                       overlap_seconds: float | None = None, progress=None, **sampling) -> np.ndarray:
@@ -238,15 +255,19 @@ class StableAudio:
                          sampler: str | None = None, seed: int = 0, negative_prompt: str | None = None,
                          init_audio: np.ndarray | None = None, init_noise_level: float = 1.0,
                          sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
-                         init_noise: np.ndarray | None = None, on_step: StepCallback | None = None) -> np.ndarray:
+                         init_noise: np.ndarray | None = None, on_step: StepCallback | None = None,
+                         first_item: int = 0) -> np.ndarray:
         """The sampled latents of the whole window, float32 (batch, latent channels, window frames),
         before decoding (`generate` decodes them).
 
         seconds_start / seconds_total: the timing conditioning (the clip's offset in, and the total
         length of, the audio it imitates); seconds_total may not exceed the model's window.
         steps, cfg_scale, sampler, sigma_min, sigma_max, rho: None takes the model's defaults
-        (`self.defaults`). seed: draws the initial noise, the SDE noise and the init-audio
-        posterior sample; the same seed gives the same audio. negative_prompt: its conditioning
+        (`self.defaults`). seed: with `first_item`, draws the initial noise and the SDE noise: the
+        prompts are items first_item, first_item + 1, ... of a run, and item n's noise comes from
+        (seed, n) alone, so a list of prompts split over several calls (first_item counting on) gives
+        each prompt the audio one call gives it, whatever the batch size or device count. The seed also
+        draws the init-audio posterior sample, one for the whole run. negative_prompt: its conditioning
         replaces the zeroed one of CFG's unconditional branch. init_audio: (channels, samples) or
         (batch, channels, samples) at `sample_rate` for variations: encoded, then sampling starts at
         sigma_max = init_noise_level. init_noise: (batch, latent channels, window frames) standard
@@ -261,18 +282,20 @@ class StableAudio:
                              f"({self.window_samples} samples at {self.sample_rate} Hz); for longer audio use "
                              f"generate_long (windows overlapping and inpainted; `sa-jax sample` does it by itself)")
         return self._latents(prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt,
-                             init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise, on_step=on_step)
+                             init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise, on_step=on_step,
+                             first_item=first_item)
 
     def _latents(self, prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt,
                  init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise, *, known=None, mask=None,
                  resample_passes: int = 1, window_index: int | None = None,
-                 on_step: StepCallback | None = None) -> np.ndarray:
+                 on_step: StepCallback | None = None, first_item: int = 0) -> np.ndarray:
         """`generate_latents` without the window check on seconds_total (long form conditions each
         window on the whole piece's length). known, mask: RePaint inpainting (`sa_jax.diffusion.sample`),
         (batch, latent channels, window frames) and a mask broadcasting to it, 1 = keep; a family with an
         `inpaint_inputs(known, mask) -> dict` (when its `has_inpaint_inputs`) gets that extra conditioning in both CFG
         branches (the inpainting-trained models' inputs). window_index: folded into the seed's key, so
-        every window of one piece draws its own noise."""
+        every window of one piece draws its own noise; first_item: the number of the first prompt in the run
+        (item n draws its noise from (seed, window, n))."""
         from sa_jax.diffusion import SAMPLER_ALIASES, SAMPLERS, cfg_model, get_sigmas, sample, start_latents, v_denoiser
 
         d = self.defaults
@@ -293,6 +316,9 @@ class StableAudio:
             raise ValueError(f"sampler {sampler!r} cannot sample this {self.family.objective}-objective model; "
                              f"valid samplers: {', '.join(valid)}")
         seed = check_seed(seed)   # 0 <= seed < 2**32; ConfigError (a ValueError) otherwise
+        first_item = check_int(first_item, "first_item", minimum=0)
+        if first_item + batch > 2**32:
+            raise ValueError(f"first_item {first_item} + {batch} prompts passes 2**32, the most items a seed numbers")
         rho = _number("rho", d.rho if rho is None else rho, above=0)
         sigma_min = _number("sigma_min", d.sigma_min if sigma_min is None else sigma_min, above=0)
         if init_audio is not None:
@@ -309,8 +335,12 @@ class StableAudio:
             key = jax.random.fold_in(key, window_index)
         k_noise, k_sampler, k_init = jax.random.split(key, 3)
         shape = (batch, self.family.latent_channels, self.window_frames)
+        # one key per item, (seed, item number): an item's noise does not depend on its batch
+        items = np.arange(first_item, first_item + batch, dtype=np.uint32)
+        k_sampler = jax.vmap(jax.random.fold_in, (None, 0))(k_sampler, items)
         if init_noise is None:
-            noise = jax.random.normal(k_noise, shape, jnp.float32)
+            noise = jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(
+                jax.vmap(jax.random.fold_in, (None, 0))(k_noise, items))
         else:
             noise = np.asarray(init_noise, np.float32)
             if noise.shape != shape:

@@ -3,7 +3,9 @@ PNG beside each.
 
 Every prompt is sampled `--batch-size` times (variations of one prompt, as stable-audio-tools'
 batch size); all (prompt, variation) items go through `StableAudio.generate` in batches of at most
-`--max-batch`, batch k drawing its noise from seed + k. Files are written atomically.
+`--max-batch`, sharded over the devices present. Item n of the run (prompt by prompt, variation by
+variation) draws its noise from (--seed, n), so each file's audio is the same whatever --max-batch and
+the device count. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ def _sample(args) -> int:
     items = [(i, p, k) for i, p in enumerate(prompts) for k in range(args.batch_size)]
     paths = output_paths(args.out, items, args.batch_size)
     chunks = [items[s:s + args.max_batch] for s in range(0, len(items), args.max_batch)]
-    check_seed(args.seed, "--seed", count=len(chunks))   # batch k draws from seed + k
+    check_seed(args.seed, "--seed")   # item n draws from (seed, n): one seed for the whole run
     with writable_outputs(paths):   # checked before loading and sampling, not after
         return _generate(args, prompts, paths, chunks)
 
@@ -197,7 +199,7 @@ def _generate(args, prompts, paths, chunks) -> int:
 
     with allow_nonfinite_weights(getattr(args, "allow_nonfinite_weights", False)):
         model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
-                                 clap_tokenizer=args.clap_tokenizer, lora=lora_specs(args))
+                                 clap_tokenizer=args.clap_tokenizer, lora=lora_specs(args), vae_dtype=args.vae_dtype)
     init_audio = None
     long_form = args.seconds_total is not None and args.seconds_total > model.window_seconds
     if long_form:
@@ -212,16 +214,16 @@ def _generate(args, prompts, paths, chunks) -> int:
     for c, chunk in enumerate(chunks):
         start = time.perf_counter()
         print(f"batch {c + 1}/{len(chunks)}: {len(chunk)} item(s)", file=sys.stderr)
-        sampling = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed + c,
-                        negative_prompt=args.negative_prompt, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
-                        rho=args.rho)
+        first = c * args.max_batch
+        sampling = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed,
+                        first_item=first, negative_prompt=args.negative_prompt, sigma_min=args.sigma_min,
+                        sigma_max=args.sigma_max, rho=args.rho)
         if long_form:   # the pipeline logs a line per window
             audio = model.generate_long([p for _, p, _ in chunk], seconds_total=args.seconds_total, **sampling)
         else:
             audio = model.generate(
                 [p for _, p, _ in chunk], seconds_start=args.seconds_start, seconds_total=args.seconds_total,
                 init_audio=init_audio, init_noise_level=args.init_noise_level, **sampling)
-        first = c * args.max_batch
         for j, (_, prompt, _) in enumerate(chunk):
             wav = write_audio(paths[first + j], audio[j], model.sample_rate)
             write_spectrogram(wav.with_suffix(".png"), audio[j], model.sample_rate, prompt)
@@ -262,23 +264,32 @@ def register(sub) -> None:
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--sampler", default=None, help="e.g. dpmpp-3m-sde, dpmpp-2m, heun, dpmpp-2m-sde")
     sigma_options(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the run's seed (default 0): item n (prompts in order, each --batch-size times) draws its "
+                        "noise from (seed, n), so its audio does not depend on --max-batch or the device count")
     p.add_argument("--batch-size", type=int, default=1, help="samples of each prompt (default 1)")
-    p.add_argument("--max-batch", type=int, default=8, help="most items sampled together (default 8)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="most items sampled together in one compiled call, sharded over the devices present "
+                        "(default 8)")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--init-audio", default=None, help="audio file to make variations of")
     p.add_argument("--init-noise-level", type=float, default=1.0,
                    help="with --init-audio: the sigma sampling starts from (default 1.0)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the denoiser's compute dtype; bfloat16 also holds its and the text encoder's weights in "
+                        "bfloat16 (half the memory)")
+    p.add_argument("--vae-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the VAE's compute dtype (default float32 whatever --dtype is: the decoder sets the "
+                        "audio's precision)")
     p.add_argument("--allow-nonfinite-weights", action="store_true",
                    help="load weights that hold NaN/inf values (refused by default: they decode NaN audio)")
+    p.add_argument("--lora", action="append", default=[], metavar="DIR[:STRENGTH]",
+                   help="a LoRA adapter folder (a LoRA run's export) added to the model, at STRENGTH (default 1; "
+                        "0 = the model without it); repeatable")
     p.add_argument("--plan", action="store_true",
                    help="compile the sampling loop and VAE decode for --batch-size clips without loading weights "
                         "(--model: an sa-jax checkpoint's config.yaml or a training config) and print memory, FLOPs "
                         "and time per clip, ending with one JSON line (docs/launch.md)")
     p.add_argument("--topology", default=None, help="with --plan: a TPU slice to compile for, e.g. v5e:4x4, v5p-64")
     p.add_argument("--slices", type=int, default=1, help="with --topology: that many slices")
-    p.add_argument("--lora", action="append", default=[], metavar="DIR[:STRENGTH]",
-                   help="a LoRA adapter folder (a LoRA run's export) added to the model, at STRENGTH (default 1; "
-                        "0 = the model without it); repeatable")
     p.set_defaults(func=run)

@@ -11,7 +11,9 @@ method keeps from earlier steps, and `key` this step's PRNG key. `sample` runs a
 `lax.scan` under one `jax.jit`, compiled once per (denoiser structure, shapes, step count, sampler and
 options) and reused: new noise, weights, conditioning or sigmas of the same length do not recompile.
 
-Stochastic samplers draw step i's noise from `step_noise(key, i, x)`: one seed, one result.
+Stochastic samplers draw step i's noise from `step_noise(key, i, x)`: one seed, one result. `key` is one
+key for the whole batch, or one key per batch item (a key array of shape (batch,)): then every draw of
+item b comes from its own key alone, so an item's result does not depend on what it is batched with.
 """
 
 from __future__ import annotations
@@ -32,9 +34,27 @@ from .wrappers import as_pytree_fn
 _SOLVER_STREAM, _INPAINT_STREAM, _JUMP_STREAM = 0, 1, 2
 
 
+def per_item(key) -> bool:
+    """Whether `key` holds one key per batch item (a key array of shape (batch,), or raw (batch, 2) uint32
+    keys) rather than one key for the whole batch."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return key.ndim == (1 if typed else 2)
+
+
+def fold_in(key, data):
+    """`jax.random.fold_in` of one key, or of each key of a per-item key array."""
+    if per_item(key):
+        return jax.vmap(jax.random.fold_in, (0, None))(key, data)
+    return jax.random.fold_in(key, data)
+
+
 def step_noise(key, i, x, stream: int = _SOLVER_STREAM):
-    """Standard normal noise like x for step i (stream 0: the solver, 1: inpainting re-noising)."""
-    return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, stream), i), x.shape, x.dtype)
+    """Standard normal noise like x for step i (stream 0: the solver, 1: inpainting re-noising). With one
+    key per item (`per_item`), item b's noise is drawn from key[b] alone."""
+    key = fold_in(fold_in(key, stream), i)
+    if per_item(key):
+        return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(key)
+    return jax.random.normal(key, x.shape, x.dtype)
 
 
 def to_d(x, sigma, denoised):
@@ -423,7 +443,7 @@ def _run(denoise, x, sigmas, key, inpaint, *, sampler, opts, rectified_flow, res
         # region and the re-noised known region harmonise. Each pass starts from the step's own history
         # (multistep solvers) and draws its own noise; one pass is the plain step.
         for jump in range(1, resample_passes):
-            jump_key = jax.random.fold_in(key, _JUMP_STREAM + jump)
+            jump_key = fold_in(key, _JUMP_STREAM + jump)
             back = _jump_back(x_next, sigmas[i + 1], sigmas[i], step_noise(jump_key, i, x, _JUMP_STREAM),
                               rectified_flow).astype(x.dtype)
             x_next, new_memory = attempt(back, memory, i, jump_key)
@@ -449,7 +469,8 @@ def sample(denoise: Callable, x, sigmas, sampler: str = "dpmpp-3m-sde", key=None
     sigmas: decreasing noise levels, usually `get_sigmas(...)`, ending in 0.
     sampler: a name in `SAMPLERS` (or `SAMPLER_ALIASES`).
     key: a `jax.random` key; needed by samplers that draw noise (ancestral, SDE, churn, pingpong) and by
-      inpainting. The same key gives the same result.
+      inpainting. The same key gives the same result. Or one key per batch item (a key array of shape
+      (batch,)): each item's noise then comes from its own key, whatever else is in the batch.
     known, mask: RePaint-style inpainting. `known` holds clean latents (shape of x); `mask` (broadcast to
       x) is 1 where `known` is kept, 0 where the model generates. Before every step the kept region is
       replaced by `known` noised to the current sigma; the output carries `known` exactly there.
@@ -503,6 +524,8 @@ def sample(denoise: Callable, x, sigmas, sampler: str = "dpmpp-3m-sde", key=None
             why = "inpainting re-noises the known region" if not spec.stochastic(opts) else "it draws noise"
             raise ValueError(f"sampler {name!r} needs key=jax.random.key(seed): {why}")
         key = jax.random.key(0)  # never used
+    elif per_item(key) and key.shape[0] != x.shape[0]:
+        raise ValueError(f"one key per batch item needs {x.shape[0]} keys (the batch of x), got {key.shape[0]}")
     return _run(denoise, x, sigmas, key, inpaint, sampler=name, opts=tuple(sorted(opts.items())),
                 rectified_flow=bool(rectified_flow), resample_passes=int(resample_passes))
 

@@ -14,7 +14,8 @@ Every family class has the same members, which `sa_jax.pipeline.StableAudio` use
 `has_inpaint_inputs` and `inpaint_inputs(known_latents, mask) -> dict` (the extra conditioning of an
 inpainting-trained checkpoint, merged into both CFG branches; ConfigError for models without it),
 `network() -> Partial(params, x, t, cond) -> v`, `trainable()` / `set_trainable(tree)` (the
-{"conditioner", "denoiser"} weights a run trains and LoRA adapts), and for sa-jax checkpoints `config_sections()`,
+{"conditioner", "denoiser"} weights a run trains and LoRA adapts), `hold_weights(dtype)` (the denoiser and
+text encoder kept in bfloat16), and for sa-jax checkpoints `config_sections()`,
 `params()`, `save_files(folder)` and the classmethod `from_checkpoint(config, params, folder, dtype)`.
 The foreign-format loaders return a `Loaded` (family, autoencoder, sample_size, defaults).
 
@@ -101,6 +102,24 @@ class Family:
         for part, attr in self.trainable_attributes.items():
             setattr(self, attr, jax.tree_util.tree_map(jnp.asarray, tree[part]))
 
+    weights_dtype = "float32"   # what the denoiser's and text encoder's weights are held in (`hold_weights`)
+
+    def hold_weights(self, dtype: str) -> None:
+        """Hold the denoiser's and the text encoder's weights in `dtype` ("bfloat16": half their memory).
+        Merge LoRA adapters before this: they are added to the float32 weights. Matrices, convolution
+        kernels and embedding tables are cast; vectors (biases, norm scales, Fourier frequencies) stay
+        float32, a tiny share of the bytes that every activation passes through. The conditioner's
+        projections (small) stay float32. The text encoder still computes in float32 (it runs once per
+        generation, outside the sampling loop)."""
+        from sa_jax.nn import compute_dtype
+
+        target = compute_dtype(dtype)
+        tree = self.trainable()
+        tree["denoiser"] = cast_matrices(tree["denoiser"], target)
+        self.set_trainable(tree)
+        self.text_encoder.params = cast_matrices(self.text_encoder.params, target)
+        self.weights_dtype = dtype
+
     def save_files(self, folder: Path) -> None:
         self.text_encoder.tokenizer.save_pretrained(str(Path(folder) / TOKENIZER_DIR))
 
@@ -109,6 +128,18 @@ class Family:
         missing = [k for k in cls.sections if k not in config]
         if missing:
             raise CheckpointError(f"{Path(folder) / store.CONFIG_FILE} lacks the section(s) {missing} of {cls.title}")
+
+
+def cast_matrices(tree, dtype):
+    """`tree` with its floating-point leaves of two or more dimensions cast to `dtype` (see `hold_weights`)."""
+    import jax
+    import jax.numpy as jnp
+
+    def cast(leaf):
+        leaf = jnp.asarray(leaf)
+        return leaf.astype(dtype) if leaf.ndim >= 2 and jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+    return jax.tree_util.tree_map(cast, tree)
 
 
 def sat_autoencoder(model_config: dict, state: dict, weights: Path, dtype: str):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from sa_jax.config import from_dict
 from sa_jax.errors import ConfigError
-from sa_jax.nn.attention import attention_output, remat_block
+from sa_jax.nn.attention import attention, remat_block
 from sa_jax.nn.layers import Conv1d, ConvTranspose1d
 
 # ---------------------------------------------------------------------------------------------
@@ -190,8 +190,7 @@ class Attention(nn.Module):
             keep = context_mask[:, :, None].astype(k.dtype)
             k, v = k * keep, v * keep
         split = lambda t: t.reshape(*t.shape[:2], self.heads, self.head_features)
-        out = attention_output(jax.nn.dot_product_attention(split(q), split(k), split(v),
-                                                            scale=self.head_features ** -0.5))
+        out = attention(split(q), split(k), split(v), scale=self.head_features ** -0.5)
         return nn.Dense(features, dtype=self.dtype, name="to_out")(out.reshape(*out.shape[:2], mid))
 
 

@@ -86,18 +86,33 @@ def attention_output(x: jax.Array) -> jax.Array:
     return checkpoint_name(x, ATTENTION_OUT)
 
 
+def flash_applies(q: jax.Array, bias=None, mask=None) -> bool:
+    """Whether cuDNN flash attention is worth trying: a GPU backend, bfloat16/float16 inputs (cuDNN has no
+    float32 kernel), no bias or mask (the DiT's and U-Net's attention; T5's position bias stays on XLA), and
+    a head dimension cuDNN takes (a multiple of 8, at most 128). Elsewhere, the CPU included, XLA's
+    attention runs, so the float32 parity tests see exactly the XLA path."""
+    return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and bias is None
+            and mask is None and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
               mask: jax.Array | None = None, scale: float | None = None) -> jax.Array:
     """Scaled dot-product attention over (batch, seq, heads, head_dim) tensors.
 
     `k`/`v` may have fewer heads than `q` (grouped-query attention). `bias` is added to the logits
     (broadcastable to (batch, heads, q_len, kv_len)); `mask` is boolean, True where attention is
-    allowed. `scale` defaults to 1/sqrt(head_dim).
+    allowed. `scale` defaults to 1/sqrt(head_dim). On a GPU in half precision this is cuDNN's flash
+    attention where `flash_applies` (a shape cuDNN refuses when traced falls back to XLA's).
     """
     dtype = q.dtype
     k, v = k.astype(dtype), v.astype(dtype)
     if bias is not None:
         bias = bias.astype(dtype)
+    if flash_applies(q, bias, mask):
+        try:
+            return attention_output(jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn"))
+        except (NotImplementedError, ValueError, RuntimeError):   # raised while tracing: this shape is not cuDNN's
+            pass
     return attention_output(jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale))
 
 
