@@ -12,6 +12,7 @@ per set -> `frechet_distance`.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +43,15 @@ def frame_windows(audio: np.ndarray, hop: int, window: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(x, window, axis=1)[:, ::hop][:, :frames]
 
 
+@lru_cache(maxsize=None)
+def _apply(config):
+    """One apply function per config, so every OpenL3 of a config shares JAX's compiled programs."""
+    from sa_jax.models.openl3 import OpenL3 as Network
+
+    network = Network(config)
+    return lambda variables, windows: network.apply(variables, windows)
+
+
 class OpenL3:
     """A loaded OpenL3 audio embedding model.
 
@@ -50,13 +60,10 @@ class OpenL3:
     """
 
     def __init__(self, config, variables: dict, batch_size: int = 64, hop_seconds: float = HOP_SECONDS):
-        from sa_jax.models.openl3 import OpenL3 as Network
-
         config.validate()
         self.config, self.variables = config, variables
         self.hop_seconds = float(hop_seconds)
-        network = Network(config)
-        self.model = BatchedModel(lambda v, x: network.apply(v, x), variables, batch_size)
+        self.model = BatchedModel(_apply(config), variables, batch_size)
 
     @classmethod
     def load(cls, path, content_type: str = "music", input_repr: str = "mel256", embedding_size: int = 512,

@@ -11,6 +11,7 @@ KL = sum p_gen (log p_gen - log(p_ref + 1e-6)); the mean over pairs.
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -35,15 +36,21 @@ def passt_windows(audio: np.ndarray, sample_rate: int = 32000) -> list[np.ndarra
     return out
 
 
+@lru_cache(maxsize=None)
+def _apply(config):
+    """One apply function per config, so every PaSST of a config shares JAX's compiled programs."""
+    from sa_jax.models.passt import PaSST as Network
+
+    network = Network(config)
+    return lambda variables, audio: network.apply(variables, audio)
+
+
 class PaSST:
     """A loaded PaSST tagger: `probabilities(audio)` -> (527,) label distribution."""
 
     def __init__(self, config, variables: dict, batch_size: int = 16):
-        from sa_jax.models.passt import PaSST as Network
-
         self.config, self.variables = config, variables
-        network = Network(config)
-        self.model = BatchedModel(lambda v, x: network.apply(v, x), variables, batch_size)
+        self.model = BatchedModel(_apply(config), variables, batch_size)
 
     @classmethod
     def load(cls, path, batch_size: int = 16, config=None) -> "PaSST":
