@@ -191,6 +191,10 @@ def test_init_from_takes_the_model_and_names_a_contradicting_setting(sao, tmp_pa
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ConfigError, match=r"model.dit.depth: the config says 3, the model has 2"):
         ft.load_init(config(latents, tmp_path / "run", base, **{"model.dit.depth": 3}))
+    with pytest.raises(FileNotFoundError, match="init.from: .*nowhere does not exist"):
+        ft.load_init(config(latents, tmp_path / "run", tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="lora.rank > 0 trains adapters of a model: set init.from"):
+        load(TrainConfig, ROOT / "configs" / CONFIGS["sao"], ["lora.rank=4"])
 
 
 def test_init_from_a_run_export_is_that_runs_weights(sao, tmp_path):

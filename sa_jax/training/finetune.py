@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from sa_jax.config import to_dict
-from sa_jax.errors import ConfigError
+from sa_jax.errors import CheckpointError, ConfigError
 from sa_jax.training.engine import flatten
 
 # Model settings that are the run's choice, not the loaded model's.
@@ -97,8 +97,11 @@ def load_init(cfg):
     path = cfg.init_from
     t = cfg.text
     # a stable-audio-tools release keeps its text encoder apart: text.path (and text.tokenizer) name it
-    sa = StableAudio.load(path, t5=t.path if t.source != "clap" else None,
-                          clap=t.path if t.source == "clap" else None, clap_tokenizer=t.tokenizer)
+    try:
+        sa = StableAudio.load(path, t5=t.path if t.source != "clap" else None,
+                              clap=t.path if t.source == "clap" else None, clap_tokenizer=t.tokenizer)
+    except (FileNotFoundError, CheckpointError) as e:   # said as the run's setting
+        raise type(e)(f"init.from: {e}") from e
     fields, params, kind, layer = _model_of(sa, cfg)
     params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
     digest = content_hash(params)
