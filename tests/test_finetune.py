@@ -296,3 +296,20 @@ def test_init_from_each_format_gives_the_same_starting_weights(tmp_path):
             np.testing.assert_array_equal(x, y, err_msg=name)
         for x, y in zip(leaves(a.autoencoder.params), leaves(b.autoencoder.params)):
             np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+@pytest.mark.slow   # two tiny runs: ~60 s on a busy 2-core VM
+def test_optimiser_state_and_ema_in_host_memory(tmp_path):
+    """optim.offload: the optimiser state and EMA live in host memory (pinned_host) between steps, a run
+    stopped and resumed is bitwise the run without offloading."""
+    latents = write_latents(tmp_path / "latents", count=4)
+    cfg = lambda run, offload: load(TrainConfig, ROOT / "configs" / CONFIGS["sao"], tiny_overrides(
+        latents, tmp_path / run, **{"steps": 4, "checkpoint.every": 2, "optim.offload": offload}))
+    plain = train(cfg("plain", False), print_fn=lambda line: None).state
+    stopped = train(cfg("offload", True), stop_at=2, print_fn=lambda line: None).state
+    kinds = {x.sharding.memory_kind for x in jax.tree.leaves((stopped.opt_state, stopped.ema))}
+    assert kinds == {"pinned_host"} and jax.tree.leaves(stopped.params)[0].sharding.memory_kind == "device"
+    resumed = train(cfg("offload", True), print_fn=lambda line: None).state
+    for name in ("params", "ema", "opt_state"):
+        for a, b in zip(leaves(getattr(resumed, name)), leaves(getattr(plain, name))):
+            np.testing.assert_array_equal(a, b, err_msg=name)

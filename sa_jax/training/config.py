@@ -145,6 +145,8 @@ class OptimConfig:
     mu_dtype: Literal["float32", "bfloat16"] = "float32"   # AdamW's first moments (bfloat16: half their memory)
     accumulate: int = 1            # microbatches per step: gradients of data.batch_size / accumulate items at a
                                    # time, summed, one update (the same update as the whole batch at once)
+    offload: bool = False          # optimiser state and EMA live in host memory (pinned_host), on the device
+                                   # only inside the step: device memory for activations, at a transfer per step
 
     def validate(self) -> None:
         if not self.lr > 0:

@@ -101,8 +101,13 @@ def lora_target_paths(cfg) -> list[str]:
 
 
 def state_shardings(cfg, mesh):
-    """(abstract state, its NamedShardings by the config's FSDP rules)."""
-    return engine.abstract_state(lambda k: _init_state(cfg, k), cfg.seed, mesh, cfg.mesh)
+    """(abstract state, its NamedShardings by the config's FSDP rules; with optim.offload the optimiser
+    state and EMA in host memory)."""
+    abstract, shardings = engine.abstract_state(lambda k: _init_state(cfg, k), cfg.seed, mesh, cfg.mesh)
+    if cfg.optim.offload:
+        host = lambda tree: jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), tree)
+        shardings = shardings.replace(opt_state=host(shardings.opt_state), ema=host(shardings.ema))
+    return abstract, shardings
 
 
 def _fingerprint(cfg, mesh, *extra):
@@ -182,6 +187,9 @@ def accumulated_value_and_grad(loss_fn, params, inputs: dict, n: int):
 
 def train_step(cfg, frozen: FrozenModels, state: TrainState, frozen_params, batch: dict) -> tuple[TrainState, dict]:
     opt, schedule = make_optimizer(cfg.optim, cfg.steps)
+    if cfg.optim.offload:   # host-memory optimiser state and EMA: to the device for the update (and back, by
+        to_device = lambda tree: jax.tree.map(lambda x: jax.device_put(x, jax.memory.Space.Device), tree)
+        state = state.replace(opt_state=to_device(state.opt_state), ema=to_device(state.ema))   # out_shardings)
     key = engine.step_key(state)
     inputs = step_inputs(cfg, batch, key, frozen, frozen_params)
     if cfg.lora.enabled:   # the state holds adapters; the model is the frozen base plus them
