@@ -187,9 +187,9 @@ def accumulated_value_and_grad(loss_fn, params, inputs: dict, n: int):
 
 def train_step(cfg, frozen: FrozenModels, state: TrainState, frozen_params, batch: dict) -> tuple[TrainState, dict]:
     opt, schedule = make_optimizer(cfg.optim, cfg.steps)
-    if cfg.optim.offload:   # host-memory optimiser state and EMA: to the device for the update (and back, by
+    if cfg.optim.offload:   # optimiser state and EMA from host memory for the update; out_shardings put them back
         to_device = lambda tree: jax.tree.map(lambda x: jax.device_put(x, jax.memory.Space.Device), tree)
-        state = state.replace(opt_state=to_device(state.opt_state), ema=to_device(state.ema))   # out_shardings)
+        state = state.replace(opt_state=to_device(state.opt_state), ema=to_device(state.ema))
     key = engine.step_key(state)
     inputs = step_inputs(cfg, batch, key, frozen, frozen_params)
     if cfg.lora.enabled:   # the state holds adapters; the model is the frozen base plus them
