@@ -4,6 +4,7 @@ one run. Prints a table with the ratios and the process' peak memory.
 
     .venv/bin/python bench/bench_metrics.py                       # 4 stereo clips of 5 s at 44.1 kHz
     .venv/bin/python bench/bench_metrics.py --clips 8 --seconds 10 --metrics fd_openl3
+    .venv/bin/python bench/bench_metrics.py --memory-files 1000     # memory while streaming a folder
 
 Both sides run the whole per-file path (read, peak-normalise, resample, frame, embed); sa-jax's compile
 happens on a warm-up clip first and is reported apart. Full-size models (OpenL3 mel256-512, PaSST-S).
@@ -113,12 +114,45 @@ def bench_passt(paths, warm, tmp):
 BENCHES = {"fd_openl3": bench_openl3, "kl_passt": bench_passt}
 
 
+def bench_memory(count: int, tmp: Path) -> tuple[float, float, float]:
+    """(peak RSS MiB after a 64-file warm-up, peak RSS MiB after streaming `count` files, seconds) of
+    FD_openl3's statistics over a folder of `count` short mono files (one OpenL3 window each), alone in
+    this process."""
+    import soundfile as sf
+    import torch
+
+    from sa_jax.metrics import OpenL3
+    from sa_jax.testing.metrics_ref import openl3_torch
+
+    weights = tmp / "torchopenl3_mel256_music_512.pth.tar"
+    torch.save(openl3_torch(seed=0).state_dict(), weights)
+    folder = tmp / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        sf.write(folder / f"f{i:05d}.wav", rng.normal(size=22050).astype(np.float32) * 0.1, 44100)
+    model = OpenL3.load(weights, batch_size=32)
+    model.statistics(sorted(folder.iterdir())[:64])     # two full batches: the peak of one device call
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    model.statistics(folder)
+    return before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--metrics", default="fd_openl3,kl_passt", help=f"from {', '.join(BENCHES)}")
+    parser.add_argument("--memory-files", type=int, default=0,
+                        help="instead: peak memory of FD_openl3 over a folder of this many short files")
     args = parser.parse_args()
+    if args.memory_files:
+        with tempfile.TemporaryDirectory() as tmp:
+            before, after, seconds = bench_memory(args.memory_files, Path(tmp))
+        print(f"FD_openl3 statistics over {args.memory_files} files (0.5 s mono, one window each): "
+              f"{seconds:.0f} s; peak RSS {before:.0f} MiB after a 64-file warm-up, {after:.0f} MiB after all")
+        return
     import jax
     import torch
 
