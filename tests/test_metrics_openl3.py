@@ -172,7 +172,7 @@ def reference_fd_openl3(folder, model, eval_sr=44100):
     return e.mean(0), np.cov(e, rowvar=False), linalg
 
 
-@pytest.mark.slow      # ~2.5 min on a busy 2-core machine: the torch reference and 1024 x 1024 sqrtm's
+@pytest.mark.slow      # 1-2.5 min on a busy 2-core machine: the torch reference and 1024 x 1024 sqrtm's
 def test_fd_openl3_matches_the_reference_pipeline(tmp_path):
     from sa_jax.metrics import OpenL3, fd_openl3, frechet_distance, load_stats, save_stats
 

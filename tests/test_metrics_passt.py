@@ -68,7 +68,7 @@ def test_passt_logits_match_hear21passt(small):
                                rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-@pytest.mark.slow     # the full-size network: ~20 s a window on 2 cores
+@pytest.mark.slow     # the full-size network: 40 s to 3 min on a busy 2-core machine
 def test_full_size_passt_matches(tmp_path):
     from sa_jax.metrics import PaSST
     from sa_jax.models.passt import PaSSTConfig
