@@ -134,3 +134,16 @@ def test_sample_plan_flops_grow_with_the_steps(tmp_path):
     decode = one["decode"]["flops_per_device"]
     assert 0 < decode < one["flops_per_step"]
     assert three["flops_per_step"] - decode == pytest.approx(3 * (one["flops_per_step"] - decode), rel=1e-6)
+
+
+def test_pod_configs_train_at_global_batch_256_and_state_their_plan():
+    """configs/pod_*.yaml: the paper's global batch on their slice (hosts of 4 chips), with the plan in a comment."""
+    chips = {"v5p": 32}   # v5p-64 (v5p:2x4x4)
+    pods = sorted((ROOT / "configs").glob("pod_*.yaml"))
+    assert pods
+    for path in pods:
+        cfg = load(TrainConfig, path)
+        hosts = chips[path.stem.split("_")[-1]] // 4
+        assert cfg.data.batch_size * hosts == 256, path
+        assert cfg.model.compute_dtype == "bfloat16" and cfg.mesh.shape == (1, -1)
+        assert "Planned (`sa-jax train --config configs/" in path.read_text() and "GiB" in path.read_text()
