@@ -189,7 +189,7 @@ def sao_jax(folder: Path, size: dict) -> list[dict]:
 
     rows = []
     for dtype in ("bfloat16", "float32"):
-        sa = StableAudio.load(folder, dtype=dtype)
+        sa = StableAudio.load(folder, dtype=dtype, vae_dtype=dtype)   # diffusers runs its VAE in float16 too
 
         def call():
             audio = sa.generate([PROMPT], seconds_total=sa.window_seconds, steps=size["steps"], cfg_scale=CFG_SCALE,
@@ -346,7 +346,7 @@ def sa1_jax(folder: Path, size: dict) -> list[dict]:
     from sa_jax import StableAudio
 
     rows = []
-    sa = StableAudio.load(folder / "sa1", clap=folder / "clap", dtype="bfloat16")
+    sa = StableAudio.load(folder / "sa1", clap=folder / "clap", dtype="bfloat16", vae_dtype="bfloat16")
     seconds = sa.window_seconds
 
     def generate():
