@@ -30,6 +30,7 @@ import numpy as np
 from sa_jax.config import to_dict
 from sa_jax.errors import CheckpointError, ConfigError
 from sa_jax.training.engine import flatten
+from sa_jax.tree import unflatten
 
 # Model settings that are the run's choice, not the loaded model's.
 RUN_CHOICES = ("compute_dtype", "remat")
@@ -138,13 +139,7 @@ def check_same_base(saved_config: dict, cfg, where) -> None:
 
 def adapter_tree(adapters: dict) -> dict:
     """{"a/b/kernel": {"down", "up"}} -> {"a": {"b": {"kernel": {"down", "up"}}}}."""
-    tree: dict = {}
-    for path, ad in adapters.items():
-        node = tree
-        for part in path.split("/"):
-            node = node.setdefault(part, {})
-        node.update(ad)
-    return tree
+    return unflatten({f"{path}/{part}": x for path, ad in adapters.items() for part, x in ad.items()})
 
 
 def adapter_dict(tree: dict, prefix: str = "") -> dict:
