@@ -9,7 +9,6 @@ strengths other than the loaded ones reload the model with them (`StableAudio.lo
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import shutil
 import tempfile
@@ -21,7 +20,6 @@ from typing import Callable
 
 import numpy as np
 
-from sa_jax.errors import ConfigError
 from sa_jax.ui.settings import ModelInfo, Settings
 
 log = logging.getLogger("sa_jax.ui")
@@ -30,13 +28,6 @@ KEEP_OUTPUTS_S = 3600      # a request's folder is removed this long after it wa
 
 # progress(fraction or (done, total), description)
 Progress = Callable[[float | tuple[int, int], str], None]
-
-
-def lora_supported() -> bool:
-    """Whether this sa-jax's StableAudio.load takes LoRA adapters (`lora=[folder or (folder, scale)]`)."""
-    from sa_jax.pipeline import StableAudio
-
-    return "lora" in inspect.signature(StableAudio.load).parameters
 
 
 @dataclasses.dataclass
@@ -59,8 +50,6 @@ class Studio:
                  loaded=None):
         """Load the model (`StableAudio.load`'s arguments), or take `loaded`, a StableAudio already
         loaded from `model` with those arguments."""
-        if loras and not lora_supported():
-            raise ConfigError("--lora: this sa-jax's StableAudio.load takes no LoRA adapters yet")
         self._load_kwargs = dict(t5=t5, dtype=dtype, clap=clap, clap_tokenizer=clap_tokenizer)
         self._path, self._allow_nonfinite = model, allow_nonfinite_weights
         self.loras = tuple((str(folder), float(scale)) for folder, scale in loras)
