@@ -14,12 +14,14 @@ from sa_jax.errors import CheckpointError
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Load a `.safetensors` file, or a PyTorch `.ckpt`/`.pt`/`.bin` with `weights_only=True`
+    """Load a `.safetensors` file, or a PyTorch `.ckpt`/`.pt`/`.pth`/`.pth.tar`/`.bin` with `weights_only=True`
     (no pickled code runs). A Lightning checkpoint's `state_dict` entry is unwrapped."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weight file {path} does not exist")
     suffix = path.suffix.lower()
+    if path.name.lower().endswith(".pth.tar"):   # torchopenl3's weight files
+        suffix = ".pth"
     if suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.numpy import load_file

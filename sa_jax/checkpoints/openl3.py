@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sa_jax.checkpoints.io import read_state_dict
 from sa_jax.checkpoints.table import Row, convert, equals, expand, layer, torch_layer
 from sa_jax.errors import CheckpointError
 from sa_jax.models.openl3 import CHANNELS, CONTENT_TYPES, OpenL3Config, stft_kernels, variable_shapes
@@ -63,22 +64,6 @@ def _keras_checks(config: OpenL3Config, spectrogram_layer: str):
     real, imag = stft_kernels(config.n_fft)      # kapre keeps them as (n_fft, 1, 1, bins)
     return [(f"{spectrogram_layer}.dft_real_kernels", equals(real.T[:, None, None, :], "STFT kernels (real)")),
             (f"{spectrogram_layer}.dft_imag_kernels", equals(imag.T[:, None, None, :], "STFT kernels (imaginary)"))]
-
-
-def _read_torch(path: Path) -> dict[str, np.ndarray]:
-    # checkpoints.io.read_state_dict goes by the last suffix; torchopenl3's files end in ".pth.tar".
-    import torch
-
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} could not be loaded safely as a PyTorch file ({e}). {NEEDS}") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict. {NEEDS}")
-    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-            for k, v in obj.items() if hasattr(v, "detach")}
 
 
 def read_h5(path: Path) -> dict[str, np.ndarray]:
@@ -133,7 +118,10 @@ def load_openl3(path: str | Path, config: OpenL3Config) -> dict:
             state[f"{spectrogram}.freq2mel"] = mel_matrix(config).T
         rows, checks = keras_rows(config, spectrogram), _keras_checks(config, spectrogram)
     else:
-        state = _read_torch(path)
+        try:
+            state = read_state_dict(path)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}. {NEEDS}") from None
         rows, checks = torch_rows(config), _torch_checks(config)
     if not any(k.startswith("conv2d_1.") for k in state):
         raise CheckpointError(f"{path} holds no OpenL3 network (no conv2d_1 weights; its first keys: "
