@@ -25,8 +25,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sa_jax"
 
-# `ui`, `metrics` and `ablate` do not exist yet: they are where the open issues' web UI, metric models and
-# ablation studies go.
+# `ablate` does not exist yet: it is where the open issue's ablation studies go.
 LAYERS = [
     {"cli", "commands", "ui", "testing"},
     {"training", "eval", "metrics", "ablate"},
