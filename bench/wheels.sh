@@ -13,7 +13,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-.whl}
 mkdir -p "$DEST"
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 PY=${PYTHON:-python3}
 # sa-jax's own dependencies missing there, then the references the suite compares against.
 PACKAGES=(
