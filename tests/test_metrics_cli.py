@@ -118,6 +118,8 @@ def test_metrics_command_errors(setup, tmp_path, capsys):
     assert code == 2 and "holds no audio files" in err, err
     code, err = run("--generated", gen, "--metrics", "fad")
     assert code == 2 and "choose from fd_openl3, kl_passt, clap_score, fd_clap" in err
+    code, err = run("--generated", gen, "--reference", ref, "--metrics", "fd_clap", "--clap", clap, "--batch-size", 0)
+    assert code == 2 and "--batch-size must be 1 or more, got 0" in err, err
 
 
 def test_metrics_command_kl_passt(setup, tmp_path, monkeypatch, capsys):

@@ -63,6 +63,8 @@ def check_inputs(args, metrics: list[str]) -> None:
             if not (Path(args.reference_stats) / f"{m}.npz").is_file():
                 problems.append(f"{m}: --reference-stats {args.reference_stats} holds no {m}.npz "
                                 "(write it with --save-stats)")
+    if args.batch_size is not None and args.batch_size < 1:
+        problems.append(f"--batch-size must be 1 or more, got {args.batch_size}")
     if args.save_stats and not any(m in FD_METRICS for m in metrics):
         problems.append("--save-stats writes FD reference statistics: ask for fd_openl3 or fd_clap")
     if args.save_stats and args.reference is None:
@@ -135,11 +137,17 @@ def _fd(args, name: str, embedding: str, statistics) -> dict:
             "generated": {"files": len(generated), "samples": n_g}, "reference": reference}
 
 
+def _batch(args) -> dict:
+    """--batch-size when given; otherwise each model's own default (a batch of 64 PaSST windows of 10 s
+    would hold several GB of attention scores)."""
+    return {} if args.batch_size is None else {"batch_size": args.batch_size}
+
+
 def _fd_openl3(args) -> dict:
     from sa_jax.metrics.openl3 import OpenL3
 
     model = OpenL3.load(args.openl3, content_type=args.content_type, input_repr="mel256", embedding_size=512,
-                        batch_size=args.batch_size)
+                        **_batch(args))
     return _fd(args, "fd_openl3", model.stats_name(args.sample_rate, args.channels),
                lambda files, progress: model.statistics(files, args.sample_rate, args.channels, progress=progress))
 
@@ -155,7 +163,7 @@ def _fd_clap(args) -> dict:
 
     model = _load_clap(args)
     return _fd(args, "fd_clap", clap_stats_name(model),
-               lambda files, progress: clap_statistics(files, model, progress=progress))
+               lambda files, progress: clap_statistics(files, model, progress=progress, **_batch(args)))
 
 
 def _clap_score(args) -> dict:
@@ -164,14 +172,14 @@ def _clap_score(args) -> dict:
     model = _load_clap(args)
     captions = read_captions(args.captions)
     with _progress("clap_score", len(captions)) as bar:
-        value = clap_score(args.generated, captions, model, progress=bar.update)
+        value = clap_score(args.generated, captions, model, progress=bar.update, **_batch(args))
     return {"value": value, "captions": len(captions)}
 
 
 def _kl_passt(args) -> dict:
     from sa_jax.metrics.passt import PaSST, kl_passt_report
 
-    model = PaSST.load(args.passt, batch_size=args.batch_size)
+    model = PaSST.load(args.passt, **_batch(args))
     with _progress("kl_passt", 0) as bar:
         return kl_passt_report(args.generated, args.reference, model, progress=bar.update)
 
@@ -196,7 +204,9 @@ def register(sub) -> None:
     p.add_argument("--sample-rate", type=int, default=44100, help="FD_openl3's evaluation rate (default 44100)")
     p.add_argument("--channels", type=int, default=2, choices=(1, 2),
                    help="FD_openl3: 2 = L|R per frame (the paper), 1 = mono (default 2)")
-    p.add_argument("--batch-size", type=int, default=64, help="windows per device call (default 64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per device call (files for the CLAP metrics); default: 64 for OpenL3, 16 for "
+                        "PaSST and CLAP")
     p.add_argument("--save-stats", default=None, help="write the reference set's FD statistics into this folder")
     p.add_argument("--reference-stats", default=None, help="read FD reference statistics from this folder")
     p.add_argument("--out", default=None, help="write the results (JSON) here")
