@@ -63,6 +63,11 @@ def test_passt_logits_match_hear21passt(small):
     got = model.logits(list(audio.astype(np.float32)))
     assert got.shape == want.shape == (2, 527)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    # probabilities() of one 10 s clip: the softmax of its one window's logits. Each logit is within
+    # 2e-4 * max|logit| by the bound above, so each log-probability (logit - log-sum-exp) within twice that.
+    log_p = np.log(model.probabilities(audio[1].astype(np.float32)))
+    want_log_p = torch.log_softmax(torch.from_numpy(want[1].astype(np.float64)), dim=0).numpy()
+    np.testing.assert_allclose(log_p, want_log_p, rtol=0, atol=4e-4 * np.abs(want).max())
     short = audio[0, :40000]                 # 1.25 s: the reference runs it unpadded (fewer time patches)
     np.testing.assert_allclose(model.logits([short.astype(np.float32)]), passt_logits_torch(net, short[None]),
                                rtol=1e-4, atol=1e-4 * np.abs(want).max())
