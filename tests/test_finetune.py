@@ -18,7 +18,7 @@ from finetune_util import tiny_sa1_model, tiny_sao_model
 from training_util import leaves, tiny_overrides, write_latents
 
 from sa_jax.config import load
-from sa_jax.errors import ConfigError
+from sa_jax.errors import ConfigError, LoraError
 from sa_jax.parallel import make_mesh
 from sa_jax.training import TrainConfig, train
 from sa_jax.training import diffusion as td
@@ -193,6 +193,9 @@ def test_init_from_takes_the_model_and_names_a_contradicting_setting(sao, tmp_pa
         ft.load_init(config(latents, tmp_path / "run", base, **{"model.dit.depth": 3}))
     with pytest.raises(FileNotFoundError, match="init.from: .*nowhere does not exist"):
         ft.load_init(config(latents, tmp_path / "run", tmp_path / "nowhere"))
+    with pytest.raises(LoraError, match=r"match no kernel of this model; kernels it has: .*denoiser/layers_0"):
+        train(config(latents, tmp_path / "bad-targets", base, **{"lora.targets": '["nothing"]'}))
+    assert not (tmp_path / "bad-targets").exists()   # refused before the run directory is made
     with pytest.raises(ConfigError, match="lora.rank > 0 trains adapters of a model: set init.from"):
         load(TrainConfig, ROOT / "configs" / CONFIGS["sao"], ["lora.rank=4"])
 

@@ -344,6 +344,8 @@ class DiffusionTask(Task):
         super().__init__(cfg)
         self.demo_every = cfg.demo.every
         self.defaults = self.init.defaults if self.init is not None else None
+        if cfg.lora.enabled:
+            lora_target_paths(cfg)   # targets that match no kernel: LoraError before the run directory is made
 
     def check_resume(self, saved_config, where):
         ft.check_same_base(saved_config, self.cfg, where)
