@@ -241,12 +241,8 @@ def sigma_options(p) -> None:
     p.add_argument("--rho", type=float, default=None, help="schedule shape (default: the model's)")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("sample", help="generate audio from text prompts (WAV + spectrogram PNG)",
-                       description="Text-to-audio with a Stable Audio model. Unset sampling options take the "
-                                   "model's defaults (Stable Audio Open: dpmpp-3m-sde, 100 steps, cfg 7).")
-    p.add_argument("prompts", nargs="*", help="text prompt(s)")
-    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable; as a positional one)")
+def add_model_arguments(p) -> None:
+    """--model, --t5, --clap, --clap-tokenizer: which model StableAudio.load reads (sample, ui)."""
     p.add_argument("--model", default=None,
                    help="sa-jax checkpoint, diffusers StableAudioPipeline folder, or stable-audio-tools folder "
                         "(default: the small model shipped with sa-jax)")
@@ -254,6 +250,15 @@ def register(sub) -> None:
     p.add_argument("--clap", default=None,
                    help="CLAP model (LAION .pt or transformers ClapModel folder) for a Stable Audio 1.0 checkpoint")
     p.add_argument("--clap-tokenizer", default=None, help="local RoBERTa tokenizer folder for a LAION .pt")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="generate audio from text prompts (WAV + spectrogram PNG)",
+                       description="Text-to-audio with a Stable Audio model. Unset sampling options take the "
+                                   "model's defaults (Stable Audio Open: dpmpp-3m-sde, 100 steps, cfg 7).")
+    p.add_argument("prompts", nargs="*", help="text prompt(s)")
+    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable; as a positional one)")
+    add_model_arguments(p)
     p.add_argument("--prompts-file", default=None, help="text file with one prompt per line (# comments)")
     p.add_argument("--out", default="out", help="output folder, or a .wav path (default: out/)")
     p.add_argument("--seconds-start", type=float, default=0.0, help="timing conditioning: start (default 0)")

@@ -59,17 +59,13 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
+    from sa_jax.commands.sample import add_model_arguments
+
     p = sub.add_parser("ui", help="the web UI: generation, variations, inpainting, long form in a browser",
                        description="Serve a Gradio page for text to audio with a Stable Audio model (both "
                                    "families): variations of init audio, inpainting, continuation, long form, "
                                    "batches, LoRA adapters. Local to this machine by default.")
-    p.add_argument("--model", default=None,
-                   help="sa-jax checkpoint, diffusers StableAudioPipeline folder, or stable-audio-tools folder "
-                        "(default: the small model shipped with sa-jax)")
-    p.add_argument("--t5", default=None, help="local T5 folder for a stable-audio-tools checkpoint")
-    p.add_argument("--clap", default=None,
-                   help="CLAP model (LAION .pt or transformers ClapModel folder) for a Stable Audio 1.0 checkpoint")
-    p.add_argument("--clap-tokenizer", default=None, help="local RoBERTa tokenizer folder for a LAION .pt")
+    add_model_arguments(p)
     p.add_argument("--lora", action="append", default=[], metavar="DIR[:SCALE]",
                    help="a LoRA adapter folder and its strength (default 1); repeatable; the page has a slider each")
     p.add_argument("--host", default="127.0.0.1",
