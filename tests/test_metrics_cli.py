@@ -116,6 +116,8 @@ def test_metrics_command_errors(setup, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, err = run("--generated", tmp_path / "empty", "--reference", ref, "--metrics", "fd_clap", "--clap", clap)
     assert code == 2 and "holds no audio files" in err, err
+    code, err = run("--generated", tmp_path / "nope", "--reference", ref, "--metrics", "fd_clap", "--clap", openl3)
+    assert code == 2 and "--generated" in err and "nope is not a folder" in err, err    # before the model loads
     code, err = run("--generated", gen, "--metrics", "fad")
     assert code == 2 and "choose from fd_openl3, kl_passt, clap_score, fd_clap" in err
     code, err = run("--generated", gen, "--reference", ref, "--metrics", "fd_clap", "--clap", clap, "--batch-size", 0)

@@ -44,6 +44,9 @@ def parse_metrics(text: str) -> list[str]:
 def check_inputs(args, metrics: list[str]) -> None:
     """Every problem with the command line that can be seen before any model loads."""
     problems = []
+    for flag, folder in (("--generated", args.generated), ("--reference", args.reference)):
+        if folder is not None and not Path(folder).is_dir():
+            problems.append(f"{flag} {folder} is not a folder")
     for m in metrics:
         flag, what = NEEDS[m]
         value = getattr(args, flag[2:].replace("-", "_"))
