@@ -144,7 +144,7 @@ class OpenL3:
 
 def set_statistics(source, model, **kwargs):
     """(mu, sigma) of a set: an `.npz` of statistics, a (mu, sigma) pair, or audio files."""
-    if isinstance(source, tuple) and len(source) == 2:
+    if isinstance(source, tuple) and len(source) == 2 and not isinstance(source[0], (str, Path)):   # not 2 files
         return np.asarray(source[0], np.float64), np.asarray(source[1], np.float64)
     if isinstance(source, (str, Path)) and str(source).endswith(".npz"):
         return load_stats(source, embedding=model.stats_name(kwargs.get("sample_rate", EVAL_RATE),
