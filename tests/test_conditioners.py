@@ -17,7 +17,6 @@ from sa_jax.errors import CheckpointError
 from sa_jax.models.conditioners import (
     ConditioningConfig,
     NumberConditionerConfig,
-    cfg_dropout,
     init_params,
     make_conditioner,
 )
@@ -191,22 +190,6 @@ def test_number_conditioner_matches_sat_alone():
         expected = ref(values, "cpu")[0].numpy()
     _, glob = _conditioning(config, params, np.zeros((5, 2, 16), np.float32), np.ones((5, 2), bool), values, values)
     assert rel_err(glob[:, :16], expected[:, 0]) < TOL
-
-
-# ---------------------------------------------------------------- CFG dropout
-
-
-def test_cfg_dropout_zeroes_whole_items_at_the_rate():
-    cross = jnp.ones((4000, 3, 2))
-    out = np.asarray(cfg_dropout(jax.random.key(0), cross, 0.1))
-    per_item = out.reshape(4000, -1)
-    assert set(np.unique(per_item.min(1))) <= {0.0, 1.0}
-    assert np.all(per_item.min(1) == per_item.max(1))          # an item is dropped whole or not at all
-    rate = float((per_item[:, 0] == 0).mean())
-    assert abs(rate - 0.1) < 0.02, rate
-    assert cfg_dropout(jax.random.key(0), cross, 0.0) is cross
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        cfg_dropout(jax.random.key(0), cross, 1.5)
 
 
 def test_sao_default_shapes():

@@ -59,7 +59,15 @@ def test_dit_cfg_dropout_zeroes_cross_attention():
         assert norm(kept["denoiser"][f"layers_{i}"]["cross_attn"]["out"]) > 0.0
         assert norm(dropped["denoiser"][f"layers_{i}"]["cross_attn"]["out"]) == 0.0
     # (The global token, never dropped, reaches the output only through zero-initialised projections,
-    # so at initialisation no gradient shows whether it is kept; conditioners.cfg_dropout's own tests cover it.)
+    # so at initialisation no gradient shows whether it is kept; test_cfg_drop_marks_items_at_the_rate covers it.)
+
+
+def test_cfg_drop_marks_items_at_the_rate():
+    """CFG dropout picks whole batch items (one flag each) at the configured rate; 0 drops nothing."""
+    drop = np.asarray(tm.cfg_drop(jax.random.key(0), 0.1, 4000))
+    assert drop.shape == (4000,) and drop.dtype == bool
+    assert abs(drop.mean() - 0.1) < 0.02, drop.mean()
+    assert tm.cfg_drop(jax.random.key(0), 0.0, 4000) is None
 
 
 @pytest.mark.slow   # two U-Net compiles

@@ -12,8 +12,9 @@ As stable-audio-tools' `NumberConditioner` / `T5Conditioner` / `ConditionedDiffu
   (SAO: prompt, seconds_start, seconds_total -> 128 + 1 + 1 tokens);
 * global conditioning = concatenation over channels of the `global_ids` conditioners
   (SAO: seconds_start, seconds_total -> 1536).
-* classifier-free guidance dropout (training only): each batch item's whole cross-attention
-  tensor becomes zeros with probability p; the global conditioning is never dropped.
+* classifier-free guidance dropout (training only; sa_jax.training.model.cfg_drop / predict): each batch
+  item's whole cross-attention tensor becomes zeros with probability p; the global conditioning is never
+  dropped.
 """
 
 from __future__ import annotations
@@ -167,17 +168,6 @@ def init_params(config: ConditioningConfig, key: jax.Array) -> dict:
 def param_shapes(config: ConditioningConfig) -> dict[str, tuple[int, ...]]:
     tree = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
     return flat_shapes(tree)
-
-
-def cfg_dropout(key: jax.Array, cross_attn_cond: jax.Array, prob: float = 0.1) -> jax.Array:
-    """Training-time classifier-free-guidance dropout, as stable-audio-tools' DiffusionTransformer:
-    each batch item's whole cross-attention tensor is replaced by zeros with probability `prob`."""
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"cfg dropout probability must be in [0, 1], got {prob}")
-    if prob == 0.0:
-        return cross_attn_cond
-    drop = jax.random.bernoulli(key, prob, (cross_attn_cond.shape[0],) + (1,) * (cross_attn_cond.ndim - 1))
-    return jnp.where(drop, jnp.zeros_like(cross_attn_cond), cross_attn_cond)
 
 
 def make_conditioner(config: ConditioningConfig):

@@ -4,7 +4,7 @@
     v = predict(cfg.model, params, x_t, t, text, text_mask, seconds_start, seconds_total, cfg_drop(key, p, batch))
 
 `sao` (Stable Audio Open): SAOConditioner -> (cross-attention tokens, global vector) -> DiT; CFG
-dropout zeroes a batch item's whole cross-attention tensor (`cfg_dropout`), the global vector is
+dropout zeroes a batch item's whole cross-attention tensor (as stable-audio-tools' DiT), the global vector is
 kept. `sa1` (the paper): SA1Conditioner -> 79 context tokens -> UNet1d; CFG dropout replaces a
 batch item's context by the U-Net's learned null embedding (mask unchanged), as UNetCFG1d does.
 Latents are (batch, channels, frames) as in the data pipeline and the reference.
@@ -58,8 +58,8 @@ def init_params(model, key: jax.Array, frames: int = 16) -> dict:
 
 
 def cfg_drop(key: jax.Array, prob: float, batch: int):
-    """Which batch items lose their conditioning (CFG dropout): (batch,) bool, or None when prob is 0.
-    The same draws as sa_jax.models.conditioners.cfg_dropout makes for that batch."""
+    """Which batch items lose their conditioning (CFG dropout): (batch,) bool, each True with probability
+    `prob`, or None when prob is 0."""
     return jax.random.bernoulli(key, prob, (batch,)) if prob > 0 else None
 
 
@@ -69,7 +69,7 @@ def predict(model, params, x_t, t, text, text_mask, seconds_start, seconds_total
     cond, den = _modules(model)
     if model.family == "sao":
         cross, glob = cond.apply({"params": params["conditioner"]}, text, text_mask, seconds_start, seconds_total)
-        if drop is not None:   # as cfg_dropout: the item's whole cross-attention tensor is zeroed
+        if drop is not None:   # the item's whole cross-attention tensor is zeroed
             cross = jnp.where(drop[:, None, None], jnp.zeros_like(cross), cross)
         return den.apply({"params": params["denoiser"]}, x_t, t, cross, glob)
     ctx, cmask = cond.apply({"params": params["conditioner"]}, text, text_mask, seconds_start, seconds_total)
