@@ -39,11 +39,13 @@ def distribution_eval(model, corpus, *, clap=None, openl3=None, passt=None, clip
             write_audio(ref / f"{fid}.wav", audio, model.sample_rate)
             seconds = min(float(max(1, math.ceil(meta["duration_s"]))), model.window_seconds)
             by_length.setdefault(int(seconds), []).append(fid)
+        done = 0     # items numbered across the calls: each generation its own noise, (seed, item)
         for seconds, ids in by_length.items():
             for start in range(0, len(ids), batch):
                 part = ids[start:start + batch]
                 audio = model.generate([captions[k] for k in part], seconds_total=float(seconds), steps=steps,
-                                       cfg_scale=cfg_scale, seed=seed + start)
+                                       cfg_scale=cfg_scale, seed=seed, first_item=done)
+                done += len(part)
                 for k, a in zip(part, audio):
                     write_audio(gen / f"{k}.wav", a, model.sample_rate)
         log(f"distribution metrics: {len(items)} generations in {time.perf_counter() - t0:.1f} s")
