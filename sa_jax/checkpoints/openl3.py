@@ -108,13 +108,14 @@ def load_openl3(path: str | Path, config: OpenL3Config) -> dict:
                            "melspectrogram_1")
         if config.n_mels and f"{spectrogram}.freq2mel" not in state:
             # A file without the front end's tensors (openl3 >= 0.4 computes the spectrogram with weight-free
-            # layers): torchopenl3's mel matrix stands in, with a warning, since it cannot be checked here.
+            # kapre 0.3 layers, a Slaney filterbank on the magnitude: not what this model computes, see the
+            # README's Metrics): torchopenl3's mel matrix stands in, with a warning.
             import logging
 
             from sa_jax.models.openl3 import mel_matrix
 
-            logging.getLogger("sa_jax").warning("%s holds no mel matrix; using torchopenl3's (HTK, L1-normalised)",
-                                                path)
+            logging.getLogger("sa_jax").warning("%s holds no mel matrix; using torchopenl3's (HTK, L1-normalised; "
+                                                "openl3 >= 0.4 itself computes a different front end)", path)
             state[f"{spectrogram}.freq2mel"] = mel_matrix(config).T
         rows, checks = keras_rows(config, spectrogram), _keras_checks(config, spectrogram)
     else:
