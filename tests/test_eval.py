@@ -199,7 +199,7 @@ SHIPPED_BOUNDS = {"flatness": 0.3, "rms_db": -50.0, "timing_median_s": 1.9}
 def test_shipped_model_generates_music_of_the_requested_length():
     """The shipped model on the CPU: 2 prompts x 4 s, not silent, not noise-like, trimmed to
     seconds_total, and, generated over the whole window (trim=False), falling silent nearer
-    seconds_total than the window's end (median error over the evaluation's 4 timing prompts x 3 lengths)."""
+    seconds_total than the window's end (median error over the evaluation's 4 timing prompts x 3 lengths x 3 seeds)."""
     from sa_jax import StableAudio
     from sa_jax.eval.quality import rms_db, spectral_flatness
 
@@ -212,5 +212,10 @@ def test_shipped_model_generates_music_of_the_requested_length():
         assert spectral_flatness(a) < SHIPPED_BOUNDS["flatness"]
     from sa_jax.commands.evaluate import TIMING_PROMPTS
 
-    r = timing.timing_eval(model, list(TIMING_PROMPTS), [2.0, 4.0, 6.0], steps=25)
+    # Pooled over three seeds (36 generations): the median of 12 moves by about 1 s from seed to seed
+    # (measured 2.03 / 0.98 / 0.72 / 0.83 s for seeds 0-3), more than the margin the bound is about.
+    items = [x for seed in range(3) for x in
+             timing.timing_eval(model, list(TIMING_PROMPTS), [2.0, 4.0, 6.0], steps=25, seed=seed)["items"]]
+    r = timing.timing_errors([x["requested"] for x in items], [x["measured"] for x in items])
+    print(f"shipped model timing over {len(items)} generations: {r}")
     assert r["median"] <= SHIPPED_BOUNDS["timing_median_s"], r
