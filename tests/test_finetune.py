@@ -272,22 +272,12 @@ def test_init_from_each_format_gives_the_same_starting_weights(tmp_path):
     weights, model section and content hash of their conversion to an sa-jax checkpoint."""
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
-    import json
-
-    from test_pipeline import FRAMES, MAX_TOKENS, SAMPLE_RATE, _build_pipeline, tiny_sat_release
+    from test_pipeline import _build_pipeline, tiny_sat_config, tiny_sat_release
 
     from sa_jax import StableAudio
-    from sa_jax.testing.sat_ref import SAO_MODEL_CONFIG
 
     _build_pipeline(tmp_path / "diffusers")
-    config = json.loads(json.dumps(SAO_MODEL_CONFIG))   # a tiny release, as test_pipeline's sat_folder
-    config.update(sample_size=FRAMES * 16, sample_rate=SAMPLE_RATE)
-    config["model"]["io_channels"] = 8
-    config["model"]["diffusion"]["config"].update(io_channels=8, embed_dim=256, depth=2, num_heads=4,
-                                                  cond_token_dim=64, global_cond_dim=128)
-    config["model"]["conditioning"]["cond_dim"] = 64
-    config["model"]["conditioning"]["configs"][0]["config"].update(t5_model_name="t5-small", max_length=MAX_TOKENS)
-    tiny_sat_release(tmp_path / "sat", config, seed=11)
+    tiny_sat_release(tmp_path / "sat", tiny_sat_config(), seed=11)   # as test_pipeline's sat_folder
     for name in ("diffusers", "sat"):
         folder = tmp_path / name
         converted = StableAudio.load(folder).save(tmp_path / f"{name}-converted")

@@ -350,10 +350,8 @@ def tiny_sat_release(folder, config: dict, seed: int):
     return model
 
 
-@pytest.fixture(scope="module")
-def sat_folder(tmp_path_factory):
-    """A tiny Stable-Audio-Open-layout model built by stable-audio-tools' own factory from a
-    model_config.json, saved as a release folder (`tiny_sat_release`)."""
+def tiny_sat_config() -> dict:
+    """SAO's model_config.json shrunk to a tiny model (DiT 2 x 256, 8 latent channels, FRAMES frames)."""
     config = json.loads(json.dumps(SAO_MODEL_CONFIG))
     config.update(sample_size=FRAMES * 16, sample_rate=SAMPLE_RATE)
     config["model"]["io_channels"] = 8
@@ -361,8 +359,15 @@ def sat_folder(tmp_path_factory):
                                                   cond_token_dim=64, global_cond_dim=128)
     config["model"]["conditioning"]["cond_dim"] = 64
     config["model"]["conditioning"]["configs"][0]["config"].update(t5_model_name="t5-small", max_length=MAX_TOKENS)
+    return config
+
+
+@pytest.fixture(scope="module")
+def sat_folder(tmp_path_factory):
+    """A tiny Stable-Audio-Open-layout model built by stable-audio-tools' own factory from a
+    model_config.json, saved as a release folder (`tiny_sat_release`)."""
     root = tmp_path_factory.mktemp("sat") / "sao-tiny"
-    return root, tiny_sat_release(root, config, seed=11)
+    return root, tiny_sat_release(root, tiny_sat_config(), seed=11)
 
 
 def test_stable_audio_tools_folder_matches_generate_diffusion_cond(sat_folder):

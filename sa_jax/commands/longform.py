@@ -46,15 +46,12 @@ def _run(args, what: str) -> int:
 
 
 def _common(p) -> None:
-    from sa_jax.commands.sample import sigma_options
+    from sa_jax.commands.sample import add_model_arguments, sigma_options
 
     p.add_argument("input", metavar="IN", help="audio file (any rate and channel count soundfile reads)")
     p.add_argument("out", metavar="OUT", help="output .wav path (a spectrogram .png is written beside it)")
     p.add_argument("--prompt", required=True, help="text prompt")
-    p.add_argument("--model", default=None, help="model folder (default: the small model shipped with sa-jax)")
-    p.add_argument("--t5", default=None, help="local T5 folder for a stable-audio-tools checkpoint")
-    p.add_argument("--clap", default=None, help="CLAP model for a Stable Audio 1.0 checkpoint")
-    p.add_argument("--clap-tokenizer", default=None, help="local RoBERTa tokenizer folder for a LAION .pt")
+    add_model_arguments(p)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--sampler", default=None)

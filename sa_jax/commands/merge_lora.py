@@ -34,6 +34,8 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
+    from sa_jax.commands.sample import add_encoder_arguments
+
     p = sub.add_parser("merge-lora", help="write a model with LoRA adapters merged into its weights",
                        description="Merge LoRA adapters (the export of a LoRA run) into a base model and write the "
                                    "result as an sa-jax checkpoint. Each ADAPTER is a folder, optionally with a "
@@ -43,7 +45,5 @@ def register(sub) -> None:
     p.add_argument("adapters", metavar="ADAPTER[:STRENGTH]", nargs="+", help="LoRA adapter folder(s), applied in order")
     p.add_argument("out", metavar="OUT", help="folder for the merged model (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an sa-jax checkpoint")
-    p.add_argument("--t5", default=None, help="local T5 folder for a stable-audio-tools checkpoint")
-    p.add_argument("--clap", default=None, help="CLAP model for a Stable Audio 1.0 checkpoint")
-    p.add_argument("--clap-tokenizer", default=None, help="local RoBERTa tokenizer folder for a LAION .pt")
+    add_encoder_arguments(p)
     p.set_defaults(func=run)

@@ -242,10 +242,15 @@ def sigma_options(p) -> None:
 
 
 def add_model_arguments(p) -> None:
-    """--model, --t5, --clap, --clap-tokenizer: which model StableAudio.load reads (sample, ui)."""
+    """--model and the encoder flags: which model StableAudio.load reads (sample, ui, inpaint, continue)."""
     p.add_argument("--model", default=None,
                    help="sa-jax checkpoint, diffusers StableAudioPipeline folder, or stable-audio-tools folder "
                         "(default: the small model shipped with sa-jax)")
+    add_encoder_arguments(p)
+
+
+def add_encoder_arguments(p) -> None:
+    """--t5, --clap, --clap-tokenizer: the text encoder a stable-audio-tools release keeps apart."""
     p.add_argument("--t5", default=None, help="local T5 folder for a stable-audio-tools checkpoint")
     p.add_argument("--clap", default=None,
                    help="CLAP model (LAION .pt or transformers ClapModel folder) for a Stable Audio 1.0 checkpoint")
