@@ -29,14 +29,15 @@ import numpy as np
 from timing import timed
 
 
-def tokenizer():
-    """A small T5 sentencepiece tokenizer built offline (no hub)."""
+def tokenizer(vocab: int = 0):
+    """A small T5 sentencepiece tokenizer built offline (no hub), padded with unused pieces to `vocab`."""
     from transformers import T5Tokenizer
 
     words = "drum loop tech house bpm 128 rain on a roof piano soft ambient kick snare bass".split()
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [("\u2581" + w, -1.0 - 0.1 * i) for i, w in enumerate(words)]
     pieces += [(c, -8.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    pieces += [(f"\u2581x{i}", -20.0) for i in range(max(0, vocab - len(pieces)))]
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 

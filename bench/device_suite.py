@@ -114,18 +114,6 @@ def torch_device():
     return ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
 
 
-def tokenizer(vocab: int):
-    """A T5 sentencepiece tokenizer built offline, padded to `vocab` pieces."""
-    from transformers import T5Tokenizer
-
-    words = PROMPT.split() + "rain on a roof piano soft ambient kick snare bass".split()
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [("\u2581" + w, -1.0 - 0.1 * i) for i, w in enumerate(words)]
-    pieces += [(c, -8.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-    pieces += [(f"\u2581x{i}", -20.0) for i in range(max(0, vocab - len(pieces)))]
-    return T5Tokenizer(vocab=pieces, extra_ids=0)
-
-
 # ---------------------------------------------------------------------------------------------
 # Stable Audio Open generation
 
@@ -133,6 +121,7 @@ def tokenizer(vocab: int):
 def build_sao(folder: Path, s: dict) -> None:
     import torch
     import transformers
+    from bench_generate import tokenizer  # bench/ is on the path: this script's folder
     from diffusers import (
         AutoencoderOobleck,
         CosineDPMSolverMultistepScheduler,
