@@ -64,7 +64,7 @@ class SA1Family(Family):
         self.text_encoder, self.text_layer = text_encoder, text_layer
         self.timing = timing or (IntConditionerConfig(), IntConditionerConfig())
         self.timing_range = (self.timing[1].min_val, self.timing[1].max_val)
-        self._network = _sa1_network(unet_config, dtype)
+        self._network = sa1_network(unet_config, dtype)
         self._conditioner = _sa1_conditioner(width, *self.timing)
 
     @property
@@ -119,7 +119,7 @@ class SA1Family(Family):
 
 
 @functools.lru_cache(maxsize=None)
-def _sa1_network(unet_config: UNetConfig, dtype: str):
+def sa1_network(unet_config: UNetConfig, dtype: str):
     unet = UNet1d(unet_config, dtype=DTYPES[dtype])
 
     def network(params, x, t, cond):

@@ -59,7 +59,7 @@ class SAOFamily(Family):
         self.cond_params = jax.tree_util.tree_map(jnp.asarray, cond_params)
         self.text_encoder = text_encoder
         text_encoder.max_length = cond_config.max_length
-        self._network = _sao_network(dit_config, dtype)
+        self._network = sao_network(dit_config, dtype)
         self._conditioner = _sao_conditioner(cond_config)
 
     @property
@@ -143,7 +143,7 @@ class SAOFamily(Family):
 # One function object per (config, dtype), shared by every model loaded with that shape, so the
 # jitted sampling loop and conditioner compile once per shape rather than once per load.
 @functools.lru_cache(maxsize=None)
-def _sao_network(dit_config, dtype: str):
+def sao_network(dit_config, dtype: str):
     from sa_jax.models.dit import make_denoiser
 
     dit = make_denoiser(dit_config, DTYPES[dtype])

@@ -335,8 +335,8 @@ def plan_sampling(model=None, batch: int = 1, steps: int | None = None, sampler:
 
     from sa_jax.diffusion import cfg_model, get_sigmas, sample, v_denoiser
     from sa_jax.families import family_class
-    from sa_jax.families.sa1 import _sa1_network
-    from sa_jax.families.sao import _sao_network
+    from sa_jax.families.sa1 import sa1_network
+    from sa_jax.families.sao import sao_network
     from sa_jax.models.autoencoder import AudioAutoencoder
     from sa_jax.nn import compute_dtype
     from sa_jax.training import model as tm
@@ -359,11 +359,11 @@ def plan_sampling(model=None, batch: int = 1, steps: int | None = None, sampler:
     n, d = tm.text_shape(m)
     family = family_class(m.family)
     if m.family == "sao":
-        network = _sao_network(m.dit, dtype)
+        network = sao_network(m.dit, dtype)
         cond = {"cross_attn": spec((batch, n, m.conditioning.cond_dim), jnp.float32),
                 "global": spec((batch, m.conditioning.global_dim), jnp.float32)}
     else:
-        network = _sa1_network(m.unet, dtype)
+        network = sa1_network(m.unet, dtype)
         cond = {"embedding": spec((batch, n + 2, d), jnp.float32), "mask": spec((batch, n + 2), jnp.bool_)}
     guided = cfg_model(Partial(network, params), cond, cond, cfg_scale, rescale=family.cfg_rescale,
                        rescale_axis=1, objective=family.objective)
