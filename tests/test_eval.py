@@ -53,7 +53,7 @@ def test_timing_lengths_start_at_the_corpus_shortest_seconds_total(tmp_path):
     does not ask for one."""
     import json
 
-    from sa_jax.commands.evaluate import shortest_seconds_total
+    from sa_jax.eval.report import shortest_seconds_total
 
     lines = [json.dumps({"path": f"audio/{i}.wav", "duration_s": d}) for i, d in enumerate([3.5, 1.2, 7.9])]
     (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
@@ -210,7 +210,7 @@ def test_shipped_model_generates_music_of_the_requested_length():
     for a in audio:
         assert rms_db(a) > SHIPPED_BOUNDS["rms_db"]
         assert spectral_flatness(a) < SHIPPED_BOUNDS["flatness"]
-    from sa_jax.commands.evaluate import TIMING_PROMPTS
+    from sa_jax.eval.report import TIMING_PROMPTS
 
     # Pooled over three seeds (36 generations): the median of 12 moves by about 1 s from seed to seed
     # (measured 2.03 / 0.98 / 0.72 / 0.83 s for seeds 0-3), more than the margin the bound is about.

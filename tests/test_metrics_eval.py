@@ -16,9 +16,9 @@ from test_clap_api import clap_folder  # noqa: E402  (a tiny random CLAP with it
 @pytest.mark.slow     # the shipped model's generation compiles: ~1.5 min on a busy 2-core machine
 def test_distribution_metrics_of_the_shipped_model(tmp_path):
     from sa_jax import Clap, StableAudio
-    from sa_jax.commands.evaluate import table
     from sa_jax.data import synth
     from sa_jax.eval.distribution import distribution_eval
+    from sa_jax.eval.report import table
 
     corpus = tmp_path / "heldout"
     synth.write_corpus(corpus, 3, seed=1, max_seconds=2.0)

@@ -244,8 +244,8 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
               f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_quiet'}", *s["unet"]]))
 
     def evaluate():
-        from sa_jax.commands.evaluate import evaluate as run_eval
-        from sa_jax.commands.evaluate import table
+        from sa_jax.eval.report import evaluate as run_eval
+        from sa_jax.eval.report import table
         from sa_jax.pipeline import StableAudio
 
         model = StableAudio.load(out / "unet" / "export")
