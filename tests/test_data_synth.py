@@ -79,3 +79,25 @@ def test_cli_writes_the_folder_format(tmp_path, capsys):
     b = next(pipe.iterator())
     assert b["audio"].shape == (3, 2, 44100)
     assert all(p for p in b["prompt"])
+
+
+def test_whole_seconds_snaps_durations_and_keeps_the_rest(tmp_path):
+    """`sa-jax synth --whole-seconds`: every clip lasts a whole number of seconds (so it fills its integer
+    seconds_total), and its attributes are those the same seed writes without it (the description's
+    wording is drawn after the notes, so it may differ)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "whole"
+    subprocess.run([sys.executable, "-m", "sa_jax.cli", "synth", "--out", str(out), "--count", "6", "--seed", "5",
+                    "--min-seconds", "1", "--max-seconds", "3", "--whole-seconds"], check=True)
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        assert row["duration_s"] in (1.0, 2.0, 3.0), row["duration_s"]
+        assert sf.info(str(out / row["path"])).frames == int(row["duration_s"] * 44100)
+        _, free = synth_clip(5, i, min_seconds=1, max_seconds=3)
+        same = {k: v for k, v in row.items() if k not in ("path", "duration_s", "description")}
+        assert same == {k: v for k, v in free.items() if k not in ("duration_s", "description")}
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        from sa_jax.data.synth import write_corpus
+        write_corpus(tmp_path / "bad", 1, min_seconds=1.2, max_seconds=1.8, whole_seconds=True)

@@ -10,7 +10,8 @@ def run(args) -> int:
 
     t = time.time()
     out = write_corpus(args.out, args.count, seed=args.seed, fmt=args.format, workers=args.workers,
-                       min_seconds=args.min_seconds, max_seconds=args.max_seconds)
+                       min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                       whole_seconds=args.whole_seconds)
     print(f"wrote {args.count} clips to {out}/audio and their metadata to {out}/metadata.jsonl "
           f"in {time.time() - t:.1f} s")
     return 0
@@ -25,4 +26,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes generating clips")
     p.add_argument("--min-seconds", type=float, default=1.0)
     p.add_argument("--max-seconds", type=float, default=30.0)
+    p.add_argument("--whole-seconds", action="store_true",
+                   help="round each clip's duration to whole seconds (clips otherwise unchanged), so each "
+                        "clip fills its integer seconds_total")
     p.set_defaults(func=run)

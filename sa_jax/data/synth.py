@@ -118,8 +118,11 @@ def _describe(rng, meta: dict) -> str:
 
 
 def synth_clip(seed: int, index: int, sample_rate: int = SAMPLE_RATE,
-               min_seconds: float = 1.0, max_seconds: float = 30.0) -> tuple[np.ndarray, dict]:
-    """Clip `index` of the corpus for `seed`: (audio float32 (2, n), metadata)."""
+               min_seconds: float = 1.0, max_seconds: float = 30.0,
+               whole_seconds: bool = False) -> tuple[np.ndarray, dict]:
+    """Clip `index` of the corpus for `seed`: (audio float32 (2, n), metadata). `whole_seconds` rounds
+    the duration to whole seconds (the attributes are unchanged; the description's wording may differ),
+    so a clip fills its integer `seconds_total` exactly instead of ending anywhere in its last second."""
     rng = np.random.default_rng([seed, index])
     fam = _choose(rng, tuple(INSTRUMENTS))
     root = int(rng.integers(12))
@@ -130,6 +133,8 @@ def synth_clip(seed: int, index: int, sample_rate: int = SAMPLE_RATE,
     loudness = _choose(rng, tuple(LOUDNESS))
     percussion = bool(rng.random() < 0.4)
     seconds = round(float(rng.uniform(min_seconds, max_seconds)), 3)
+    if whole_seconds:
+        seconds = float(min(max(round(seconds), math.ceil(min_seconds)), math.floor(max_seconds)))
     n = max(1, int(round(seconds * sample_rate)))
 
     npb = DENSITY[density]
@@ -199,10 +204,10 @@ def synth_clip(seed: int, index: int, sample_rate: int = SAMPLE_RATE,
 
 
 def _write_one(args) -> dict:
-    out, seed, i, fmt, min_s, max_s = args
+    out, seed, i, fmt, min_s, max_s, whole = args
     import soundfile as sf
 
-    audio, meta = synth_clip(seed, i, SAMPLE_RATE, min_s, max_s)
+    audio, meta = synth_clip(seed, i, SAMPLE_RATE, min_s, max_s, whole)
     rel = f"audio/{i:06d}.{fmt}"
     path = Path(out) / rel
     tmp = path.with_name("." + path.name + ".partial")
@@ -212,17 +217,20 @@ def _write_one(args) -> dict:
 
 
 def write_corpus(out: str | Path, count: int, seed: int = 0, fmt: str = "wav", workers: int = 1,
-                 min_seconds: float = 1.0, max_seconds: float = 30.0) -> Path:
-    """Write `count` clips to `out/audio/` and their metadata to `out/metadata.jsonl`."""
+                 min_seconds: float = 1.0, max_seconds: float = 30.0, whole_seconds: bool = False) -> Path:
+    """Write `count` clips to `out/audio/` and their metadata to `out/metadata.jsonl` (`whole_seconds`:
+    see `synth_clip`)."""
     if count <= 0:
         raise ValueError(f"count must be at least 1, got {count}")
     if fmt not in ("wav", "flac"):
         raise ValueError(f"format must be 'wav' or 'flac', got {fmt!r}")
     if not 0 < min_seconds <= max_seconds:
         raise ValueError(f"need 0 < min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
+    if whole_seconds and math.ceil(min_seconds) > math.floor(max_seconds):
+        raise ValueError(f"whole_seconds needs a whole number of seconds in [{min_seconds}, {max_seconds}]")
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), seed, i, fmt, min_seconds, max_seconds) for i in range(count)]
+    jobs = [(str(out), seed, i, fmt, min_seconds, max_seconds, whole_seconds) for i in range(count)]
     if workers > 1:
         import multiprocessing as mp
 
