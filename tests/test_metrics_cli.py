@@ -152,3 +152,18 @@ def test_metrics_command_kl_passt(setup, tmp_path, monkeypatch, capsys):
     assert main(["metrics", "--generated", str(gen), "--reference", str(ref), "--metrics", "kl_passt",
                  "--passt", str(weights)]) == 2
     assert "3 of 3 generated ids have no reference file: a, b, c" in capsys.readouterr().err
+    # stable-audio-metrics' reference probabilities (a pickle of {id: torch tensor}) instead of --reference
+    import pickle
+
+    model = passt.PaSST.load(weights)
+    with open(tmp_path / "reference_probabilities.pkl", "wb") as f:
+        pickle.dump({k: torch.from_numpy(p.astype(np.float32)) for k, p in model.file_probabilities(paired)}, f)
+    out2 = tmp_path / "kl2.json"
+    assert main(["metrics", "--generated", str(gen), "--reference-stats", str(tmp_path / "reference_probabilities.pkl"),
+                 "--metrics", "kl_passt", "--passt", str(weights), "--out", str(out2)]) == 0, capsys.readouterr().err
+    from_pickle = json.loads(out2.read_text())["metrics"]["kl_passt"]
+    assert from_pickle["pairs"] == 3 and from_pickle["reference"]["stats"].endswith("reference_probabilities.pkl")
+    np.testing.assert_allclose(from_pickle["value"], result["value"], rtol=1e-5)
+    assert main(["metrics", "--generated", str(gen), "--reference-stats", str(tmp_path / "kl.json"),
+                 "--metrics", "kl_passt", "--passt", str(weights)]) == 2
+    assert "is neither a folder of statistics nor a .pkl file" in capsys.readouterr().err

@@ -144,3 +144,63 @@ def test_passt_weight_file_errors(tmp_path):
     torch.save({"conv2d_1.weight": torch.zeros(2)}, tmp_path / "openl3.pt")
     with pytest.raises(CheckpointError, match="holds no PaSST network"):
         PaSST.load(tmp_path / "openl3.pt")
+
+
+def test_kl_passt_reads_the_reference_probability_pickles(small, tmp_path):
+    """stable-audio-metrics ships its KL_passt reference as `pickle.dump({id: torch tensor (527,)})`
+    (passt_kld: `ref_p[id] = return_probabilities(...)`, a float32 CPU tensor): written here the same
+    way, it gives the KL of the folder it came from (up to the float32 storage of p_ref)."""
+    import pickle
+
+    import soundfile as sf
+
+    from sa_jax.metrics import PaSST, kl_passt
+
+    config, _, path = small
+    model = PaSST.load(path, batch_size=2, config=config)
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    rng = np.random.default_rng(5)
+    for fid in ("a", "b"):
+        sf.write(gen / f"{fid}.wav", rng.normal(size=48000) * 0.2, 16000)
+        sf.write(ref / f"{fid}.wav", np.sin(np.arange(40000) * (0.05 + 0.1 * (fid == "b"))) * 0.3, 16000)
+    p_ref = dict(model.file_probabilities(ref))
+    pkl = tmp_path / "song_describer__collectmean__reference_probabilities.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({k: torch.from_numpy(p.astype(np.float32)) for k, p in p_ref.items()}, f)
+    from_folder = kl_passt(gen, ref, model=model)
+    from_pickle = kl_passt(gen, pkl, model=model)
+    assert from_folder > 0
+    np.testing.assert_allclose(from_pickle, from_folder, rtol=1e-5)
+
+    # NumPy arrays and integer ids (a CSV's numeric ids) are read too
+    with open(pkl, "wb") as f:
+        pickle.dump({i: p_ref[k] for i, k in enumerate(["a", "b"])}, f)
+    (gen / "a.wav").rename(gen / "0.wav")
+    (gen / "b.wav").rename(gen / "1.wav")
+    np.testing.assert_allclose(kl_passt(gen, pkl, model=model), from_folder, rtol=1e-12)
+
+    # an id the pickle lacks, a pickle that asks for code, entries that are not distributions, not a pickle
+    sf.write(gen / "c.wav", rng.normal(size=16000) * 0.2, 16000)
+    with pytest.raises(MetadataError, match="1 of 3 generated ids have no reference entry in .*: c"):
+        kl_passt(gen, pkl, model=model)
+    (gen / "c.wav").unlink()
+
+    class Code:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("echo not run",))
+
+    for bad, match in (({"0": Code()}, r"asks for (posix|nt)\.system; only plain data"),
+                       ({"0": np.ones(3) / 3}, "the entry of id '0' is not a distribution over 527"),
+                       ({"0": np.full(527, 0.5)}, "not a distribution"),
+                       ([1, 2], "should hold a non-empty dict")):
+        with open(pkl, "wb") as f:
+            pickle.dump(bad, f)
+        with pytest.raises(CheckpointError, match=match):
+            kl_passt(gen, pkl, model=model)
+    pkl.write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match="is not a readable pickle"):
+        kl_passt(gen, pkl, model=model)

@@ -9,7 +9,9 @@ the paper's evaluation metrics (sa_jax.metrics, after stable-audio-metrics) on t
 
 `--save-stats DIR` writes the reference set's statistics (DIR/fd_openl3.npz, DIR/fd_clap.npz, in
 stable-audio-metrics' mu_ref/sigma_ref layout); `--reference-stats DIR` reads them instead of
-embedding the reference again. Prints one line per metric with its time; `--out` writes JSON.
+embedding the reference again. `--reference-stats X.pkl` (or DIR/kl_passt.pkl) is stable-audio-metrics'
+own KL_passt reference probabilities (its `load/passt_kld/*.pkl`), read without unpickling code.
+Prints one line per metric with its time; `--out` writes JSON.
 """
 
 from __future__ import annotations
@@ -56,14 +58,17 @@ def check_inputs(args, metrics: list[str]) -> None:
             problems.append(f"{m}: {flag} {value} does not exist; it should be {what}")
     if "clap_score" in metrics and args.captions is None:
         problems.append("clap_score needs --captions: a CSV with an id column (id, ytid, file) and a caption column")
-    needs_reference = [m for m in metrics if m == "kl_passt" or (m in FD_METRICS and not args.reference_stats)]
+    stats = Path(args.reference_stats) if args.reference_stats else None
+    if stats is not None and not stats.is_dir() and not (stats.suffix == ".pkl" and stats.is_file()):
+        problems.append(f"--reference-stats {stats} is neither a folder of statistics nor a .pkl file")
+    needs_reference = [m for m in metrics if (m == "kl_passt" or m in FD_METRICS) and reference_stats(args, m) is None
+                       and not (m in FD_METRICS and stats is not None and stats.is_dir())]
     if needs_reference and args.reference is None:
-        problems.append(f"{', '.join(needs_reference)} need(s) --reference DIR"
-                        + (" (or --reference-stats DIR for the FD metrics)" if set(needs_reference) & set(FD_METRICS)
-                           else ""))
-    if args.reference_stats:
+        problems.append(f"{', '.join(needs_reference)} need(s) --reference DIR (or --reference-stats: a folder of "
+                        "fd_*.npz written by --save-stats, or stable-audio-metrics' KL_passt .pkl)")
+    if stats is not None and stats.is_dir():
         for m in (m for m in metrics if m in FD_METRICS):
-            if not (Path(args.reference_stats) / f"{m}.npz").is_file():
+            if reference_stats(args, m) is None:
                 problems.append(f"{m}: --reference-stats {args.reference_stats} holds no {m}.npz "
                                 "(write it with --save-stats)")
     if args.batch_size is not None and args.batch_size < 1:
@@ -74,6 +79,19 @@ def check_inputs(args, metrics: list[str]) -> None:
         problems.append("--save-stats needs --reference DIR (the set whose statistics are saved)")
     if problems:
         raise ValueError("\n  ".join(["cannot run the metrics:"] + problems))
+
+
+def reference_stats(args, metric: str) -> Path | None:
+    """The reference statistics file --reference-stats gives `metric`: FOLDER/fd_openl3.npz,
+    FOLDER/fd_clap.npz, FOLDER/kl_passt.pkl, or a .pkl file itself (stable-audio-metrics' KL_passt
+    reference probabilities); None when it gives none."""
+    if not args.reference_stats:
+        return None
+    stats = Path(args.reference_stats)
+    if stats.is_dir():
+        path = stats / (f"{metric}.npz" if metric in FD_METRICS else f"{metric}.pkl")
+        return path if path.is_file() else None
+    return stats if metric == "kl_passt" and stats.suffix == ".pkl" and stats.is_file() else None
 
 
 def _progress(label: str, total: int):
@@ -121,8 +139,8 @@ def _fd(args, name: str, embedding: str, statistics) -> dict:
     from sa_jax.metrics.frechet import frechet_distance, load_stats, save_stats
 
     generated = audio_files(args.generated, "--generated")
-    if args.reference_stats:
-        stats_file = Path(args.reference_stats) / f"{name}.npz"
+    stats_file = reference_stats(args, name)
+    if stats_file is not None:
         mu_r, sigma_r = load_stats(stats_file, embedding=embedding)
         reference = {"stats": str(stats_file)}
     else:
@@ -183,8 +201,12 @@ def _kl_passt(args) -> dict:
     from sa_jax.metrics.passt import PaSST, kl_passt_report
 
     model = PaSST.load(args.passt, **_batch(args))
+    stats_file = reference_stats(args, "kl_passt")
     with _progress("kl_passt", 0) as bar:
-        return kl_passt_report(args.generated, args.reference, model, progress=bar.update)
+        result = kl_passt_report(args.generated, stats_file or args.reference, model, progress=bar.update)
+    if stats_file is not None:
+        result["reference"] = {"stats": str(stats_file)}
+    return result
 
 
 RUNNERS = {"fd_openl3": _fd_openl3, "kl_passt": _kl_passt, "clap_score": _clap_score, "fd_clap": _fd_clap}
@@ -211,6 +233,9 @@ def register(sub) -> None:
                    help="windows per device call (files for the CLAP metrics); default: 64 for OpenL3, 16 for "
                         "PaSST and CLAP")
     p.add_argument("--save-stats", default=None, help="write the reference set's FD statistics into this folder")
-    p.add_argument("--reference-stats", default=None, help="read FD reference statistics from this folder")
+    p.add_argument("--reference-stats", default=None,
+                   help="read reference statistics instead of embedding --reference: a folder (fd_openl3.npz, "
+                        "fd_clap.npz as --save-stats writes them; kl_passt.pkl) or stable-audio-metrics' KL_passt "
+                        "reference probabilities (.pkl)")
     p.add_argument("--out", default=None, help="write the results (JSON) here")
     p.set_defaults(func=run)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -115,20 +116,51 @@ def kl_divergence(p_gen: np.ndarray, p_ref: np.ndarray) -> float:
     return float(terms.sum())
 
 
+def load_reference_probabilities(path, classes: int = 527) -> dict[str, np.ndarray]:
+    """{id: (classes,) float64} from stable-audio-metrics' reference probabilities (`.pkl`: a pickled dict
+    of id -> torch tensor or NumPy array, as its `passt_kld` saves them), read without running code
+    (sa_jax.metrics.pickles). Ids are matched as strings (the file names)."""
+    from sa_jax.errors import CheckpointError
+    from sa_jax.metrics.pickles import safe_load
+
+    what = f"KL_passt reference probabilities {path}"
+    data = safe_load(path, what)
+    if not isinstance(data, dict) or not data:
+        raise CheckpointError(f"{what} should hold a non-empty dict of id -> {classes} probabilities, "
+                              f"got {type(data).__name__}{' (empty)' if isinstance(data, dict) else ''}")
+    out = {}
+    for key, p in data.items():
+        p = np.asarray(p, np.float64) if isinstance(p, (np.ndarray, list, tuple)) else None
+        if p is None or p.shape != (classes,) or not np.isfinite(p).all() or (p < 0).any() \
+                or abs(p.sum() - 1.0) > 1e-3:
+            raise CheckpointError(f"{what}: the entry of id {key!r} is not a distribution over {classes} "
+                                  "AudioSet classes (non-negative, summing to 1)")
+        if str(key) in out:
+            raise CheckpointError(f"{what}: id {str(key)!r} appears twice")
+        out[str(key)] = p
+    return out
+
+
 def kl_passt_report(generated, reference, model: PaSST, workers: int = 2,
                     progress: Callable[[int], None] | None = None) -> dict:
-    """{'value': mean KL over pairs, 'pairs': n}. Every generated id needs a reference file of that id."""
-    gen, ref = audio_files(generated, "generated set"), audio_files(reference, "reference set")
+    """{'value': mean KL over pairs, 'pairs': n}. Every generated id needs a reference of that id: a
+    file, or an entry of stable-audio-metrics' reference probabilities (`reference` a `.pkl`)."""
+    gen = audio_files(generated, "generated set")
+    from_pickle = isinstance(reference, (str, Path)) and str(reference).endswith(".pkl")
+    ref = (load_reference_probabilities(reference, model.config.num_classes) if from_pickle
+           else audio_files(reference, "reference set"))
     missing = [k for k in gen if k not in ref]
     if missing:
-        raise MetadataError(f"{len(missing)} of {len(gen)} generated ids have no reference file: {ids_text(missing)} "
+        raise MetadataError(f"{len(missing)} of {len(gen)} generated ids have no reference "
+                            f"{'entry in ' + str(reference) if from_pickle else 'file'}: {ids_text(missing)} "
                             "(KL_passt pairs files by name without extension)")
-    p_ref = dict(model.file_probabilities({k: ref[k] for k in gen}, workers, progress))
+    p_ref = ref if from_pickle else dict(model.file_probabilities({k: ref[k] for k in gen}, workers, progress))
     kls = [kl_divergence(p, p_ref[fid]) for fid, p in model.file_probabilities(gen, workers, progress)]
     return {"value": float(np.mean(kls)), "pairs": len(kls)}
 
 
 def kl_passt(generated, reference, model: PaSST, workers: int = 2,
              progress: Callable[[int], None] | None = None) -> float:
-    """KL_passt between two sets (folders, file lists or {id: path}) paired by id."""
+    """KL_passt between two sets (folders, file lists or {id: path}) paired by id; `reference` may also
+    be stable-audio-metrics' reference probabilities (a `.pkl`)."""
     return kl_passt_report(generated, reference, model, workers, progress)["value"]
