@@ -46,6 +46,10 @@ def test_timing_errors_median_and_p90():
         timing.timing_errors([1, 2], [1])
     assert timing.requested_lengths(8.9, 5) == [1.0, 3.0, 4.0, 6.0, 8.0]
     assert timing.requested_lengths(8.9, 5, low=2.0) == [2.0, 4.0, 5.0, 6.0, 8.0]
+    # the default 8 lengths over 2..8 s (7 whole seconds): one repeats, so 8 prompts still make 64 generations
+    assert timing.requested_lengths(8.9, low=2.0) == [2.0, 3.0, 4.0, 5.0, 5.0, 6.0, 7.0, 8.0]
+    with pytest.raises(ValueError, match="at least 1"):
+        timing.requested_lengths(8.9, 0)
 
 
 def test_timing_lengths_start_at_the_corpus_shortest_seconds_total(tmp_path):
@@ -101,7 +105,7 @@ def test_oracle_measures_the_corpus_clips_attributes(classifier):
 def test_adherence_eval_with_an_oracle_generator_and_a_deaf_one(classifier):
     """A 'model' that plays the prompted attribute scores far above chance; one that ignores the
     prompt scores about chance."""
-    def obedient(prompts):
+    def obedient(prompts, first_item):
         out = []
         for p in prompts:
             wanted = [x.split(": ")[-1] for x in p.replace(" | ", ", ").split(", ")]
@@ -119,7 +123,7 @@ def test_adherence_eval_with_an_oracle_generator_and_a_deaf_one(classifier):
     for a in attrs:
         assert good[a]["accuracy"] >= 0.6, (a, good[a])
     fixed, _ = synth.synth_clip(3, 0, max_seconds=3.0)
-    deaf = adherence.adherence_eval(lambda ps: np.stack([fixed] * len(ps)), SR, classifier, attributes=attrs,
+    deaf = adherence.adherence_eval(lambda ps, n: np.stack([fixed] * len(ps)), SR, classifier, attributes=attrs,
                                     per_value=2, seed=0)
     for a in attrs:
         assert deaf[a]["accuracy"] <= 0.5, (a, deaf[a])
@@ -188,7 +192,7 @@ def test_spectral_flatness_tells_tones_from_noise():
 
 
 # Measured on the shipped model (2 CPU cores): RMS -17/-18 dBFS,
-# spectral flatness < 0.01; timing median error 1.45 s over the 4 timing prompts x [2, 4, 6] s. The timing
+# spectral flatness < 0.01; timing median error 1.45 s over the first 4 timing prompts x [2, 4, 6] s. The timing
 # bound sits below what a model that ignores seconds_total can score on that set: 4.92 s playing the whole
 # window every time, 2.0 s stopping at the best fixed length (4 s).
 SHIPPED_BOUNDS = {"flatness": 0.3, "rms_db": -50.0, "timing_median_s": 1.9}
@@ -199,7 +203,8 @@ SHIPPED_BOUNDS = {"flatness": 0.3, "rms_db": -50.0, "timing_median_s": 1.9}
 def test_shipped_model_generates_music_of_the_requested_length():
     """The shipped model on the CPU: 2 prompts x 4 s, not silent, not noise-like, trimmed to
     seconds_total, and, generated over the whole window (trim=False), falling silent nearer
-    seconds_total than the window's end (median error over the evaluation's 4 timing prompts x 3 lengths x 3 seeds)."""
+    seconds_total than the window's end (median error over the evaluation's first 4 timing prompts x 3 lengths
+    x 3 seeds)."""
     from sa_jax import StableAudio
     from sa_jax.eval.quality import rms_db, spectral_flatness
 
@@ -215,7 +220,7 @@ def test_shipped_model_generates_music_of_the_requested_length():
     # Pooled over three seeds (36 generations): the median of 12 moves by about 1 s from seed to seed
     # (measured 2.03 / 0.98 / 0.72 / 0.83 s for seeds 0-3), more than the margin the bound is about.
     items = [x for seed in range(3) for x in
-             timing.timing_eval(model, list(TIMING_PROMPTS), [2.0, 4.0, 6.0], steps=25, seed=seed)["items"]]
+             timing.timing_eval(model, list(TIMING_PROMPTS[:4]), [2.0, 4.0, 6.0], steps=25, seed=seed)["items"]]
     r = timing.timing_errors([x["requested"] for x in items], [x["measured"] for x in items])
     print(f"shipped model timing over {len(items)} generations: {r}")
     assert r["median"] <= SHIPPED_BOUNDS["timing_median_s"], r

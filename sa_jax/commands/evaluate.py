@@ -20,15 +20,19 @@ import os
 import sys
 from pathlib import Path
 
+from sa_jax.commands.sample import sigma_options
+
 
 def run(args) -> int:
     from sa_jax.eval.report import evaluate, table
     from sa_jax.pipeline import StableAudio
 
     model = StableAudio.load(args.model)
-    report = evaluate(model, args.corpus, steps=args.steps, cfg_scale=args.cfg_scale,
-                      timing_lengths=args.timing_lengths, per_value=args.per_value, recon_clips=args.recon_clips,
-                      seed=args.seed, log=lambda s: print(s, file=sys.stderr))
+    report = evaluate(model, args.corpus, steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler,
+                      sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho,
+                      timing_lengths=args.timing_lengths, timing_prompts=args.timing_prompts,
+                      per_value=args.per_value, per_attribute=args.per_attribute, recon_clips=args.recon_clips,
+                      seed=args.seed, batch=args.batch, log=lambda s: print(s, file=sys.stderr))
     report["model"]["path"] = str(args.model) if args.model else "(shipped)"
     if args.clap or args.openl3 or args.passt:
         from sa_jax.encoders import Clap
@@ -37,7 +41,9 @@ def run(args) -> int:
         clap = Clap.load(args.clap, tokenizer_folder=args.clap_tokenizer) if args.clap else None
         report["distribution"] = distribution_eval(model, args.corpus, clap=clap, openl3=args.openl3,
                                                    passt=args.passt, clips=args.metric_clips, steps=args.steps,
-                                                   cfg_scale=args.cfg_scale, seed=args.seed,
+                                                   cfg_scale=args.cfg_scale, sampler=args.sampler,
+                                                   sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho,
+                                                   seed=args.seed, batch=args.batch,
                                                    log=lambda s: print(s, file=sys.stderr))
     print(table(report))
     if args.out:
@@ -58,9 +64,21 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="write the report (JSON) here")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--cfg-scale", type=float, default=None, help="default: the model's")
-    p.add_argument("--timing-lengths", type=int, default=5, help="requested lengths across the window (default 5)")
-    p.add_argument("--per-value", type=int, default=2, help="generations per attribute value (default 2)")
-    p.add_argument("--recon-clips", type=int, default=16, help="corpus clips for reconstruction (default 16)")
+    p.add_argument("--sampler", default=None, help="e.g. dpmpp-3m-sde, dpmpp-2m, heun (default: the model's)")
+    sigma_options(p)
+    p.add_argument("--timing-prompts", type=int, default=8,
+                   help="timing prompts, the first N of the built-in 8 (default 8)")
+    p.add_argument("--timing-lengths", type=int, default=8,
+                   help="requested whole-second lengths from the corpus's shortest clip to the window (default 8; "
+                        "8 x 8 = 64 timing generations)")
+    p.add_argument("--per-attribute", type=int, default=48,
+                   help="adherence generations per attribute at least, balanced over its values (default 48)")
+    p.add_argument("--per-value", type=int, default=None,
+                   help="instead of --per-attribute: generations per attribute value")
+    p.add_argument("--batch", type=int, default=8,
+                   help="generations per call (default 8); changes speed and memory, not the report")
+    p.add_argument("--recon-clips", type=int, default=16,
+                   help="corpus clips for reconstruction (default 16; 0 skips it)")
     p.add_argument("--clap", default=None, help="a CLAP (ClapModel folder, e.g. the recipe's clap/export, or a LAION "
                                                 ".pt): adds the in-domain FD on its audio embedding and the CLAP score")
     p.add_argument("--clap-tokenizer", default=None, help="tokenizer folder for a LAION .pt")

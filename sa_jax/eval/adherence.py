@@ -6,7 +6,8 @@ generated clips are measured back from the audio and a clip counts as a match wh
 value is the prompted one. The score of an attribute is the fraction of matches; chance is
 1 / (number of values), what a model that ignores the prompt would score on balanced prompts.
 The same measurement applied to the corpus' own clips against their metadata (`oracle`) is the
-ceiling the measurement itself allows.
+ceiling the measurement itself allows. Each fraction comes with its 95% Wilson interval and, against
+chance, the exact one-sided binomial p-value (`sa_jax.eval.stats`).
 
 - instrument (5 values): nearest class mean of standardised timbre features (log energies of 16
   log-spaced bands 100 Hz-16 kHz of the frame-median power spectrum, so beat clicks do not dominate,
@@ -21,6 +22,7 @@ ceiling the measurement itself allows.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -28,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sa_jax.data import synth
+from sa_jax.eval.stats import binomial_p_above, wilson_interval
 
 TEMPO_BINS = (("slow", 60, 100), ("medium", 100, 140), ("fast", 140, 181))
 ATTRIBUTES = ("instrument", "root", "mode", "tempo", "stereo", "loudness")
@@ -136,8 +139,15 @@ def metadata_value(attribute: str, meta: dict) -> str:
 
 
 def _summary(hits: dict) -> dict:
-    return {a: {"accuracy": float(np.mean(h)), "chance": 1.0 / len(values_of(a)), "count": len(h)}
-            for a, h in hits.items()}
+    """{attribute: {accuracy, accuracy_low, accuracy_high (95% Wilson), matches, count, chance, p_value
+    (P(matches >= this) at chance)}} of {attribute: [matched?, ...]}."""
+    out = {}
+    for a, h in hits.items():
+        k, n, chance = int(np.sum(h)), len(h), 1.0 / len(values_of(a))
+        low, high = wilson_interval(k, n)
+        out[a] = {"accuracy": k / n, "accuracy_low": low, "accuracy_high": high, "matches": k, "count": n,
+                  "chance": chance, "p_value": binomial_p_above(k, n, chance)}
+    return out
 
 
 def oracle(clips: Sequence[tuple[np.ndarray, dict]], sample_rate: int = synth.SAMPLE_RATE,
@@ -178,25 +188,40 @@ def prompt_for(attribute: str, value: str, rng: np.random.Generator) -> tuple[st
     raise ValueError(f"unknown attribute {attribute!r}; known: {', '.join(ATTRIBUTES)}")
 
 
-def adherence_eval(generate: Callable[[list[str]], np.ndarray], sample_rate: int,
+def values_per_attribute(attribute: str, per_attribute: int) -> int:
+    """Prompts per value so that `attribute` gets at least `per_attribute` generations, its values balanced
+    (48: instrument 5 x 10, root 12 x 4, mode 2 x 24, tempo / stereo / loudness 3 x 16)."""
+    return max(1, math.ceil(per_attribute / len(values_of(attribute))))
+
+
+def adherence_eval(generate: Callable[[list[str], int], np.ndarray], sample_rate: int,
                    classifier: InstrumentClassifier, attributes: Sequence[str] = ATTRIBUTES,
-                   per_value: int = 2, seed: int = 0, batch: int = 8) -> dict:
-    """Prompts naming each value of each attribute `per_value` times; `generate(prompts)` returns
-    (batch, channels, samples) audio at `sample_rate`. Returns {attribute: {accuracy, chance, count}}
-    plus "items" (prompt, attribute, wanted, measured)."""
+                   per_value: int | None = None, per_attribute: int = 48, seed: int = 0, batch: int = 8) -> dict:
+    """Prompts naming each value of each attribute, `per_value` times each (None: enough for
+    `per_attribute` generations per attribute, `values_per_attribute`); `generate(prompts, first_item)`
+    returns (batch, channels, samples) audio at `sample_rate` for generations first_item, first_item + 1, ...
+    of the evaluation (each draws its noise from its own number, so batching does not change them).
+    Returns `_summary` per attribute plus "items" (item, prompt, attribute, wanted, measured)."""
+    if int(batch) < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    if per_value is not None and int(per_value) < 1:
+        raise ValueError(f"per_value must be at least 1 (or None: from per_attribute), got {per_value}")
+    if per_value is None and int(per_attribute) < 1:
+        raise ValueError(f"per_attribute must be at least 1, got {per_attribute}")
     rng = np.random.default_rng(seed)
     jobs = []
     for a in attributes:
+        repeats = int(per_value) if per_value is not None else values_per_attribute(a, int(per_attribute))
         for v in values_of(a):
-            for _ in range(per_value):
+            for _ in range(repeats):
                 prompt, ctx = prompt_for(a, v, rng)
                 jobs.append((a, v, prompt, ctx))
     hits, items = defaultdict(list), []
     for i in range(0, len(jobs), batch):
         chunk = jobs[i:i + batch]
-        audio = generate([p for _, _, p, _ in chunk])
-        for (a, v, p, ctx), clip in zip(chunk, audio):
+        audio = generate([p for _, _, p, _ in chunk], i)
+        for n, ((a, v, p, ctx), clip) in enumerate(zip(chunk, audio), i):
             got = measured_value(a, clip, sample_rate, ctx, classifier)
             hits[a].append(got == v)
-            items.append({"attribute": a, "prompt": p, "wanted": v, "measured": got})
+            items.append({"item": n, "attribute": a, "prompt": p, "wanted": v, "measured": got})
     return {**_summary(hits), "items": items}

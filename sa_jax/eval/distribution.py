@@ -14,7 +14,8 @@ from typing import Callable
 
 
 def distribution_eval(model, corpus, *, clap=None, openl3=None, passt=None, clips: int = 16, steps: int = 50,
-                      cfg_scale: float | None = None, seed: int = 0, batch: int = 8,
+                      cfg_scale: float | None = None, sampler: str | None = None, sigma_min: float | None = None,
+                      sigma_max: float | None = None, rho: float | None = None, seed: int = 0, batch: int = 8,
                       log: Callable[[str], None] = print) -> dict:
     """{metric: {'value', 'seconds'}} for the metrics whose models are given (a loaded `Clap`, an
     OpenL3 weight file, a PaSST weight file); {} when none is."""
@@ -44,7 +45,8 @@ def distribution_eval(model, corpus, *, clap=None, openl3=None, passt=None, clip
             for start in range(0, len(ids), batch):
                 part = ids[start:start + batch]
                 audio = model.generate([captions[k] for k in part], seconds_total=float(seconds), steps=steps,
-                                       cfg_scale=cfg_scale, seed=seed, first_item=done)
+                                       cfg_scale=cfg_scale, sampler=sampler, sigma_min=sigma_min,
+                                       sigma_max=sigma_max, rho=rho, seed=seed, first_item=done)
                 done += len(part)
                 for k, a in zip(part, audio):
                     write_audio(gen / f"{k}.wav", a, model.sample_rate)

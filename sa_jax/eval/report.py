@@ -9,44 +9,90 @@ import math
 import time
 from pathlib import Path
 
+# Eight prompts in the corpus' prompt forms (key: value fields, bare values, a sentence), every instrument
+# among them; the first four are the evaluation's prompts since its start (the shipped-model test uses them).
 TIMING_PROMPTS = ("sine flute, C major", "instrument: bell | stereo: left", "plucked string, 120, loud",
-                  "key: A minor | instrument: sawtooth lead | density: dense")
+                  "key: A minor | instrument: sawtooth lead | density: dense",
+                  "square organ, D minor, sparse, quiet", "instrument: plucked string | bpm: 90 | stereo: right",
+                  "A metallic bell playing a flowing melody in F major at 140 BPM, in the center.",
+                  "key: E major | instrument: square organ | loudness: medium")
 
 
-def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, timing_lengths: int = 5,
-             timing_prompts=TIMING_PROMPTS, per_value: int = 2, adherence_seconds: float = 4.0,
-             recon_clips: int = 16, recon_seconds: float = 2.0, classifier_clips: int = 100, seed: int = 0,
-             batch: int = 8, log=print) -> dict:
-    """All three evaluations of a loaded `StableAudio` against the corpus folder; returns the report."""
-    from sa_jax.eval import adherence, recon, timing
+def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, sampler: str | None = None,
+             sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
+             timing_lengths: int = 8,
+             timing_prompts=8, per_value: int | None = None, per_attribute: int = 48,
+             adherence_seconds: float = 4.0, recon_clips: int = 16, recon_seconds: float = 2.0,
+             ceiling_clips: int | None = None, classifier_clips: int = 100, seed: int = 0, batch: int = 8,
+             log=print) -> dict:
+    """All three evaluations of a loaded `StableAudio` against the corpus folder; returns the report.
 
+    steps, cfg_scale, sampler, sigma_min, sigma_max, rho: the sampling settings (None: the model's).
+    timing_prompts: how many of TIMING_PROMPTS (or a list of prompts), each generated at `timing_lengths`
+    whole-second lengths from the corpus's shortest seconds_total to the window (default 8 x 8 = 64).
+    per_attribute: adherence generations per attribute at least (48), balanced over its values; per_value
+    overrides it with a fixed count per value. ceiling_clips: corpus clips the measurements are applied to
+    for the ceilings (None: all); the first `recon_clips` of them are reconstructed (0: no "reconstruction"
+    in the report). Generation n of each
+    evaluation draws its noise from (seed, n), so `batch` (generations per call) changes nothing but speed.
+    """
+    from sa_jax.eval import adherence, recon, stats, timing
+
+    prompts = _timing_prompts(timing_prompts)
+    sampling = {"steps": steps, "cfg_scale": cfg_scale, "sampler": sampler, "sigma_min": sigma_min,
+                "sigma_max": sigma_max, "rho": rho}
     report = {"model": {"window_seconds": model.window_seconds, "sample_rate": model.sample_rate},
-              "settings": {"steps": steps, "cfg_scale": cfg_scale, "seed": seed}}
+              "settings": {**sampling, "seed": seed, "timing_prompts": len(prompts), "timing_lengths": timing_lengths,
+                           "per_value": per_value, "per_attribute": per_attribute,
+                           "adherence_seconds": adherence_seconds},
+              "statistics": stats.describe()}
     t0 = time.perf_counter()
-    clips = recon.corpus_clips(corpus, recon_clips, sample_rate=model.sample_rate,
+    clips = recon.corpus_clips(corpus, ceiling_clips, sample_rate=model.sample_rate,
                                channels=model.autoencoder.io_channels)
-    report["reconstruction"] = recon.reconstruction_distance(model.autoencoder, [a for a, _ in clips], recon_seconds)
-    log(f"reconstruction: {len(clips)} clips in {time.perf_counter() - t0:.1f} s")
+    if recon_clips > 0:     # 0 skips it: a sampling-only study does not change the autoencoder
+        report["reconstruction"] = recon.reconstruction_distance(
+            model.autoencoder, [a for a, _ in clips[:recon_clips]], recon_seconds)
+        log(f"reconstruction: {min(recon_clips, len(clips))} clips in {time.perf_counter() - t0:.1f} s")
 
     t0 = time.perf_counter()
     lengths = timing.requested_lengths(model.window_seconds, timing_lengths, low=shortest_seconds_total(corpus))
-    report["timing"] = timing.timing_eval(model, list(timing_prompts), lengths, steps=steps, cfg_scale=cfg_scale,
-                                          seed=seed, batch=batch)
+    report["timing"] = timing.timing_eval(model, prompts, lengths, **sampling, seed=seed, batch=batch)
+    report["timing"]["ceiling"] = timing.timing_ceiling(clips, model.sample_rate, model.window_seconds)
     report["timing"]["method"] = {"frame_seconds": timing.FRAME_SECONDS, "threshold_db": timing.THRESHOLD_DB,
-                                  "reference": "peak frame", "lengths": lengths}
+                                  "reference": "peak frame", "lengths": lengths, "prompts": prompts}
     log(f"timing: {report['timing']['count']} generations in {time.perf_counter() - t0:.1f} s")
 
     t0 = time.perf_counter()
     classifier = adherence.reference_classifier(classifier_clips, seed=12345)
     seconds = min(adherence_seconds, float(int(model.window_seconds)) or model.window_seconds)
 
-    def generate(prompts):
-        return model.generate(prompts, seconds_total=seconds, steps=steps, cfg_scale=cfg_scale, seed=seed)
+    def generate(prompts, first_item):
+        return model.generate(prompts, seconds_total=seconds, **sampling, seed=seed, first_item=first_item)
     report["adherence"] = adherence.adherence_eval(generate, model.sample_rate, classifier, per_value=per_value,
-                                                   seed=seed, batch=batch)
+                                                   per_attribute=per_attribute, seed=seed, batch=batch)
     report["adherence_oracle"] = adherence.oracle(clips, model.sample_rate, classifier)
+    for a in adherence.ATTRIBUTES:
+        got, ceiling = report["adherence"].get(a), report["adherence_oracle"].get(a)
+        if got is not None and ceiling is not None:
+            got.update(ceiling=ceiling["accuracy"], ceiling_low=ceiling["accuracy_low"],
+                       ceiling_high=ceiling["accuracy_high"], ceiling_count=ceiling["count"],
+                       of_ceiling=got["accuracy"] / ceiling["accuracy"] if ceiling["accuracy"] > 0 else None)
     log(f"adherence: {len(report['adherence']['items'])} generations in {time.perf_counter() - t0:.1f} s")
     return report
+
+
+def _timing_prompts(timing_prompts) -> list[str]:
+    """A count (the first N of TIMING_PROMPTS) or a list of prompts."""
+    if isinstance(timing_prompts, (int, float)) and not isinstance(timing_prompts, bool):
+        if timing_prompts != int(timing_prompts) or not 1 <= timing_prompts <= len(TIMING_PROMPTS):
+            raise ValueError(f"timing_prompts must be a whole number from 1 to {len(TIMING_PROMPTS)} (the built-in "
+                             f"timing prompts) or a list of prompts, got {timing_prompts!r}")
+        return list(TIMING_PROMPTS[:int(timing_prompts)])
+    if isinstance(timing_prompts, str) or not timing_prompts or not all(
+            isinstance(p, str) and p.strip() for p in timing_prompts):
+        raise ValueError(f"timing_prompts must be a count or a non-empty list of non-empty prompts, got "
+                         f"{timing_prompts!r}")
+    return list(timing_prompts)
 
 
 def shortest_seconds_total(corpus) -> float:
@@ -63,22 +109,41 @@ def shortest_seconds_total(corpus) -> float:
 
 
 def table(report: dict) -> str:
+    """The report as two Markdown tables: the numbers with their 95% intervals and ceilings, then text
+    adherence per attribute (fraction matched, interval, chance, p-value against chance, ceiling)."""
     from sa_jax.eval.adherence import ATTRIBUTES
 
-    t, r = report["timing"], report["reconstruction"]
-    lines = ["| metric | value |", "|---|---|",
-             f"| timing error, median (s) | {t['median']:.2f} |",
-             f"| timing error, 90th percentile (s) | {t['p90']:.2f} |",
-             f"| reconstruction STFT distance ({r['count']} clips, {r['seconds']:.2f} s) | {r['stft_distance']:.3f} |",
-             f"| reconstruction level error, median (dB) | {r['level_error_db']:.1f} |",
-             f"| silence reconstructs to (dBFS) | {r['silence_rms_db']:.1f} |",
-             "", "| attribute | generations match | chance | measurement on corpus clips (ceiling) |",
-             "|---|---|---|---|"]
+    t, r = report["timing"], report.get("reconstruction")
+    ceiling = t.get("ceiling", {})
+
+    def interval(d, key, digits=2):
+        low, high = d.get(f"{key}_low"), d.get(f"{key}_high")
+        return "" if low is None or high is None else f"{low:.{digits}f}-{high:.{digits}f}"
+
+    def number(d, key, digits=2):
+        return "" if d.get(key) is None else f"{d[key]:.{digits}f}"
+
+    count = f", {t['count']} generations" if "count" in t else ""
+    lines = ["| metric | value | 95% interval | ceiling (corpus clips) |", "|---|---|---|---|",
+             f"| timing error, median (s{count}) | {t['median']:.2f} | {interval(t, 'median')} | "
+             f"{number(ceiling, 'median')} |",
+             f"| timing error, 90th percentile (s) | {t['p90']:.2f} | {interval(t, 'p90')} | "
+             f"{number(ceiling, 'p90')} |"]
     for name, m in report.get("distribution", {}).items():     # sa_jax.eval.distribution
-        lines.insert(7, f"| {name} ({m['clips']} generations vs held-out clips) | {m['value']:.4g} |")
+        lines.append(f"| {name} ({m['clips']} generations vs held-out clips) | {m['value']:.4g} | | |")
+    if r is not None:
+        lines += [f"| reconstruction STFT distance ({r['count']} clips, {r['seconds']:.2f} s) | "
+                  f"{r['stft_distance']:.3f} | | |",
+                  f"| reconstruction level error, median (dB) | {r['level_error_db']:.1f} | | |",
+                  f"| silence reconstructs to (dBFS) | {r['silence_rms_db']:.1f} | | |"]
+    lines += ["", "| attribute | generations match | 95% interval | chance | p (vs chance) | ceiling (corpus clips) "
+              "| of ceiling |", "|---|---|---|---|---|---|---|"]
     for a in ATTRIBUTES:
         if a in report["adherence"]:
             g, o = report["adherence"][a], report["adherence_oracle"].get(a, {})
-            lines.append(f"| {a} | {g['accuracy']:.2f} ({g['count']}) | {g['chance']:.2f} | "
-                         f"{o.get('accuracy', float('nan')):.2f} |")
+            p = "" if g.get("p_value") is None else f"{g['p_value']:.2g}"
+            matched = f"{g['accuracy']:.2f} ({g.get('matches', '?')}/{g['count']})"
+            lines.append(f"| {a} | {matched} | {interval(g, 'accuracy')} | {g['chance']:.2f} | {p} | "
+                         f"{o.get('accuracy', float('nan')):.2f} "
+                         f"({o.get('count', '?')}) | {number(g, 'of_ceiling')} |")
     return "\n".join(lines)
