@@ -214,6 +214,10 @@ def test_bad_counts_are_clear_errors(tiny):
     model, _, corpus = tiny
     with pytest.raises(ValueError, match="timing_prompts must be a whole number from 1 to 8"):
         evaluate(model, corpus, timing_prompts=9, log=lambda s: None)
+    with pytest.raises(ValueError, match="per_attribute: expected an integer >= 1, got 0"):
+        evaluate(model, corpus, per_attribute=0, log=lambda s: None)
+    with pytest.raises(ValueError, match="recon_clips: expected an integer >= 0, got -1"):
+        evaluate(model, corpus, recon_clips=-1, log=lambda s: None)
     with pytest.raises(ValueError, match="at least 1"):
         timing.timing_eval(NumberedFake(), ["a"], [1.0], batch=0)
     with pytest.raises(ValueError, match="per_attribute must be at least 1"):

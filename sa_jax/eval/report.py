@@ -20,8 +20,7 @@ TIMING_PROMPTS = ("sine flute, C major", "instrument: bell | stereo: left", "plu
 
 def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, sampler: str | None = None,
              sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
-             timing_lengths: int = 8,
-             timing_prompts=8, per_value: int | None = None, per_attribute: int = 48,
+             timing_lengths: int = 8, timing_prompts=8, per_value: int | None = None, per_attribute: int = 48,
              adherence_seconds: float = 4.0, recon_clips: int = 16, recon_seconds: float = 2.0,
              ceiling_clips: int | None = None, classifier_clips: int = 100, seed: int = 0, batch: int = 8,
              log=print) -> dict:
@@ -33,12 +32,20 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
     per_attribute: adherence generations per attribute at least (48), balanced over its values; per_value
     overrides it with a fixed count per value. ceiling_clips: corpus clips the measurements are applied to
     for the ceilings (None: all); the first `recon_clips` of them are reconstructed (0: no "reconstruction"
-    in the report). Generation n of each
-    evaluation draws its noise from (seed, n), so `batch` (generations per call) changes nothing but speed.
+    in the report). Generation n of each evaluation draws its noise from (seed, n), so `batch` (generations
+    per call) changes nothing but speed.
     """
+    from sa_jax.config import check_int
     from sa_jax.eval import adherence, recon, stats, timing
 
+    # every count checked before the first generation (an evaluation runs for minutes)
     prompts = _timing_prompts(timing_prompts)
+    counts = {"timing_lengths": (timing_lengths, 1), "per_attribute": (per_attribute, 1), "batch": (batch, 1),
+              "recon_clips": (recon_clips, 0), "classifier_clips": (classifier_clips, 2)}
+    if per_value is not None:
+        counts["per_value"] = (per_value, 1)
+    for name, (value, least) in counts.items():
+        check_int(value, name, minimum=least)
     sampling = {"steps": steps, "cfg_scale": cfg_scale, "sampler": sampler, "sigma_min": sigma_min,
                 "sigma_max": sigma_max, "rho": rho}
     report = {"model": {"window_seconds": model.window_seconds, "sample_rate": model.sample_rate},
