@@ -190,7 +190,7 @@ def test_report_keys_and_the_command_gives_the_same_report_for_another_batch(tin
                 "ceiling_low", "ceiling_high", "of_ceiling"} <= set(g)
         assert g["count"] == len(adherence.values_of(a)) and 0 <= g["p_value"] <= 1
         assert g["ceiling"] == report["adherence_oracle"][a]["accuracy"]
-    assert report["statistics"]["confidence"] == 0.95 and "bootstrap" in report["statistics"]["timing"]
+    assert report["statistics"]["confidence"] == "95%" and "bootstrap" in report["statistics"]["timing"]
     assert "batch" not in report["settings"]
 
     # the same evaluation from the command line, batched by 2 instead of 4

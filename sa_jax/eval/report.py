@@ -82,7 +82,7 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
         got, ceiling = report["adherence"].get(a), report["adherence_oracle"].get(a)
         if got is not None and ceiling is not None:
             got.update(ceiling=ceiling["accuracy"], ceiling_low=ceiling["accuracy_low"],
-                       ceiling_high=ceiling["accuracy_high"], ceiling_count=ceiling["count"],
+                       ceiling_high=ceiling["accuracy_high"],
                        of_ceiling=got["accuracy"] / ceiling["accuracy"] if ceiling["accuracy"] > 0 else None)
     log(f"adherence: {len(report['adherence']['items'])} generations in {time.perf_counter() - t0:.1f} s")
     return report

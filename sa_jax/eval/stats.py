@@ -62,8 +62,8 @@ def bootstrap_interval(values: Sequence[float], statistic: Callable[[np.ndarray]
 
 
 def describe() -> dict:
-    """The methods, for the report."""
-    return {"confidence": CONFIDENCE,
+    """The methods, for the report (words only: no number here is a measurement)."""
+    return {"confidence": f"{CONFIDENCE:.0%}",
             "timing": f"percentile bootstrap over generations, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}",
             "adherence_interval": "Wilson score interval",
             "adherence_p_value": "exact one-sided binomial P(matches >= k) at chance = 1 / number of values"}
