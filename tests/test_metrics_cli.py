@@ -84,7 +84,7 @@ def test_metrics_command_end_to_end(setup, capsys):
     # statistics of another embedding are refused before anything is embedded
     assert main(["metrics", "--generated", str(gen), "--reference-stats", str(stats), "--metrics", "fd_openl3",
                  "--openl3", str(openl3), "--channels", "1"]) == 2
-    assert "not of 'openl3 mel256 music 512 hop 0.5 44100 Hz 1 ch'" in capsys.readouterr().err
+    assert "not of 'openl3 mel256 music 512 kapre037 hop 0.5 44100 Hz 1 ch'" in capsys.readouterr().err
 
 
 def test_metrics_command_errors(setup, tmp_path, capsys):

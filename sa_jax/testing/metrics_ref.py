@@ -1,5 +1,6 @@
 """The PyTorch references of the metric models, for the parity tests and bench/bench_metrics.py:
-torchopenl3's OpenL3 and hear21passt's PaSST with random weights, and hear21passt's mel front end.
+torchopenl3's OpenL3 and hear21passt's PaSST with random weights, hear21passt's mel front end, and
+openl3 0.4.2's kapre 0.3.7 front end (`kapre037_db`; checked against kapre itself by bench/kapre037_check.py).
 
 - resampy 0.2 (openl3's pin, used by torchopenl3) finds its filter files through pkg_resources, which
   setuptools >= 81 no longer ships: `import_resampy` gives it the one function it calls.
@@ -57,6 +58,34 @@ def openl3_torch(input_repr: str = "mel256", embedding_size: int = 512, seed: in
             elif name.endswith("running_var"):
                 b.copy_(torch.rand(b.shape, generator=g) + 0.5)
     return m.eval()
+
+
+def kapre037_db(windows, input_repr: str = "mel256") -> np.ndarray:
+    """openl3 0.4.2's front end (kapre 0.3.7) in NumPy float64, from kapre's source: tf.signal.stft
+    (periodic Hann, hop 242; for the mel inputs n_fft 2048 and pad_end: zeros after the window to
+    ceil(48000 / 242) frames; for `linear` n_fft 512, no padding), its magnitude, for mel128/mel256
+    `librosa.filters.mel(sr=48000, n_fft=2048, htk=False, norm='slaney')` cast to float32 as kapre
+    does, then openl3's `kapre_v0_1_4_magnitude_to_decibel` (10 log10(max(x, 1e-10)) relative to the
+    window's maximum, floored at -80). (n, 48000) -> (n, bins, frames)."""
+    import librosa
+
+    x = np.asarray(windows, np.float64)
+    n_fft, n_mels = {"linear": (512, 0), "mel128": (2048, 128), "mel256": (2048, 256)}[input_repr]
+    hop = 242
+    if n_mels:
+        frames = -(-x.shape[1] // hop)
+        x = np.pad(x, ((0, 0), (0, (frames - 1) * hop + n_fft - x.shape[1])))
+    frames = 1 + (x.shape[1] - n_fft) // hop
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    index = np.arange(frames)[:, None] * hop + np.arange(n_fft)[None, :]
+    spec = np.abs(np.fft.rfft(x[:, index] * hann, axis=-1))               # (n, frames, bins)
+    if n_mels:
+        mel = librosa.filters.mel(sr=48000, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=None, htk=False,
+                                  norm="slaney").astype(np.float32).astype(np.float64)
+        spec = spec @ mel.T
+    db = 10.0 * np.log10(np.maximum(spec, 1e-10))
+    db = np.maximum(db - db.max(axis=(1, 2), keepdims=True), -80.0)
+    return db.transpose(0, 2, 1)
 
 
 def passt_module():
