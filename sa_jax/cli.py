@@ -21,6 +21,7 @@ COMMANDS = [
     "train",  # diffusion training (sa_jax/training)
     "evaluate",  # timing accuracy, text adherence, reconstruction (sa_jax/eval)
     "metrics",  # FD_openl3, KL_passt, CLAP score, FD on CLAP embeddings (sa_jax/metrics)
+    "ablate",  # ablation studies: variants x seeds trained or sampled, evaluated, tabulated (sa_jax/ablate)
     "recipe",  # the small model end to end: synth, VAE, CLAP, encode, U-Net, evaluate
     "ui",  # the web UI (sa_jax/ui): generation, variations, inpainting, long form in a browser
 ]
