@@ -74,6 +74,19 @@ def test_matches_diffusers(diffusers_small):
     assert err < TOL
 
 
+def test_matches_diffusers_at_a_long_window(diffusers_small):
+    """1023 frames: 1024 tokens, where the CPU's self-attention runs one head at a time
+    (sa_jax.nn.attention.by_head_applies); same tolerance as the short window."""
+    from sa_jax.nn.attention import by_head_applies
+
+    model, config, params = diffusers_small
+    x, t, ctx, glob = _inputs(2, 8, 1023, 7, 40, 48, seed=4)
+    assert by_head_applies(jnp.zeros((2, 1024, 4, 64)), jnp.zeros((2, 1024, 4, 64)))
+    err = rel_err(_ours(config, params, x, t, ctx, glob), _diffusers_forward(model, x, t, ctx, glob))
+    print(f"DiT vs diffusers (small, 1023 frames, float32): relative error {err:.2e}")
+    assert err < TOL
+
+
 def test_bfloat16_compute_stays_close(diffusers_small):
     model, config, params = diffusers_small
     x, t, ctx, glob = _inputs(2, 8, 12, 7, 40, 48)

@@ -5,6 +5,7 @@ Layout convention: activations are (batch, sequence, features); per-head tensors
 pick a fused (cuDNN flash) kernel on GPU. Grouped-query attention needs no key/value repetition:
 `jax.nn.dot_product_attention` groups query head `n` with key/value head `n // (heads // kv_heads)`,
 which is what PyTorch's `repeat_interleave` over the head axis produces in the references.
+On the CPU, long unmasked attention runs one (batch, key/value head) at a time (`by_head_applies`).
 """
 
 from __future__ import annotations
@@ -14,25 +15,28 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
 
-def rotary_cos_sin(length: int, dim: int, base: float = 10000.0) -> tuple[jax.Array, jax.Array]:
-    """cos and sin tables, each (length, dim), for rotary embeddings over positions 0..length-1.
+def rotary_cos_sin(length: int, dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables, each (length, dim) float32, for rotary embeddings over positions 0..length-1.
 
     `dim` is the number of rotated features per head. Frequencies are base^(-2i/dim) for
     i < dim/2, and the table repeats them in two halves ([f0..f(n-1), f0..f(n-1)]), matching the
     half-split rotation of `apply_rotary` (GPT-NeoX layout, as stable-audio-tools and diffusers'
-    Stable Audio use).
+    Stable Audio use). The tables are computed here in float32, as the references do, and enter a jitted
+    program as constants: computed inside it, XLA:CPU fused cos and sin into every layer's rotation and
+    recomputed them for each batch item and head (a tenth of a SAO-shaped DiT step).
     """
     if dim % 2:
         raise ValueError(f"rotary dimension must be even, got {dim}")
-    inv_freq = 1.0 / (base ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-    angles = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-    angles = jnp.concatenate([angles, angles], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
+    inv_freq = (1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))).astype(np.float32)
+    angles = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None, :]
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles), np.sin(angles)
 
 
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -89,10 +93,52 @@ def attention_output(x: jax.Array) -> jax.Array:
 def flash_applies(q: jax.Array, bias=None, mask=None) -> bool:
     """Whether cuDNN flash attention is worth trying: a GPU backend, bfloat16/float16 inputs (cuDNN has no
     float32 kernel), no bias or mask (the DiT's and U-Net's attention; T5's position bias stays on XLA), and
-    a head dimension cuDNN takes (a multiple of 8, at most 128). Elsewhere, the CPU included, XLA's
-    attention runs, so the float32 parity tests see exactly the XLA path."""
+    a head dimension cuDNN takes (a multiple of 8, at most 128). Elsewhere XLA's attention runs (on the
+    CPU, for long inputs, one head at a time: `by_head_applies`)."""
     return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and bias is None
             and mask is None and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128)
+
+
+# XLA:CPU runs attention whole: the logits of every batch item and head, (b, heads, t, s) float32, are written
+# and read back by each pass of the softmax; at 1025 tokens that is 50 MB for batch 2 x 6 heads, far past the
+# caches. One (batch, key/value head) at a time its logits (4 MB) stay in cache: the attention of a SAO-shaped
+# DiT ran 4-8x faster (bench/bench_cpu_dit.py). Below this many logits in all the loop gains nothing.
+BY_HEAD_MIN_LOGITS = 1 << 20
+
+
+def by_head_applies(q: jax.Array, k: jax.Array, bias=None, mask=None) -> bool:
+    """Whether `attention` offers the CPU the by-head loop: no bias or mask (the DiT's and the U-Net's
+    attention), consistent shapes, and at least BY_HEAD_MIN_LOGITS logits in all. The loop is then used
+    where the program is lowered for the CPU (not by the GPU or a TPU plan compiled on this machine)."""
+    if bias is not None or mask is not None or q.ndim != 4 or k.ndim != 4:
+        return False
+    b, t, n, d = q.shape
+    if k.shape[0] != b or k.shape[3] != d or n % k.shape[2]:
+        return False   # jax.nn.dot_product_attention names the problem
+    return b * n * t * k.shape[1] >= BY_HEAD_MIN_LOGITS
+
+
+def attention_by_head(q: jax.Array, k: jax.Array, v: jax.Array, scale: float | None = None) -> jax.Array:
+    """`jax.nn.dot_product_attention(q, k, v, scale=scale)` (no bias or mask) computed one (batch, key/value
+    head) at a time. The query heads that share a key/value head are stacked along the query axis, so
+    each iteration is two plain matrix products and a softmax. Same arithmetic as XLA's: logits in float32
+    (also for half-precision inputs), scaled, a float32 softmax cast to v's dtype, then the product with v."""
+    b, t, n, d = q.shape
+    s, kv_heads = k.shape[1], k.shape[2]
+    group = n // kv_heads
+    scale = d ** -0.5 if scale is None else scale
+    qs = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b * kv_heads, group * t, d)
+    ks, vs = (x.transpose(0, 2, 1, 3).reshape(b * kv_heads, s, x.shape[3]) for x in (k, v))
+
+    def one_head(qkv):
+        qh, kh, vh = qkv
+        logits = jnp.einsum("td,sd->ts", qh, kh, preferred_element_type=jnp.float32)
+        logits = logits * jnp.asarray(scale, jnp.float32)
+        probs = jax.nn.softmax(logits, axis=-1).astype(vh.dtype)
+        return jnp.einsum("ts,sd->td", probs, vh)
+
+    out = jax.lax.map(one_head, (qs, ks, vs))
+    return out.reshape(b, kv_heads, group, t, -1).transpose(0, 3, 1, 2, 4).reshape(b, t, n, -1)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
@@ -102,7 +148,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | Non
     `k`/`v` may have fewer heads than `q` (grouped-query attention). `bias` is added to the logits
     (broadcastable to (batch, heads, q_len, kv_len)); `mask` is boolean, True where attention is
     allowed. `scale` defaults to 1/sqrt(head_dim). On a GPU in half precision this is cuDNN's flash
-    attention where `flash_applies` (a shape cuDNN refuses when traced falls back to XLA's).
+    attention where `flash_applies` (a shape cuDNN refuses when traced falls back to XLA's); a program
+    lowered for the CPU loops over heads where `by_head_applies`.
     """
     dtype = q.dtype
     k, v = k.astype(dtype), v.astype(dtype)
@@ -113,6 +160,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | Non
             return attention_output(jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn"))
         except (NotImplementedError, ValueError, RuntimeError):   # raised while tracing: this shape is not cuDNN's
             pass
+    if by_head_applies(q, k, bias, mask):
+        return attention_output(jax.lax.platform_dependent(
+            q, k, v, cpu=lambda q, k, v: attention_by_head(q, k, v, scale),
+            default=lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=scale)))
     return attention_output(jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale))
 
 
