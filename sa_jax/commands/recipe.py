@@ -51,7 +51,7 @@ FULL = {
     "vae": [], "vae_tail": ["steps=2000", "data.crop_past_end=16384"],
     "vae_flat": ["steps=2500", "data.crop_past_end=16384", "losses.stft.perceptual_weighting=false"],
     "clap": [], "quiet": {}, "unet": [],
-    "eval": {"steps": 50, "timing_lengths": 5, "per_value": 2, "recon_clips": 16},
+    "eval": {"steps": 50, "recon_clips": 16},   # evaluate's defaults: 64 timing, >= 48 per attribute
 }
 QUICK = {
     "corpus": {"count": 32, "max_seconds": 3.0}, "heldout": {"count": 4, "max_seconds": 3.0},
