@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,7 @@ def spec_errors(tmp, corpus):
          ["base.train", "no_such_config"]),
         (train + "variants: {fast: [optim.lr=fast]}\n", ["variant fast", "optim.lr=fast", "number"]),
         (train + "variants: {a: [model=/x]}\n", ["variant a", "sampling-only"]),
+        (train + "variants: {a: [checkpoint.dir=/x]}\n", ["variant a", "the tool sets `checkpoint.dir`"]),
         (train.replace("text.source=clap, ", "") + "grid: {steps: [2]}\n", ["export", "text.source"]),
         (model + "variants: {a: []}\nbetter: {timing.median: down}\n", ["better.timing.median", "lower or higher"]),
     ]
@@ -236,7 +238,8 @@ def test_a_bad_spec_as_a_command(tmp_path, corpus):
 
 def test_collect_table_marks_the_best_and_plots_each_metric(tmp_path, corpus):
     """Results written by hand: the table's mean +- spread (one seed: the value; two: min to max; three:
-    the standard deviation), the best per column in bold by its direction, a PNG per metric, missing named."""
+    the standard deviation), the best per column in bold by its direction, a PNG per metric, missing named;
+    the corpus need not exist to collect."""
     spec_path = write_spec(tmp_path / "spec.yaml", {
         "name": "by hand", "base": {"model": str(tmp_path)}, "grid": {"sample.cfg_scale": [3, 6]},
         "variants": {"a": [], "b": ["sample.steps=9"]}, "seeds": [0, 1, 2], "evaluate": {"corpus": corpus},
@@ -257,6 +260,7 @@ def test_collect_table_marks_the_best_and_plots_each_metric(tmp_path, corpus):
                                                         "items": [{"measured": 1.0}]},
             "adherence": {"stereo": {"accuracy": 0.5 + values[item.seed] / 10, "chance": 1 / 3}},
             "reconstruction": {"silence_rms_db": -values[item.seed]}}))
+    shutil.rmtree(corpus)   # collecting needs the results alone (e.g. copied to another machine)
     assert main(["ablate", str(spec_path), "--out", str(out), "--collect"]) == 0
     table = (out / "results.md").read_text()
     assert "| variant | seeds | timing.median_abs_error_s ↓ | adherence.stereo.accuracy ↑ | " \

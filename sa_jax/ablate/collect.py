@@ -223,6 +223,8 @@ def plot(spec: Spec, rows: list[dict], folder: Path) -> list[Path]:
         if categorical:
             ax.set_xticks(range(len(ticks)))
             ax.set_xticklabels(ticks, rotation=30, ha="right", fontsize=7)
+        elif min(spec.grid[x_key]) > 0 and max(spec.grid[x_key]) >= 50 * min(spec.grid[x_key]):
+            ax.set_xscale("log")   # values over decades (learning rates): evenly spaced
         ax.set_xlabel(x_key or "variant")
         ax.set_ylabel(metric)
         ax.set_title(f"{spec.name or 'ablation'}: {metric}", fontsize=9)

@@ -5,6 +5,7 @@ per item (`sa_jax.ablate.worker`: train, evaluate, result.json), and the collect
     DIR/<variant>/seed<k>/run/             the training run (checkpoint.dir; the trainer resumes from it)
     DIR/<variant>/seed<k>/result.json      the evaluation report + variant, seed, overrides, seconds: done
     DIR/<variant>/seed<k>/job.json, log.txt   what the worker was given, and its output (appended per attempt)
+    DIR/sampling.log                       a sampling-only study's worker output (sampling-shardIofN.log per shard)
     DIR/results.jsonl, results.md, plots/  sa_jax.ablate.collect
 """
 
@@ -118,6 +119,9 @@ def run_worker(spec: Spec, items: list[Item], out: Path, log_path: Path, label: 
         previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))   # save, then stop
         try:
             code = proc.wait()
+        except KeyboardInterrupt:   # Ctrl-C reached the worker too: let it end before this process does
+            proc.wait()
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous)
     left = [i for i in items if not (i.folder(out) / "result.json").is_file()]
@@ -143,7 +147,8 @@ def run_study(spec: Spec, spec_path: str | Path, out: str | Path, shard: tuple[i
     todo = [(k, item) for k, item in chosen if not (item.folder(out) / "result.json").is_file()]
     print_fn(f"{len(chosen)} runs in this shard, {len(chosen) - len(todo)} already done, {len(todo)} to run")
     if spec.train is None:   # sampling only: one process, the model loaded and compiled once
-        batches = [([item for _, item in todo], out / "sampling.log")] if todo else []
+        log = out / ("sampling.log" if shard[1] == 1 else f"sampling-shard{shard[0]}of{shard[1]}.log")
+        batches = [([item for _, item in todo], log)] if todo else []
     else:                    # training: a process per run
         batches = [([item], item.folder(out) / "log.txt") for _, item in todo]
     failed, stopped = [], False

@@ -161,12 +161,14 @@ def evaluation_parameters():
     return names, any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
-def load_spec(path: str | Path, out: str | Path | None = None) -> Spec:
-    """Read and check a whole spec; ConfigError (one line, naming the key) for the first problem."""
+def load_spec(path: str | Path, out: str | Path | None = None, strict: bool = True) -> Spec:
+    """Read and check a whole spec; ConfigError (one line, naming the key) for the first problem. strict=False
+    (collecting results, perhaps on another machine) leaves out what needs the study's files: that the
+    corpus and models exist and that the training configs load."""
     path = spec_file(path)
     data = read_spec(path)
     try:
-        return build_spec(data, out)
+        return build_spec(data, out, strict)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
@@ -181,7 +183,7 @@ def _string_list(value: Any, where: str) -> list[str]:
     return list(value)
 
 
-def build_spec(data: dict, out: str | Path | None = None) -> Spec:
+def build_spec(data: dict, out: str | Path | None = None, strict: bool = True) -> Spec:
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown}; an ablation spec has {', '.join(TOP_KEYS)}")
@@ -209,7 +211,7 @@ def build_spec(data: dict, out: str | Path | None = None) -> Spec:
         except ConfigError as e:
             raise ConfigError(f"base.train: {e}") from None
     else:
-        model = _model_path(base["model"], "base.model")
+        model = _model_path(base["model"], "base.model", strict)
     base_overrides = _string_list(base.get("overrides"), "base.overrides")
 
     # grid
@@ -254,7 +256,7 @@ def build_spec(data: dict, out: str | Path | None = None) -> Spec:
         raise ConfigError("evaluate: expected a mapping with `corpus` (a held-out `sa-jax synth` folder) and "
                           f"keyword arguments of sa_jax.eval.report.evaluate; got {evaluate!r}")
     corpus = evaluate["corpus"]
-    if not isinstance(corpus, str) or not (Path(corpus).expanduser() / "metadata.jsonl").is_file():
+    if not isinstance(corpus, str) or strict and not (Path(corpus).expanduser() / "metadata.jsonl").is_file():
         raise ConfigError(f"evaluate.corpus: {corpus!r} is not a `sa-jax synth` folder (no metadata.jsonl in it)")
     accepted, any_keyword = evaluation_parameters()
 
@@ -297,23 +299,23 @@ def build_spec(data: dict, out: str | Path | None = None) -> Spec:
             names.append(fname)
             overrides = base_overrides + voverrides + point_overrides
             for seed in seeds:
-                item = _item(fname, seed, overrides, train, model, check_evaluation_key)
+                item = _item(fname, seed, overrides, train, model, check_evaluation_key, strict)
                 item.named, item.point, item.own = vname, tuple(point), voverrides + point_overrides
                 items.append(item)
     spec = Spec(data=data, name=str(name), train=train, model=model, grid=grid, evaluate=dict(evaluate),
                 better=dict(better), metrics=metrics, variants=names, items=items)
-    if train is not None:
+    if train is not None and strict:
         _check_training(spec, out)
     return spec
 
 
-def _model_path(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value or not Path(value).expanduser().exists():
+def _model_path(value: Any, where: str, strict: bool = True) -> str:
+    if not isinstance(value, str) or not value or strict and not Path(value).expanduser().exists():
         raise ConfigError(f"{where}: {value!r} is not a model folder or file that exists")
     return value
 
 
-def _item(name, seed, overrides, train, model, check_evaluation_key) -> Item:
+def _item(name, seed, overrides, train, model, check_evaluation_key, strict) -> Item:
     item = Item(name=name, seed=seed, overrides=list(overrides), model=model)
     for override in overrides:
         key, raw = split_override(override, f"variant {name}")
@@ -324,7 +326,10 @@ def _item(name, seed, overrides, train, model, check_evaluation_key) -> Item:
             if train is not None:
                 raise ConfigError(f"variant {name}: {override!r}: model=PATH swaps the model of a sampling-only "
                                   "study; this study trains (base.train), its model keys are model.X=...")
-            item.model = _model_path(raw, f"variant {name}: {override!r}")
+            item.model = _model_path(raw, f"variant {name}: {override!r}", strict)
+        elif key in ("seed", "checkpoint.dir"):
+            raise ConfigError(f"variant {name}: {override!r}: the tool sets `{key}` (seeds come from `seeds:`, each "
+                              "run's checkpoint.dir is DIR/<variant>/seed<k>/run)")
         elif train is None:
             raise ConfigError(f"variant {name}: {override!r} is a training override, and this study only samples "
                               "(base.model); sampling settings are sample.X=..., the model model=PATH")

@@ -4,6 +4,7 @@ x seed trained (or only sampled) and evaluated, then results.jsonl, results.md a
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -13,16 +14,20 @@ def run(args) -> int:
     from sa_jax.ablate.spec import load_spec
 
     shard = parse_shard(args.shard)
-    spec = load_spec(args.spec, args.out)
     out = Path(args.out)
-    if args.dry_run:
-        return dry_run(spec, out, shard)
-    if args.collect:
+    if args.collect:   # the results alone: the corpus, models and training data need not be on this machine
         if not out.is_dir():
             raise FileNotFoundError(f"--out {out} does not exist: nothing to collect")
-        collect(spec, out)
+        collect(load_spec(args.spec, out, strict=False), out)
         return 0
-    return run_study(spec, args.spec, out, shard)
+    spec = load_spec(args.spec, out)
+    if args.dry_run:
+        return dry_run(spec, out, shard)
+    try:
+        return run_study(spec, args.spec, out, shard)
+    except KeyboardInterrupt:
+        print("sa-jax ablate: interrupted; finished runs are kept, a rerun resumes the rest", file=sys.stderr)
+        return 130
 
 
 def register(sub) -> None:
