@@ -268,7 +268,7 @@ def test_collect_table_marks_the_best_and_plots_each_metric(tmp_path, corpus):
     assert "| a__sample.cfg_scale=3 | 0, 1, 2 | 2 ± 1 | 0.7 ± 0.1 | -2 ± 1 |" in table
     assert "| a__sample.cfg_scale=6 | 0, 1 | **1 (0.5 to 1.5)** | 0.6 (0.55 to 0.65) | -1 (-1.5 to -0.5) |" in table
     assert "| b__sample.cfg_scale=3 | 0 | 4 | **0.9** | **-4** |" in table
-    assert "| b__sample.cfg_scale=6 | 0, 1, 2 | 2 ± 0 |" in table
+    assert "| b__sample.cfg_scale=6 | 0, 1, 2 | 2 ± 0 | 0.7 ± 0 | -2 ± 0 |" in table
     assert "Missing (3): a__sample.cfg_scale=6 seed 2, b__sample.cfg_scale=3 seed 1, b__sample.cfg_scale=3 seed 2" \
         in table
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]

@@ -112,6 +112,8 @@ def summary(values: list[float]) -> tuple[float, float, float]:
     if v.size == 2:
         return mean, float(v.min()), float(v.max())
     sd = float(v.std(ddof=1)) if v.size > 2 else 0.0
+    if sd <= 1e-12 * max(1.0, abs(mean)):   # equal values: rounding leaves ~1e-16, which says nothing
+        sd = 0.0
     return mean, mean - sd, mean + sd
 
 
@@ -162,7 +164,7 @@ def markdown(spec: Spec, rows: list[dict], missing: list) -> str:
         seeds = ", ".join(str(r["seed"]) for r in rs)
         lines.append(f"| {variant} | {seeds} | " + " | ".join(cells) + " |")
     if constant:
-        lines += ["", f"<details><summary>{len(constant)} metrics equal in every run</summary>", "",
+        lines += ["", f"<details><summary>{len(constant)} metric(s) equal in every run</summary>", "",
                   ", ".join(f"{m} = {fmt(rows[0][m])}" for m in constant), "", "</details>"]
     own = {item.name: item.own for item in spec.items}
     lines += ["", "Overrides of each variant (besides the base's):", ""]
