@@ -13,6 +13,11 @@ sa-jax with dpmpp-2m-sde: one network call (of batch 2) per step on both sides. 
 the whole call: prompt encoding, sampling and VAE decoding. sa-jax's first call also compiles;
 it is reported apart; diffusers gets an untimed warm-up call too. Absolute CPU times depend on the
 machine; the ratio is the comparison.
+
+A second comparison drives the same diffusers components (T5, projection, DiT with batched [cond, uncond] CFG,
+VAE) with k-diffusion's ODE sampler dpmpp-2m, as stable-audio-tools' generate_diffusion_cond does (the same
+arithmetic as tests/test_pipeline.py's torch_reference), against sa-jax's dpmpp-2m: same steps, CFG, sigmas
+(polyexponential 0.3 -> 500, rho 1). The issue's SAO-shaped reduced model is `--width 384 --depth 6`.
 """
 
 from __future__ import annotations
@@ -74,6 +79,40 @@ def build_pipeline(folder: Path, width: int, depth: int, frames: int):
     return pipe
 
 
+def kdiffusion_generate(pipe, prompt: str, seconds: float, steps: int, cfg_scale: float, frames: int):
+    """The diffusers components driven by k-diffusion's dpmpp-2m (prompt encoding, sampling, VAE decode)."""
+    import torch
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    from sa_jax.testing.kdiffusion_ref import kdiffusion
+
+    K = kdiffusion()
+    tok, t5, proj, dit, vae = pipe.tokenizer, pipe.text_encoder, pipe.projection_model, pipe.transformer, pipe.vae
+    with torch.no_grad():
+        enc = tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt")
+        text = t5(enc.input_ids, attention_mask=enc.attention_mask)[0]
+        text = proj(text_hidden_states=text).text_hidden_states * enc.attention_mask[..., None].float()
+        secs = proj(start_seconds=torch.zeros(1), end_seconds=torch.full((1,), float(seconds)))
+        cross = torch.cat([text, secs.seconds_start_hidden_states, secs.seconds_end_hidden_states], 1)
+        glob = torch.cat([secs.seconds_start_hidden_states, secs.seconds_end_hidden_states], 2)[:, 0]
+        uncond = torch.zeros_like(cross)
+        rot = get_1d_rotary_pos_embed(dit.config.attention_head_dim // 2, frames + 1, use_real=True,
+                                      repeat_interleave_real=False)
+
+        def v_model(x, t):
+            out = dit(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([cross, uncond]),
+                      global_hidden_states=torch.cat([glob, glob])[:, None], rotary_embedding=rot,
+                      return_dict=False)[0]
+            c, u = out.chunk(2)
+            return u + (c - u) * cfg_scale
+
+        sigmas = K.sampling.get_sigmas_polyexponential(steps, 0.3, 500.0, 1.0)
+        x = torch.randn(1, 64, frames, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+        latents = K.sampling.sample_dpmpp_2m(K.external.VDenoiser(v_model), x, sigmas, disable=True)
+        return vae.decode(latents).sample.numpy()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
@@ -105,6 +144,13 @@ def main():
             return sa.generate([prompt], seconds_total=seconds, steps=args.steps, cfg_scale=7.0,
                                sampler="dpmpp-2m-sde", seed=0)
 
+        def ours_ode():
+            return sa.generate([prompt], seconds_total=seconds, steps=args.steps, cfg_scale=7.0,
+                               sampler="dpmpp-2m", sigma_min=0.3, sigma_max=500.0, rho=1.0, seed=0)
+
+        def kdiff():
+            return kdiffusion_generate(pipe, prompt, seconds, args.steps, 7.0, args.frames)
+
         def theirs():
             with torch.no_grad():
                 return pipe(prompt, num_inference_steps=args.steps, guidance_scale=7.0, audio_end_in_s=seconds,
@@ -118,6 +164,12 @@ def main():
         pipe.set_progress_bar_config(disable=True)
         theirs()   # warm-up, as sa-jax's first call
         t_theirs = timed(theirs, args.repeats)
+        ours_ode()   # compiles the dpmpp-2m loop
+        t_ode = timed(ours_ode, args.repeats)
+        kdiff()
+        t_kdiff = timed(kdiff, args.repeats)
+        decode_path = sa.autoencoder.decode_chunk_frames((1, 64, args.frames)) if hasattr(
+            sa.autoencoder, "decode_chunk_frames") else 128
 
     n_params = sum(p.numel() for p in pipe.transformer.parameters())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__} "
@@ -129,7 +181,12 @@ def main():
     print(f"| sa-jax, first call (includes compile) | {first:.2f} | {args.steps / first:.2f} |")
     print(f"| sa-jax | {t_ours:.2f} | {args.steps / t_ours:.2f} |")
     print(f"| diffusers StableAudioPipeline | {t_theirs:.2f} | {args.steps / t_theirs:.2f} |")
-    print(f"\ndiffusers / sa-jax: {t_theirs / t_ours:.2f}x")
+    print(f"| sa-jax, dpmpp-2m | {t_ode:.2f} | {args.steps / t_ode:.2f} |")
+    print(f"| diffusers components + k-diffusion dpmpp-2m | {t_kdiff:.2f} | {args.steps / t_kdiff:.2f} |")
+    print(f"\ndiffusers pipeline / sa-jax: {t_theirs / t_ours:.2f}x; k-diffusion + diffusers components / "
+          f"sa-jax (dpmpp-2m): {t_kdiff / t_ode:.2f}x; sa-jax VAE decode: "
+          f"{'one shot' if decode_path is None else f'chunks of {decode_path} frames'}; load average "
+          f"{os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

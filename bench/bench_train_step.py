@@ -1,7 +1,7 @@
 """Training steps per second: sa-jax's jitted train step against the stable-audio-tools model
 trained the same way in PyTorch, both on this machine's CPU.
 
-    python bench/bench_train_step.py [--steps 20] [--warmup 3] [--only unet_tiny,unet_small,dit_small]
+    python bench/bench_train_step.py [--steps 20] [--warmup 3] [--only unet_tiny,unet_small,dit_small,dit_sao]
 
 Each case is one model size of one family with one batch (batch size, latent frames, context
 tokens the same on both sides) and one training step at a time:
@@ -46,10 +46,14 @@ UNET_SMALL = dict(in_channels=8, channels=64, multipliers=[1, 2, 2, 4], factors=
 # rotary max(head_dim / 2, 32)) are the reference's. Global vector = two number embeddings of cond_dim.
 DIT_SMALL = dict(io_channels=8, embed_dim=256, depth=4, num_heads=4, cond_token_dim=64, global_cond_dim=128)
 
+# SAO's DiT shape at reduced width (6 blocks x 384, 6 heads over 3 key/value heads) at SAO's window: 1024 frames.
+DIT_SAO = dict(io_channels=64, embed_dim=384, depth=6, num_heads=6, cond_token_dim=192, global_cond_dim=384)
+
 CASES = {
     "unet_tiny": dict(family="unet", model=UNET_TINY, batch=8, frames=32),
     "unet_small": dict(family="unet", model=UNET_SMALL, batch=8, frames=64),
     "dit_small": dict(family="dit", model=DIT_SMALL, batch=8, frames=64),
+    "dit_sao": dict(family="dit", model=DIT_SAO, batch=2, frames=1024),
 }
 TEXT_TOKENS = 8      # text tokens; the U-Net's context adds the two timing tokens
 LR, WEIGHT_DECAY, CLIP, EMA_DECAY, CFG_DROPOUT = 1e-3, 1e-3, 1.0, 0.999, 0.1

@@ -6,12 +6,16 @@
 
 Arrays at the API are channels-first NumPy (as in the reference); inside they are channels-last.
 Long inputs are processed in overlapping chunks of a fixed size, so memory stays bounded and the
-jitted functions compile once per chunk shape.
+jitted functions compile once per chunk shape. Decoding chooses by default: one shot when XLA's memory
+estimate of the one-shot program fits in the memory free on the device (chunking does ~1.4x the work),
+chunks otherwise.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,35 @@ from sa_jax.config import check_seed, load_yaml, naming, read_json, to_dict
 from sa_jax.errors import AudioError, CheckpointError, ConfigError
 from sa_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig, config_from_dict
 from sa_jax.nn import compute_dtype
+
+log = logging.getLogger("sa_jax.autoencoder")
+
+DEFAULT_CHUNK_FRAMES = 128
+# "auto" decodes in one shot when the program's own allocations (XLA's memory analysis: temporaries and
+# output) take at most this share of the memory free on the device, leaving room for everything else.
+ONE_SHOT_MEMORY_SHARE = 0.5
+
+
+def free_memory_bytes(device=None) -> int | None:
+    """Bytes free on `device` (default: the first device): an accelerator's limit less what is in use, the
+    host's MemAvailable for the CPU; None when unknown (then "auto" decoding chunks)."""
+    device = jax.devices()[0] if device is None else device
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _as_config(config: Any) -> AutoencoderConfig:
@@ -57,6 +90,7 @@ class Autoencoder:
         self.dtype = dtype
         self._encode_stats = jax.jit(functools.partial(self.module.apply, method=self.module.encode_stats))
         self._decode = jax.jit(functools.partial(self.module.apply, method=self.module.decode))
+        self._one_shot: dict[tuple, tuple[Any, int]] = {}   # latent shape -> (compiled decode, bytes it allocates)
 
     # --- facts -------------------------------------------------------------------------------
     @property
@@ -134,22 +168,57 @@ class Autoencoder:
             z = mean + std * noise
         return (z / self.config.scale).transpose(0, 2, 1).astype(np.float32)
 
-    def decode(self, latents: np.ndarray, chunk_frames: int | None = 128,
+    def decode(self, latents: np.ndarray, chunk_frames: int | str | None = "auto",
                overlap_frames: int = 32) -> np.ndarray:
-        """Latents (batch, latent_dim, frames) -> audio (batch, channels, frames x ratio), float32."""
+        """Latents (batch, latent_dim, frames) -> audio (batch, channels, frames x ratio), float32.
+
+        `chunk_frames`: an int decodes inputs longer than that many frames in chunks overlapping by
+        `overlap_frames`; None decodes in one shot; "auto" (the default) in one shot where it fits in memory
+        (`decode_chunk_frames`), else in chunks of DEFAULT_CHUNK_FRAMES."""
         z = np.asarray(latents, dtype=np.float32)
         if z.ndim != 3 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must be (batch, {self.latent_dim}, frames); got shape {z.shape}")
         if z.shape[0] == 0 or z.shape[2] == 0:
             raise ValueError(f"latents are empty (shape {z.shape}); batch and frames must be at least 1")
         check_finite(z, "latents")
+        if chunk_frames == "auto":
+            chunk_frames = self.decode_chunk_frames(z.shape)
+        elif chunk_frames is not None and (isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int)
+                                           or chunk_frames < 1):
+            raise ValueError(f"chunk_frames must be a positive int, None (one shot) or 'auto'; got {chunk_frames!r}")
         z = (z * self.config.scale).transpose(0, 2, 1)  # -> (B, frames, D)
+        if chunk_frames is None and z.shape in self._one_shot:   # compiled while choosing: use it
+            y = np.asarray(self._one_shot[z.shape][0]({"params": self.params}, jnp.asarray(z)))
+            return y.transpose(0, 2, 1)
 
         def dec(chunk):
             return np.asarray(self._decode({"params": self.params}, jnp.asarray(chunk)))
 
         y = _chunked(dec, z, z.shape[1], 1, self.downsampling_ratio, chunk_frames, overlap_frames)
         return y.transpose(0, 2, 1)
+
+    def decode_chunk_frames(self, shape: tuple[int, int, int]) -> int | None:
+        """The `chunk_frames` that decode(chunk_frames="auto") uses for latents of `shape` (batch, latent_dim,
+        frames): None (one shot) when the one-shot program's allocations, as XLA's memory analysis counts
+        them, take at most ONE_SHOT_MEMORY_SHARE of `free_memory_bytes()`; DEFAULT_CHUNK_FRAMES otherwise.
+        The one-shot program is compiled to be measured (once per shape) and kept for the decode."""
+        batch, _, frames = shape
+        if frames <= DEFAULT_CHUNK_FRAMES:
+            return DEFAULT_CHUNK_FRAMES   # one chunk: the same program either way
+        key = (batch, frames, self.latent_dim)
+        if key not in self._one_shot:
+            compiled = self._decode.lower({"params": self.params},
+                                          jax.ShapeDtypeStruct(key, jnp.float32)).compile()
+            memory = compiled.memory_analysis()
+            need = None if memory is None else int(memory.temp_size_in_bytes + memory.output_size_in_bytes)
+            self._one_shot[key] = (compiled, need)
+        need = self._one_shot[key][1]
+        free = free_memory_bytes()
+        one_shot = need is not None and free is not None and need <= ONE_SHOT_MEMORY_SHARE * free
+        log.info("decode of %d x %d frames: one shot needs %s MiB, %s MiB free: %s", batch, frames,
+                 "?" if need is None else need >> 20, "?" if free is None else free >> 20,
+                 "one shot" if one_shot else f"chunks of {DEFAULT_CHUNK_FRAMES}")
+        return None if one_shot else DEFAULT_CHUNK_FRAMES
 
     def _check_audio(self, audio: np.ndarray) -> np.ndarray:
         x = np.asarray(audio, dtype=np.float32)
