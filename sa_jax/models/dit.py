@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from sa_jax.errors import ConfigError
-from sa_jax.nn.attention import apply_rotary, attention, layer_norm, remat_block, rotary_cos_sin
+from sa_jax.nn.attention import apply_rotary, attention, constrain_batch, layer_norm, remat_block, rotary_cos_sin
 from sa_jax.tree import flat_shapes
 
 Dtype = Any
@@ -192,6 +192,7 @@ class DiTBlock(nn.Module):
     @nn.compact
     def __call__(self, x, context, cos, sin):
         c = self.config
+        x = constrain_batch(x)   # keeps a remat recomputation split over the batch (see constrain_batch)
         x = x + SelfAttention(c, self.dtype, name="self_attn")(
             layer_norm(c.norm_eps, self.dtype, "pre_norm")(x), cos, sin)
         x = x + CrossAttention(c, self.dtype, name="cross_attn")(

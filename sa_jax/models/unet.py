@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from sa_jax.config import from_dict
 from sa_jax.errors import ConfigError
-from sa_jax.nn.attention import attention, remat_block
+from sa_jax.nn.attention import attention, constrain_batch, remat_block
 from sa_jax.nn.layers import Conv1d, ConvTranspose1d
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +156,7 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, mapping=None):
+        x = constrain_batch(x)   # keeps a remat recomputation split over the batch (see constrain_batch)
         h = ConvBlock(self.features, self.groups, dtype=self.dtype, name="block1")(x)
         scale_shift = None
         if mapping is not None:
@@ -202,6 +203,7 @@ class TransformerBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, context, context_mask):
+        x = constrain_batch(x)   # as ResnetBlock
         x = x + Attention(self.heads, self.head_features, self.dtype, name="attention")(x)
         x = x + Attention(self.heads, self.head_features, self.dtype, name="cross_attention")(
             x, context, context_mask)

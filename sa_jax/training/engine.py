@@ -52,6 +52,7 @@ import numpy as np
 
 from sa_jax.config import current_names, save_yaml, to_dict
 from sa_jax.errors import ConfigError, TrainingError
+from sa_jax.nn.attention import batch_sharded_activations
 from sa_jax.parallel import batch_divisor, batch_sharding, describe, global_batch, make_mesh, tree_shardings
 
 log = logging.getLogger("sa_jax.training")
@@ -219,7 +220,12 @@ def jit_step(fn: Callable, mesh, mesh_cfg, state_shardings, batch_keys, extra_in
     the metrics replicated."""
     bs = batch_sharding(mesh, mesh_cfg)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(fn, in_shardings=(state_shardings, *extra_in, {k: bs for k in batch_keys}),
+
+    def traced(*args):   # the models' blocks keep their activations split as the batch (constrain_batch)
+        with batch_sharded_activations(bs):
+            return fn(*args)
+
+    return jax.jit(traced, in_shardings=(state_shardings, *extra_in, {k: bs for k in batch_keys}),
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 

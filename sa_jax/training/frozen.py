@@ -155,7 +155,7 @@ def plan_frozen(cfg) -> tuple[FrozenModels, list[str]]:
 
     from sa_jax.checkpoints import sat_config, store
     from sa_jax.checkpoints.autoencoder import diffusers_config
-    from sa_jax.config import load_yaml, read_json, resolve_config
+    from sa_jax.config import from_dict, load_yaml, read_json, resolve_config
     from sa_jax.models.autoencoder import AudioAutoencoder, config_from_dict
     from sa_jax.training.model import text_shape
 
@@ -165,21 +165,26 @@ def plan_frozen(cfg) -> tuple[FrozenModels, list[str]]:
     if t.source in ("t5", "clap"):
         # a run from init.from takes its encoder from that model: without text.path, the reference shapes
         hf_config = Path(t.path) / "config.json" if t.path else Path("/nonexistent/config.json")
+        # an sa-jax checkpoint keeps its encoder's config in config.yaml (`plan.follow_init` points text.path there)
+        section = store.read_config(t.path).get({"t5": "t5", "clap": "clap_text"}[t.source]) if (
+            t.path and Path(t.path).is_dir() and store.is_checkpoint(t.path)) else None
         if t.source == "t5":
             from sa_jax.models.t5 import T5Config, T5Encoder
 
-            config = T5Config.from_hf(read_json(hf_config)) if hf_config.is_file() else T5Config()
+            config = (from_dict(T5Config, section, "t5") if section is not None else
+                      T5Config.from_hf(read_json(hf_config)) if hf_config.is_file() else T5Config())
             module, width, what = T5Encoder(config), config.d_model, "T5-base"
         else:
             from sa_jax.checkpoints.bert import read_bert_config
             from sa_jax.models.bert import BertConfig, BertEncoder
 
-            config = read_bert_config(t.path) if hf_config.is_file() else BertConfig()
+            config = (from_dict(BertConfig, section, "clap_text") if section is not None else
+                      read_bert_config(t.path) if hf_config.is_file() else BertConfig())
             module, width, what = BertEncoder(config), config.hidden_size, "CLAP's RoBERTa-base text tower"
             if not -(config.num_layers + 1) <= t.layer <= config.num_layers:
                 raise ConfigError(f"text.layer {t.layer} is outside the CLAP text tower's "
                                   f"{-(config.num_layers + 1)}..{config.num_layers} hidden states")
-        if not hf_config.is_file():
+        if section is None and not hf_config.is_file():
             notes.append(f"text.path {t.path} has no config.json here: planned with {what}'s shapes")
         if width != d:
             raise ConfigError(f"the {t.source} text encoder ({t.path}) is {width} wide but the model takes {d}-d "

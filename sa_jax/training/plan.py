@@ -235,6 +235,7 @@ def plan_train(cfg, topology: str | None = None, slices: int = 1) -> dict:
     from sa_jax.parallel import batch_divisor
     from sa_jax.training.diffusion import plan_inputs
 
+    cfg, init_notes = follow_init(cfg)
     devices, where, topo, hbm, peak = _target(topology, slices)
     mesh = plan_mesh(cfg.mesh, devices, slices)
     processes = len({d.process_index for d in devices})   # hosts of the slice(s): one trainer process each
@@ -244,6 +245,7 @@ def plan_train(cfg, topology: str | None = None, slices: int = 1) -> dict:
                           f"processes) is not divisible by the {batch_divisor(mesh, cfg.mesh)} devices of the batch "
                           f"axes {list(cfg.mesh.batch_axes)}")
     step, state, frozen_params, batch, notes = plan_inputs(cfg, mesh, global_bs)
+    notes = init_notes + notes
     stats, compile_s = compile_stats(step, state, frozen_params, batch)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
     x = batch.get("latents", batch.get("audio"))
@@ -260,40 +262,77 @@ def plan_train(cfg, topology: str | None = None, slices: int = 1) -> dict:
 # Sampling
 
 
+def _checkpoint_model(path: Path, what: str):
+    """(training ModelConfig, autoencoder config, window frames, SamplingDefaults) of an sa-jax text-to-audio
+    checkpoint, from its config.yaml alone (the weights are not read)."""
+    from sa_jax.checkpoints import store
+    from sa_jax.config import from_dict, naming
+    from sa_jax.families import SamplingDefaults, family_class
+    from sa_jax.models.autoencoder import config_from_dict as ae_from_dict
+    from sa_jax.training.config import ModelConfig
+
+    config = store.read_config(path)
+    with naming(path / store.CONFIG_FILE):
+        family = family_class(config.get("family", "sao"), path)
+        if config.get("model_type") != "diffusion_cond":
+            raise ConfigError(f"{what} {path} is an sa-jax {config.get('model_type')!r} checkpoint, not a "
+                              "text-to-audio model")
+        family.check_sections(config, path)
+        if family.name == "sao":
+            m = from_dict(ModelConfig, {"family": "sao", "dit": config["dit"], "conditioning": config["conditioning"]})
+        else:
+            unet = config["unet"]
+            m = from_dict(ModelConfig, {"family": "sa1", "unet": unet, "timing": config["timing"][1],
+                                        "text_tokens": config.get("text_tokens", 77),
+                                        "text_dim": unet["context_embedding_features"]})
+        ae = ae_from_dict(config["autoencoder"])
+        defaults = from_dict(SamplingDefaults, config.get("sampling", {}), "sampling")
+    return m, ae, int(config["sample_size"]) // ae.downsampling_ratio, defaults
+
+
+def follow_init(cfg) -> tuple:
+    """(cfg as a run from `init.from` resolves it, notes), for `train --plan`, from the starting model's config
+    alone: an sa-jax checkpoint's config.yaml gives the model (a setting of the config that contradicts it is
+    the run's own ConfigError), its text encoder and its autoencoder (the latent frames). A model in another
+    format, or not on this machine, is planned with the config's model section, and a note says so."""
+    import dataclasses
+
+    from sa_jax.checkpoints import store
+    from sa_jax.training.finetune import resolve_model
+
+    if not getattr(cfg, "init_from", None):
+        return cfg, []
+    path = Path(cfg.init_from)
+    if not (path.is_dir() and store.is_checkpoint(path)):
+        where = "is not on this machine" if not path.exists() else "is not an sa-jax checkpoint (--plan reads those)"
+        return cfg, [f"init.from {path} {where}: planned with the config's model section, which the run checks "
+                     "against that model"]
+    m, *_ = _checkpoint_model(path, "init.from")
+    fields = ("dit", "conditioning") if m.family == "sao" else ("unet", "timing", "text_tokens", "text_dim")
+    model = resolve_model(cfg, {k: getattr(m, k) for k in ("family", *fields)})   # the run's own check
+    layer = cfg.text.layer if m.family == "sao" else store.read_config(path).get("text_layer", -2)
+    text = dataclasses.replace(cfg.text, source="t5" if m.family == "sao" else "clap", layer=layer, path=str(path))
+    cfg = dataclasses.replace(cfg, model=model, text=text, autoencoder=dataclasses.replace(cfg.autoencoder,
+                                                                                           path=str(path)))
+    return cfg, [f"model, text encoder and autoencoder: init.from {path}'s (its config.yaml)"]
+
+
 def _sampling_model(model, dtype: str | None):
     """(training ModelConfig, autoencoder config or None, window frames, SamplingDefaults, dtype, notes)
     from an sa-jax checkpoint folder (its config.yaml; the weights are not read) or a training config."""
     from sa_jax.checkpoints import store
-    from sa_jax.config import from_dict, load, naming
-    from sa_jax.families import SamplingDefaults, family_class
+    from sa_jax.config import load
+    from sa_jax.families import family_class
     from sa_jax.pipeline import shipped_model
-    from sa_jax.training.config import ModelConfig, TrainConfig
+    from sa_jax.training.config import TrainConfig
 
     path = Path(model) if model is not None else shipped_model()
     if path.is_dir():
         if not store.is_checkpoint(path):
             raise ConfigError(f"--model {path}: a plan reads an sa-jax checkpoint's config.yaml or a training config; "
                               "convert this folder first (`sa-jax convert`) or give the training config of its model")
-        from sa_jax.models.autoencoder import config_from_dict as ae_from_dict
-
-        config = store.read_config(path)
-        with naming(path / store.CONFIG_FILE):
-            family = family_class(config.get("family", "sao"), path)
-            if config.get("model_type") != "diffusion_cond":
-                raise ConfigError(f"--model {path} is an sa-jax {config.get('model_type')!r} checkpoint, not a "
-                                  "text-to-audio model")
-            family.check_sections(config, path)
-            if family.name == "sao":
-                m = from_dict(ModelConfig, {"family": "sao", "dit": config["dit"],
-                                            "conditioning": config["conditioning"]})
-            else:
-                unet = config["unet"]
-                m = from_dict(ModelConfig, {"family": "sa1", "unet": unet, "timing": config["timing"][1],
-                                            "text_tokens": config.get("text_tokens", 77),
-                                            "text_dim": unet["context_embedding_features"]})
-            ae = ae_from_dict(config["autoencoder"])
-            defaults = from_dict(SamplingDefaults, config.get("sampling", {}), "sampling")
-        return m, ae, int(config["sample_size"]) // ae.downsampling_ratio, defaults, dtype or "float32", []
+        m, ae, frames, defaults = _checkpoint_model(path, "--model")
+        return m, ae, frames, defaults, dtype or "float32", []
     cfg = load(TrainConfig, model)
     from sa_jax.training.frozen import plan_frozen
 
