@@ -160,10 +160,12 @@ class Clap:
     - `score(prompts, waveforms)` -> cosine similarity of matching pairs (the CLAP score).
     """
 
-    def __init__(self, config: ClapConfig, variables: dict, tokenizer=None, max_length: int = 77,
+    def __init__(self, config: ClapConfig, variables: dict, tokenizer=None, max_length: int | None = None,
                  dtype: Dtype = jnp.float32):
         config.validate()
         self.config, self.variables, self.tokenizer = config, variables, tokenizer
+        if max_length is None:       # LAION's 77, or all a smaller text tower holds (the small recipe's: 32)
+            max_length = min(77, config.text.max_tokens)
         if not 0 < max_length <= config.text.max_tokens:
             raise ValueError(f"max_length {max_length} must be in 1..{config.text.max_tokens}")
         self.max_length = max_length
@@ -177,7 +179,7 @@ class Clap:
         self._audio = call(ClapModel.get_audio_embedding)
 
     @classmethod
-    def load(cls, path, tokenizer_folder=None, config: ClapConfig | None = None, max_length: int = 77,
+    def load(cls, path, tokenizer_folder=None, config: ClapConfig | None = None, max_length: int | None = None,
              dtype: Dtype = jnp.float32, **laion_overrides) -> "Clap":
         """From a transformers ClapModel folder (its tokenizer files may sit beside the weights) or
         a LAION-CLAP checkpoint file (`.pt`/`.safetensors`; give `tokenizer_folder`, a local copy of

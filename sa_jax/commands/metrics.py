@@ -3,9 +3,11 @@ the paper's evaluation metrics (sa_jax.metrics, after stable-audio-metrics) on t
 
 - fd_openl3: Fréchet distance on OpenL3 embeddings, L|R per frame (needs --openl3 weights);
 - kl_passt: KL divergence of PaSST AudioSet tags, files paired by id (needs --passt weights);
-- clap_score: mean cosine similarity of each caption with its generated file (needs --clap, --captions);
-- fd_clap: Fréchet distance on the CLAP audio embedding, one per file (needs --clap), e.g. with a
-  model's own CLAP for an in-domain FD.
+- clap_score: mean cosine similarity of each caption with its generated file (needs --captions);
+- fd_clap: Fréchet distance on the CLAP audio embedding, one per file, e.g. with a model's own CLAP
+  for an in-domain FD.
+Without --clap the CLAP metrics use the shipped small model's own CLAP (sa_jax/assets/small_clap):
+in-domain scores for that model, not LAION CLAP's.
 
 `--save-stats DIR` writes the reference set's statistics (DIR/fd_openl3.npz, DIR/fd_clap.npz, in
 stable-audio-metrics' mu_ref/sigma_ref layout); `--reference-stats DIR` reads them instead of
@@ -52,6 +54,8 @@ def check_inputs(args, metrics: list[str]) -> None:
     for m in metrics:
         flag, what = NEEDS[m]
         value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None and flag == "--clap":
+            continue                     # the shipped small model's CLAP (_load_clap)
         if value is None:
             problems.append(f"{m} needs {flag}: {what}")
         elif not Path(value).exists():
@@ -176,7 +180,12 @@ def _fd_openl3(args) -> dict:
 
 def _load_clap(args):
     from sa_jax.encoders import Clap
+    from sa_jax.metrics.clap import shipped_clap
 
+    if args.clap is None:
+        args.clap = str(shipped_clap())
+        print(f"CLAP: the shipped small model's own ({args.clap}; in-domain scores for that model; "
+              "--clap for another)", flush=True)
     return Clap.load(args.clap, tokenizer_folder=args.clap_tokenizer)
 
 
@@ -184,8 +193,9 @@ def _fd_clap(args) -> dict:
     from sa_jax.metrics.clap import clap_statistics, clap_stats_name
 
     model = _load_clap(args)
-    return _fd(args, "fd_clap", clap_stats_name(model),
-               lambda files, progress: clap_statistics(files, model, progress=progress, **_batch(args)))
+    result = _fd(args, "fd_clap", clap_stats_name(model),
+                 lambda files, progress: clap_statistics(files, model, progress=progress, **_batch(args)))
+    return {**result, "clap": args.clap}
 
 
 def _clap_score(args) -> dict:
@@ -195,7 +205,7 @@ def _clap_score(args) -> dict:
     captions = read_captions(args.captions)
     with _progress("clap_score", len(captions)) as bar:
         value = clap_score(args.generated, captions, model, progress=bar.update, **_batch(args))
-    return {"value": value, "captions": len(captions)}
+    return {"value": value, "captions": len(captions), "clap": args.clap}
 
 
 def _kl_passt(args) -> dict:
@@ -225,7 +235,8 @@ def register(sub) -> None:
                    help="OpenL3's spectrogram: kapre037 as openl3 0.4.2 computes it (stable-audio-metrics' FD_openl3; "
                         "default), kapre014 as openl3 <= 0.3 and torchopenl3 do")
     p.add_argument("--passt", default=None, help="PaSST weights (.pt from hear21passt)")
-    p.add_argument("--clap", default=None, help="CLAP: a LAION .pt or a transformers ClapModel folder")
+    p.add_argument("--clap", default=None, help="CLAP: a LAION .pt or a transformers ClapModel folder (default: the "
+                                                "shipped small model's own, for in-domain scores of that model)")
     p.add_argument("--clap-tokenizer", default=None, help="a local roberta-base tokenizer folder (for a LAION .pt)")
     p.add_argument("--captions", default=None, help="CSV of id,caption for clap_score")
     p.add_argument("--content-type", default="music", choices=("music", "env"),

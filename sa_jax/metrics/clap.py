@@ -8,7 +8,9 @@ uses LAION's `630k-audioset-fusion-best.pt`; any CLAP `sa_jax.Clap.load` reads w
 recipe's own CLAP (`clap/export`), which makes an in-domain score that runs offline.
 
 `fd_clap` embeds every file of two sets the same way (one embedding per file) and returns the
-Fréchet distance of their Gaussians.
+Fréchet distance of their Gaussians. Both default to the shipped small model's own CLAP
+(`sa_jax/assets/small_clap`: the recipe's CLAP stage, whose text tower the shipped model conditions
+on), which scores that model in-domain and offline.
 """
 
 from __future__ import annotations
@@ -25,6 +27,18 @@ from sa_jax.metrics.audio import audio_files, ids_text, peak_normalize
 from sa_jax.metrics.frechet import RunningStats, frechet_distance, load_stats
 
 ID_COLUMNS = ("id", "ytid", "file", "filename", "name")
+
+# The whole CLAP of the shipped small model (the recipe's CLAP stage; the model keeps only its text
+# tower): the default for in-domain scoring of that model.
+SHIPPED_CLAP = Path(__file__).resolve().parents[1] / "assets" / "small_clap"
+
+
+def shipped_clap() -> Path:
+    """The shipped small model's full CLAP (a ClapModel folder with its tokenizer)."""
+    if not (SHIPPED_CLAP / "config.json").is_file():
+        raise FileNotFoundError(f"the shipped model's CLAP is not in this checkout ({SHIPPED_CLAP} is missing): "
+                                "give a CLAP folder, e.g. the small recipe's clap/export")
+    return SHIPPED_CLAP
 TEXT_COLUMNS = ("caption", "text", "prompt")
 
 
@@ -84,11 +98,22 @@ def _batches(items: list, size: int):
         yield items[i:i + size]
 
 
-def clap_score(generated, captions, model, batch_size: int = 16, seed: int = 0,
+def _default_clap(model):
+    """`model`, or the shipped small model's own CLAP when None."""
+    if model is not None:
+        return model
+    from sa_jax.encoders import Clap
+
+    return Clap.load(shipped_clap())
+
+
+def clap_score(generated, captions, model=None, batch_size: int = 16, seed: int = 0,
                progress: Callable[[int], None] | None = None) -> float:
     """Mean cosine similarity between each caption and the generated file of its id.
     `generated`: a folder, list of files or {id: path}; `captions`: {id: text} or a CSV;
-    `model`: a `sa_jax.Clap` (with its tokenizer). Every caption needs its file."""
+    `model`: a `sa_jax.Clap` (with its tokenizer); None: the shipped small model's own CLAP.
+    Every caption needs its file."""
+    model = _default_clap(model)
     captions = read_captions(captions)
     files = audio_files(generated, "generated set")
     missing = [k for k in captions if k not in files]
@@ -126,10 +151,12 @@ def clap_statistics(files, model, batch_size: int = 16, seed: int = 0,
     return mu, sigma, stats.count
 
 
-def fd_clap(generated, reference, model, batch_size: int = 16, seed: int = 0,
+def fd_clap(generated, reference, model=None, batch_size: int = 16, seed: int = 0,
             progress: Callable[[int], None] | None = None) -> float:
     """Fréchet distance between the CLAP audio embeddings of two sets (folders, file lists, or an
-    `.npz` of reference statistics for `reference`)."""
+    `.npz` of reference statistics for `reference`); `model` None: the shipped small model's own CLAP."""
+    model = _default_clap(model)
+
     def stats(source):
         if isinstance(source, (str, Path)) and str(source).endswith(".npz"):
             return load_stats(source, embedding=clap_stats_name(model))
