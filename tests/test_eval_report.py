@@ -197,13 +197,17 @@ def test_report_keys_and_the_command_gives_the_same_report_for_another_batch(tin
     out = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "sa_jax.cli", "evaluate", str(folder), "--corpus", str(corpus), "--out", str(out),
            "--steps", "2", "--timing-prompts", "2", "--timing-lengths", "2", "--per-value", "1",
-           "--recon-clips", "0", "--seed", "4", "--batch", "2"]
+           "--recon-clips", "0", "--seed", "4", "--batch", "2", "--metric-clips", "2"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "| timing error, median (s, 4 generations) |" in res.stdout and "| p (vs chance) |" in res.stdout
     assert res.stdout.strip() == table(json.loads(out.read_text())).strip()
     written = json.loads(out.read_text())
     assert written.pop("model")["path"] == str(folder)
+    # by default the command adds the in-domain FD and CLAP score with the shipped small model's own CLAP
+    distribution = written.pop("distribution")
+    assert set(distribution) == {"fd_clap", "clap_score"}, distribution
+    assert all(m["clips"] == 2 and math.isfinite(m["value"]) for m in distribution.values())
     report.pop("model")
     assert written == json.loads(json.dumps(report))
 

@@ -28,23 +28,19 @@ def run(args) -> int:
     from sa_jax.pipeline import StableAudio
 
     model = StableAudio.load(args.model)
+    clap = args.clap
+    if clap not in ("none", "shipped"):
+        from sa_jax.encoders import Clap
+
+        clap = Clap.load(clap, tokenizer_folder=args.clap_tokenizer)
     report = evaluate(model, args.corpus, steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler,
                       sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho,
                       timing_lengths=args.timing_lengths, timing_prompts=args.timing_prompts,
                       per_value=args.per_value, per_attribute=args.per_attribute, recon_clips=args.recon_clips,
-                      seed=args.seed, batch=args.batch, log=lambda s: print(s, file=sys.stderr))
+                      clap=None if clap == "none" else clap, openl3=args.openl3, passt=args.passt,
+                      metric_clips=args.metric_clips, seed=args.seed, batch=args.batch,
+                      log=lambda s: print(s, file=sys.stderr))
     report["model"]["path"] = str(args.model) if args.model else "(shipped)"
-    if args.clap or args.openl3 or args.passt:
-        from sa_jax.encoders import Clap
-        from sa_jax.eval.distribution import distribution_eval
-
-        clap = Clap.load(args.clap, tokenizer_folder=args.clap_tokenizer) if args.clap else None
-        report["distribution"] = distribution_eval(model, args.corpus, clap=clap, openl3=args.openl3,
-                                                   passt=args.passt, clips=args.metric_clips, steps=args.steps,
-                                                   cfg_scale=args.cfg_scale, sampler=args.sampler,
-                                                   sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho,
-                                                   seed=args.seed, batch=args.batch,
-                                                   log=lambda s: print(s, file=sys.stderr))
     print(table(report))
     if args.out:
         out = Path(args.out)
@@ -79,8 +75,10 @@ def register(sub) -> None:
                    help="generations per call (default 8); changes speed and memory, not the report")
     p.add_argument("--recon-clips", type=int, default=16,
                    help="corpus clips for reconstruction (default 16; 0 skips it)")
-    p.add_argument("--clap", default=None, help="a CLAP (ClapModel folder, e.g. the recipe's clap/export, or a LAION "
-                                                ".pt): adds the in-domain FD on its audio embedding and the CLAP score")
+    p.add_argument("--clap", default="shipped",
+                   help="the CLAP of the in-domain FD (its audio embedding) and the CLAP score: 'shipped' (default: "
+                        "the shipped small model's own, sa_jax/assets/small_clap), a ClapModel folder (e.g. the "
+                        "recipe's clap/export), a LAION .pt, or 'none' to skip both")
     p.add_argument("--clap-tokenizer", default=None, help="tokenizer folder for a LAION .pt")
     p.add_argument("--openl3", default=None, help="OpenL3 weights: adds FD_openl3 (see sa-jax metrics)")
     p.add_argument("--passt", default=None, help="PaSST weights: adds KL_passt (see sa-jax metrics)")

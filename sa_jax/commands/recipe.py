@@ -63,7 +63,7 @@ QUICK = {
     "quiet": {"steps": 5, "frames": 16},
     "unet": ["steps=20", "data.latent_window=128", "data.window=131072", "data.batch_size=4",
              "checkpoint.every=20", "log.every=10", "optim.warmup_steps=2"],
-    "eval": {"steps": 4, "timing_lengths": 2, "per_value": 1, "recon_clips": 2},
+    "eval": {"steps": 4, "timing_lengths": 2, "per_value": 1, "recon_clips": 2, "metric_clips": 2},
 }
 
 
@@ -249,7 +249,8 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
         from sa_jax.pipeline import StableAudio
 
         model = StableAudio.load(out / "unet" / "export")
-        report = run_eval(model, out / "heldout", **s["eval"], log=log)
+        # the in-domain FD and CLAP score judged by this run's own CLAP (clap/export)
+        report = run_eval(model, out / "heldout", **s["eval"], clap=out / "clap" / "export", log=log)
         report["model"]["path"] = str(out / "unet" / "export")
         (out / "report.json").write_text(json.dumps(report, indent=2))
         log(table(report))

@@ -22,8 +22,8 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
              sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
              timing_lengths: int = 8, timing_prompts=8, per_value: int | None = None, per_attribute: int = 48,
              adherence_seconds: float = 4.0, recon_clips: int = 16, recon_seconds: float = 2.0,
-             ceiling_clips: int | None = None, classifier_clips: int = 100, seed: int = 0, batch: int = 8,
-             log=print) -> dict:
+             ceiling_clips: int | None = None, classifier_clips: int = 100, clap=None, openl3=None, passt=None,
+             metric_clips: int = 16, seed: int = 0, batch: int = 8, log=print) -> dict:
     """All three evaluations of a loaded `StableAudio` against the corpus folder; returns the report.
 
     steps, cfg_scale, sampler, sigma_min, sigma_max, rho: the sampling settings (None: the model's).
@@ -32,8 +32,11 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
     per_attribute: adherence generations per attribute at least (48), balanced over its values; per_value
     overrides it with a fixed count per value. ceiling_clips: corpus clips the measurements are applied to
     for the ceilings (None: all); the first `recon_clips` of them are reconstructed (0: no "reconstruction"
-    in the report). Generation n of each evaluation draws its noise from (seed, n), so `batch` (generations
-    per call) changes nothing but speed.
+    in the report). clap (a CLAP folder, a loaded `Clap`, or "shipped": the shipped small model's own,
+    sa_jax/assets/small_clap), openl3, passt (weight files): the distribution metrics of
+    `sa_jax.eval.distribution` on `metric_clips` held-out clips, in report["distribution"] (none given: no
+    such key). Generation n of each evaluation draws its noise from (seed, n), so `batch` (generations per
+    call) changes nothing but speed.
     """
     from sa_jax.config import check_int
     from sa_jax.eval import adherence, recon, stats, timing
@@ -41,7 +44,8 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
     # every count checked before the first generation (an evaluation runs for minutes)
     prompts = _timing_prompts(timing_prompts)
     counts = {"timing_lengths": (timing_lengths, 1), "per_attribute": (per_attribute, 1), "batch": (batch, 1),
-              "recon_clips": (recon_clips, 0), "classifier_clips": (classifier_clips, 2)}
+              "recon_clips": (recon_clips, 0), "classifier_clips": (classifier_clips, 2),
+              "metric_clips": (metric_clips, 2)}
     if per_value is not None:
         counts["per_value"] = (per_value, 1)
     for name, (value, least) in counts.items():
@@ -85,7 +89,22 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
                        ceiling_high=ceiling["accuracy_high"],
                        of_ceiling=got["accuracy"] / ceiling["accuracy"] if ceiling["accuracy"] > 0 else None)
     log(f"adherence: {len(report['adherence']['items'])} generations in {time.perf_counter() - t0:.1f} s")
+    if clap is not None or openl3 is not None or passt is not None:
+        from sa_jax.eval.distribution import distribution_eval
+
+        report["distribution"] = distribution_eval(model, corpus, clap=_load_clap(clap), openl3=openl3, passt=passt,
+                                                   clips=metric_clips, **sampling, seed=seed, batch=batch, log=log)
     return report
+
+
+def _load_clap(clap):
+    """A loaded `Clap` as it is; "shipped": the shipped small model's CLAP; a path: Clap.load(path)."""
+    if clap is None or not isinstance(clap, (str, Path)):
+        return clap
+    from sa_jax.encoders import Clap
+    from sa_jax.metrics.clap import shipped_clap
+
+    return Clap.load(shipped_clap() if str(clap) == "shipped" else clap)
 
 
 def _timing_prompts(timing_prompts) -> list[str]:
