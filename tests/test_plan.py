@@ -173,7 +173,7 @@ def test_sample_plan_flops_grow_with_the_steps(tmp_path):
 
 def test_pod_configs_train_at_global_batch_256_and_state_their_plan():
     """configs/pod_*.yaml: the paper's global batch on their slice (hosts of 4 chips), with the plan in a comment."""
-    chips = {"v5p": 32}   # v5p-64 (v5p:2x4x4)
+    chips = {"v5p": 32, "v5e": 64}   # v5p-64 (v5p:2x4x4), v5e-64 (v5e:8x8)
     pods = sorted((ROOT / "configs").glob("pod_*.yaml"))
     assert pods
     for path in pods:
