@@ -99,6 +99,27 @@ def test_timing_ceiling_measures_clips_against_their_rounded_up_length():
         timing.timing_ceiling([], SR, 4.0)
 
 
+def test_decoded_timing_ceiling_hears_the_decoders_floor():
+    """Through an autoencoder whose decoder plays a floor 30 dB under the clip's peak over silence (as the
+    small model's decoder does for quiet clips), every clip measures the whole window; through an exact
+    one, the decoded ceiling is the plain one."""
+    class Floor:
+        def __init__(self, level):
+            self.level = level
+
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z + self.level * np.sin(np.arange(z.shape[-1]) * 0.05).astype(np.float32)
+
+    clips = [(tone(1.5, 1.5), {"duration_s": 1.5}), (tone(3.0, 3.0), {"duration_s": 3.0})]
+    plain = timing.timing_ceiling(clips, SR, window_seconds=4.0)
+    assert timing.timing_ceiling(clips, SR, 4.0, autoencoder=Floor(0.0)) == plain
+    floor = timing.timing_ceiling(clips, SR, 4.0, autoencoder=Floor(0.1 * 10 ** (-30 / 20)))
+    assert floor["max"] == pytest.approx(4.0 - 2) and floor["median"] == pytest.approx((2.0 + 1.0) / 2)  # all 4 s
+
+
 # --- every generation numbered: the batch changes nothing -------------------------------------------
 
 class NumberedFake:

@@ -133,11 +133,16 @@ def timing_eval(model, prompts: Sequence[str], lengths: Sequence[float], *, step
 
 
 def timing_ceiling(clips: Sequence[tuple[np.ndarray, dict]], sample_rate: int, window_seconds: float,
-                   **measure) -> dict:
+                   autoencoder=None, **measure) -> dict:
     """The measurement on corpus clips of known length: each clip (audio, metadata with "duration_s")
     padded with silence to the window (as a generation with `trim=False` comes back) and measured
     against the seconds_total training conditions it on, ceil(duration) (at most the window).
-    `timing_errors` of those: the timing error of a model that reproduced its corpus exactly."""
+    `timing_errors` of those: the timing error of a model that reproduced its corpus exactly.
+
+    With `autoencoder`, each padded clip is first encoded and decoded by it: the audio a model plays
+    when its latents are exactly the corpus's. The latent model cannot do better than this, so where
+    the decoder plays something above the threshold over silence (its floor, or a click at the
+    window's edge), this ceiling shows it."""
     if not clips:
         raise ValueError("timing_ceiling needs at least one corpus clip")
     samples = int(round(window_seconds * sample_rate))
@@ -145,6 +150,8 @@ def timing_ceiling(clips: Sequence[tuple[np.ndarray, dict]], sample_rate: int, w
     for audio, meta in clips:
         a = np.asarray(audio)[..., :samples]
         a = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, samples - a.shape[-1])])
+        if autoencoder is not None:
+            a = np.asarray(autoencoder.decode(autoencoder.encode(a[None])))[0][..., :samples]
         requested.append(min(float(max(1, math.ceil(meta["duration_s"]))), window_seconds))
         measured.append(generated_length(a, sample_rate, **measure))
     return timing_errors(requested, measured)
