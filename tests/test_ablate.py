@@ -420,3 +420,36 @@ def test_the_example_spec_is_valid(corpus):
     data["evaluate"]["corpus"] = corpus
     spec = build_spec(data)
     assert len(spec.items) == 2 * 2 * 2 and spec.items[0].sample == {"cfg_scale": 3, "steps": 8}
+
+
+def test_a_sigterm_outside_the_training_loop_stops_the_study(tmp_path, corpus, monkeypatch):
+    """SIGTERM while a worker loads or evaluates (it dies by the signal, exit -15, not the trainer's 143):
+    the study stops and starts no later run, as it does when the trainer saves and stops."""
+    import threading
+
+    from sa_jax.ablate import run as ablate_run
+
+    fake = tmp_path / "python"   # a worker that is busy until a signal ends it
+    fake.write_text(f"#!/bin/sh\ntouch {tmp_path}/started\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    spec_path = write_spec(tmp_path / "train.yaml", {
+        "base": {"train": "configs/train_unet_tiny.yaml",
+                 "overrides": ["text.source=clap", "text.path=/clap", "autoencoder.path=/vae"]},
+        "variants": {"a": [], "b": ["optim.lr=2e-4"]}, "evaluate": {"corpus": corpus}})
+    out = tmp_path / "out"
+    spec = load_spec(spec_path, out)
+
+    def terminate_when_started():
+        deadline = time.time() + 30
+        while not (tmp_path / "started").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)   # as a scheduler stopping the study
+
+    said = []
+    threading.Thread(target=terminate_when_started, daemon=True).start()
+    t0 = time.time()
+    assert ablate_run.run_study(spec, spec_path, out, print_fn=said.append) == ablate_run.PREEMPTED
+    assert time.time() - t0 < 30
+    assert any("stopped by SIGTERM" in s for s in said), said
+    assert (out / "a" / "seed0" / "job.json").is_file() and not (out / "b" / "seed0" / "job.json").exists()

@@ -96,9 +96,11 @@ def job_of(spec: Spec, item: Item, out: Path) -> dict:
             "evaluate": {**evaluation, **item.sample}}
 
 
-def run_worker(spec: Spec, items: list[Item], out: Path, log_path: Path, label: str, print_fn=print) -> list[Item]:
+def run_worker(spec: Spec, items: list[Item], out: Path, log_path: Path, label: str,
+               print_fn=print) -> list[Item] | None:
     """One worker process for `items` (its output appended to `log_path`); returns the items left without a
-    result.json. A SIGTERM to this process is passed on (the trainer saves its checkpoint, then stops)."""
+    result.json, or None when SIGTERM stopped it. A SIGTERM to this process is passed on (the trainer saves
+    its checkpoint, then stops)."""
     jobs = []
     for item in items:
         folder = item.folder(out)
@@ -116,7 +118,13 @@ def run_worker(spec: Spec, items: list[Item], out: Path, log_path: Path, label: 
         proc = subprocess.Popen([sys.executable, "-m", "sa_jax.ablate.worker", *jobs],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=_die_with_parent)
-        previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))   # save, then stop
+        terminated = []
+
+        def stop(*_):   # the trainer saves its checkpoint, then stops; elsewhere (loading, evaluating) it just ends
+            terminated.append(True)
+            proc.send_signal(signal.SIGTERM)
+
+        previous = signal.signal(signal.SIGTERM, stop)
         try:
             code = proc.wait()
         except KeyboardInterrupt:   # Ctrl-C reached the worker too: let it end before this process does
@@ -126,15 +134,19 @@ def run_worker(spec: Spec, items: list[Item], out: Path, log_path: Path, label: 
             signal.signal(signal.SIGTERM, previous)
     left = [i for i in items if not (i.folder(out) / "result.json").is_file()]
     seconds = time.perf_counter() - t0
-    if code == PREEMPTED:
-        print_fn(f"{label} stopped by SIGTERM after {seconds:.0f} s; the checkpoint is saved, run again to resume")
+    # a SIGTERM stops the study whatever the worker was doing (a worker killed by it outside the training loop
+    # exits -15, not 143): no later run starts on a machine being stopped
+    stopped = code == PREEMPTED or bool(terminated)
+    if stopped:
+        print_fn(f"{label} stopped by SIGTERM after {seconds:.0f} s; finished runs and saved checkpoints are kept, "
+                 "run again to resume")
     elif left or code:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-8:]
         print_fn(f"{label} {len(left)} of {len(items)} FAILED (exit {code}) after {seconds:.0f} s; the end of "
                  f"{log_path}:\n  " + "\n  ".join(tail))
     else:
         print_fn(f"{label} done in {seconds:.0f} s")
-    return left if code != PREEMPTED else None
+    return None if stopped else left
 
 
 def run_study(spec: Spec, spec_path: str | Path, out: str | Path, shard: tuple[int, int] = (1, 1),
