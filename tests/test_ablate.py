@@ -440,9 +440,12 @@ def test_a_sigterm_outside_the_training_loop_stops_the_study(tmp_path, corpus, m
     out = tmp_path / "out"
     spec = load_spec(spec_path, out)
 
-    def terminate_when_started():
+    original = signal.getsignal(signal.SIGTERM)
+
+    def terminate_when_started():   # once the worker runs and the study has its handler (never the default's kill)
         deadline = time.time() + 30
-        while not (tmp_path / "started").exists() and time.time() < deadline:
+        while not ((tmp_path / "started").exists() and signal.getsignal(signal.SIGTERM) is not original):
+            assert time.time() < deadline
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGTERM)   # as a scheduler stopping the study
 
