@@ -287,8 +287,8 @@ def test_collect_table_marks_the_best_and_plots_each_metric(tmp_path, corpus):
 
 def sampling_spec(tmp_path, assets, **extra) -> Path:
     return write_spec(tmp_path / "sampling.yaml", {
-        "name": "steps", "base": {"model": str(assets["model"])}, "grid": {"sample.steps": [2, 3]}, "seeds": [0, 1],
-        "evaluate": {"corpus": str(assets["heldout"]), **EVALUATE}, **extra})
+        "name": "cfg", "base": {"model": str(assets["model"])}, "grid": {"sample.cfg_scale": [3, 6]}, "seeds": [0, 1],
+        "evaluate": {"corpus": str(assets["heldout"]), "steps": 2, **EVALUATE}, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -305,31 +305,32 @@ def test_sampling_only_study_writes_results_table_and_plots(sampled):
     assert "4 runs in this shard, 0 already done, 4 to run" in result.stdout
     assert (out / "spec.yaml").read_text() == spec.read_text()
     found = rows(out)
-    assert [(r["variant"], r["seed"]) for r in found] == [("sample.steps=2", 0), ("sample.steps=2", 1),
-                                                          ("sample.steps=3", 0), ("sample.steps=3", 1)]
-    for r in found:   # each row is its own run's evaluation: its steps and seed
-        assert r["settings.steps"] == float(r["variant"][-1]) and r["settings.seed"] == r["seed"]
+    assert [(r["variant"], r["seed"]) for r in found] == [("sample.cfg_scale=3", 0), ("sample.cfg_scale=3", 1),
+                                                          ("sample.cfg_scale=6", 0), ("sample.cfg_scale=6", 1)]
+    for r in found:   # each row is its own run's evaluation: its CFG scale and seed
+        assert r["settings.cfg_scale"] == float(r["variant"][-1]) and r["settings.seed"] == r["seed"]
         assert r["overrides"] == [r["variant"]] and np.isfinite(r["timing.median"])
         report = json.loads((out / r["variant"] / f"seed{r['seed']}" / "result.json").read_text())
         assert report["variant"] == r["variant"] and report["seconds"] > 0 and report["adherence"]["items"]
     table = (out / "results.md").read_text()
-    assert table.startswith("# steps\n")
-    assert "| sample.steps=2 | 0, 1 |" in table and "| sample.steps=3 | 0, 1 |" in table
+    assert table.startswith("# cfg\n")
+    assert "| sample.cfg_scale=3 | 0, 1 |" in table and "| sample.cfg_scale=6 | 0, 1 |" in table
     assert (out / "plots" / "seconds.png").is_file()
 
 
 def test_a_finished_study_reruns_nothing_and_refuses_another_spec(sampled, assets, tmp_path):
     spec, out, _ = sampled
-    before = (out / "sample.steps=2" / "seed0" / "result.json").read_text()
+    before = (out / "sample.cfg_scale=3" / "seed0" / "result.json").read_text()
     result = ablate(spec, "--out", out)
     assert result.returncode == 0 and "4 already done, 0 to run" in result.stdout, result.stdout + result.stderr
-    assert (out / "sample.steps=2" / "seed0" / "result.json").read_text() == before
+    assert (out / "sample.cfg_scale=3" / "seed0" / "result.json").read_text() == before
     other = sampling_spec(tmp_path, assets, seeds=[0])
     result = ablate(other, "--out", out)
     assert result.returncode == 2 and "holds the results of another spec" in result.stderr
     dry = ablate(other, "--out", out, "--dry-run")
     assert dry.returncode == 0 and dry.stdout.splitlines()[1:] == [
-        "   0  sample.steps=2  seed 0  done  sample.steps=2", "   1  sample.steps=3  seed 0  done  sample.steps=3"]
+        "   0  sample.cfg_scale=3  seed 0  done  sample.cfg_scale=3",
+        "   1  sample.cfg_scale=6  seed 0  done  sample.cfg_scale=6"]
 
 
 def test_dry_run_lists_each_shard(sampled, assets, tmp_path):
@@ -337,7 +338,8 @@ def test_dry_run_lists_each_shard(sampled, assets, tmp_path):
     result = ablate(spec, "--out", tmp_path / "new", "--dry-run", "--shard", "2/2")
     assert result.returncode == 0 and result.stdout.splitlines() == [
         f"2 of 4 runs (shard 2/2), sampling {assets['model']}",
-        "   1  sample.steps=2  seed 1  todo  sample.steps=2", "   3  sample.steps=3  seed 1  todo  sample.steps=3"]
+        "   1  sample.cfg_scale=3  seed 1  todo  sample.cfg_scale=3",
+        "   3  sample.cfg_scale=6  seed 1  todo  sample.cfg_scale=6"]
     assert not (tmp_path / "new").exists()
 
 
@@ -346,7 +348,8 @@ def test_two_shards_then_collect_equal_one_run(sampled, tmp_path):
     spec, whole, _ = sampled
     out = tmp_path / "sharded"
     first = ablate(spec, "--out", out, "--shard", "1/2")
-    assert first.returncode == 0 and "missing 2 of 4: sample.steps=2 seed1, sample.steps=3 seed1" in first.stdout
+    assert first.returncode == 0
+    assert "missing 2 of 4: sample.cfg_scale=3 seed1, sample.cfg_scale=6 seed1" in first.stdout
     assert ablate(spec, "--out", out, "--shard", "2/2").returncode == 0
     collected = ablate(spec, "--out", out, "--collect")
     assert collected.returncode == 0 and "missing" not in collected.stdout
