@@ -459,3 +459,19 @@ def test_a_sigterm_outside_the_training_loop_stops_the_study(tmp_path, corpus, m
     assert time.time() - t0 < 30
     assert any("stopped by SIGTERM" in s for s in said), said
     assert (out / "a" / "seed0" / "job.json").is_file() and not (out / "b" / "seed0" / "job.json").exists()
+
+
+def test_collect_needs_no_training_config(tmp_path):
+    """`--collect` of a training study where neither its training config nor its corpus exists (the results
+    copied to another machine): the table comes from the result.json files alone."""
+    spec_path = write_spec(tmp_path / "spec.yaml", {
+        "base": {"train": str(tmp_path / "elsewhere" / "my_train.yaml")}, "variants": {"a": [], "b": ["optim.lr=1e-4"]},
+        "evaluate": {"corpus": str(tmp_path / "elsewhere" / "heldout")}})
+    out = tmp_path / "out"
+    for name, error in (("a", 0.5), ("b", 0.25)):
+        (out / name / "seed0").mkdir(parents=True)
+        (out / name / "seed0" / "result.json").write_text(json.dumps({
+            "variant": name, "seed": 0, "overrides": [], "timing": {"median": error}}))
+    assert main(["ablate", str(spec_path), "--out", str(out), "--collect"]) == 0
+    assert "| b | 0 | **0.25** |" in (out / "results.md").read_text()
+    assert main(["ablate", str(spec_path), "--out", str(out)]) == 2   # running it still needs the config
