@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sa_jax.ablate.spec import Spec
+from sa_jax.ablate.worker import partial_path, write_text
 
 ROW_KEYS = ("variant", "seed", "overrides")
 # Flattened keys that describe a run rather than measure it, or qualify another column (confidence bounds,
@@ -175,12 +176,6 @@ def markdown(spec: Spec, rows: list[dict], missing: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def plot(spec: Spec, rows: list[dict], folder: Path) -> list[Path]:
     """One PNG per table metric: the metric against the first numeric grid key (a line per named variant and
     other grid values), or against the variants when there is no grid; error bars over seeds."""
@@ -234,8 +229,8 @@ def plot(spec: Spec, rows: list[dict], folder: Path) -> list[Path]:
             ax.legend(fontsize=7)
         fig.tight_layout()
         path = folder / f"{re.sub(r'[^A-Za-z0-9._=+,-]', '_', metric)}.png"
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.png")
-        fig.savefig(tmp, dpi=100)
+        tmp = partial_path(path)
+        fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
         os.replace(tmp, path)
         written.append(path)

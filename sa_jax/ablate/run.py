@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sa_jax.ablate.collect import collect
 from sa_jax.ablate.spec import Item, Spec, read_spec, spec_file, train_overrides
-from sa_jax.ablate.worker import write_json
+from sa_jax.ablate.worker import write_json, write_text
 from sa_jax.errors import ConfigError
 
 PREEMPTED = 143
@@ -57,9 +57,7 @@ def claim_directory(spec_path: Path, out: Path) -> None:
             raise ConfigError(f"{out} holds the results of another spec ({mine} differs from {spec_path}); use a new "
                               "--out, or --collect to rebuild the tables from what is there")
         return
-    tmp = mine.with_name(f".spec.yaml.{os.getpid()}.partial")
-    tmp.write_text(spec_file(spec_path).read_text())
-    os.replace(tmp, mine)
+    write_text(mine, spec_file(spec_path).read_text())
 
 
 def describe(item: Item) -> str:

@@ -16,17 +16,29 @@ import inspect
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 
 
-def write_json(path: Path, data) -> None:
-    """`data` as JSON at `path`, written under a temporary name and renamed (never half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+def partial_path(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: a name of this host and process, so hosts
+    sharing the study's folder (`--shard`), whose process ids may coincide, never write the same file."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.partial")
+
+
+def write_text(path: Path, text: str) -> None:
+    """`text` at `path`, written under a temporary name and renamed (never half a file)."""
+    tmp = partial_path(path)
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    """`data` as JSON at `path`, atomically (`write_text`)."""
+    write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
 
 
 def _plain(value):
