@@ -140,9 +140,8 @@ def timing_ceiling(clips: Sequence[tuple[np.ndarray, dict]], sample_rate: int, w
     `timing_errors` of those: the timing error of a model that reproduced its corpus exactly.
 
     With `autoencoder`, each padded clip is first encoded and decoded by it: the audio a model plays
-    when its latents are exactly the corpus's. The latent model cannot do better than this, so where
-    the decoder plays something above the threshold over silence (its floor, or a click at the
-    window's edge), this ceiling shows it."""
+    when its latents are exactly the corpus's. Where the decoder plays something above the threshold
+    over silence (its floor, or a click at the window's edge), this ceiling shows it."""
     if not clips:
         raise ValueError("timing_ceiling needs at least one corpus clip")
     samples = int(round(window_seconds * sample_rate))
