@@ -105,9 +105,9 @@ def _load_clap(clap):
     if clap is None or not isinstance(clap, (str, Path)):
         return clap
     from sa_jax.encoders import Clap
-    from sa_jax.metrics.clap import shipped_clap
+    from sa_jax.metrics.clap import default_clap
 
-    return Clap.load(shipped_clap() if str(clap) == "shipped" else clap)
+    return default_clap(None) if str(clap) == "shipped" else Clap.load(clap)
 
 
 def _timing_prompts(timing_prompts) -> list[str]:

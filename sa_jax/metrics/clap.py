@@ -98,7 +98,7 @@ def _batches(items: list, size: int):
         yield items[i:i + size]
 
 
-def _default_clap(model):
+def default_clap(model):
     """`model`, or the shipped small model's own CLAP when None."""
     if model is not None:
         return model
@@ -113,7 +113,7 @@ def clap_score(generated, captions, model=None, batch_size: int = 16, seed: int 
     `generated`: a folder, list of files or {id: path}; `captions`: {id: text} or a CSV;
     `model`: a `sa_jax.Clap` (with its tokenizer); None: the shipped small model's own CLAP.
     Every caption needs its file."""
-    model = _default_clap(model)
+    model = default_clap(model)
     captions = read_captions(captions)
     files = audio_files(generated, "generated set")
     missing = [k for k in captions if k not in files]
@@ -155,7 +155,7 @@ def fd_clap(generated, reference, model=None, batch_size: int = 16, seed: int = 
             progress: Callable[[int], None] | None = None) -> float:
     """Fréchet distance between the CLAP audio embeddings of two sets (folders, file lists, or an
     `.npz` of reference statistics for `reference`); `model` None: the shipped small model's own CLAP."""
-    model = _default_clap(model)
+    model = default_clap(model)
 
     def stats(source):
         if isinstance(source, (str, Path)) and str(source).endswith(".npz"):
