@@ -6,9 +6,9 @@
 
 Arrays at the API are channels-first NumPy (as in the reference); inside they are channels-last.
 Long inputs are processed in overlapping chunks of a fixed size, so memory stays bounded and the
-jitted functions compile once per chunk shape. Decoding chooses by default: one shot when XLA's memory
-estimate of the one-shot program fits in the memory free on the device (chunking does ~1.4x the work),
-chunks otherwise.
+jitted functions compile once per chunk shape. Decoding chooses by default: one shot when the one-shot
+program's memory (XLA's memory analysis of one chunk, scaled to the length) fits in the memory free on the
+device (chunking does ~1.4x the work), chunks otherwise.
 """
 
 from __future__ import annotations
@@ -62,6 +62,21 @@ def free_memory_bytes(device=None) -> int | None:
         return None
 
 
+def scale_chunk_bytes(chunk_bytes: int, chunk_batch: int, chunk_frames: int, batch: int, frames: int) -> int:
+    """A decode's allocations for batch x frames from those of a chunk_batch x chunk_frames decode. The decoder
+    is convolutional, so its activations grow linearly in batch x frames (measured on the Oobleck decoder:
+    bytes per frame equal within 0.01% from 128 to 2048 frames and batch 1 to 2); the small fixed part scales too,
+    which errs toward chunking. This spares compiling the one-shot program of every new length only to measure
+    it: long-form canvases come in many lengths and are mostly chunked anyway."""
+    return -(-chunk_bytes * batch * frames // (chunk_batch * chunk_frames))
+
+
+def fits_one_shot(need: int | None, free: int | None) -> bool:
+    """Whether a one-shot decode needing `need` bytes runs in `free` bytes: at most ONE_SHOT_MEMORY_SHARE of it
+    (unknown either way: no, chunk)."""
+    return need is not None and free is not None and need <= ONE_SHOT_MEMORY_SHARE * free
+
+
 def _as_config(config: Any) -> AutoencoderConfig:
     """An AutoencoderConfig from a config object, a plain dict, or a JSON/YAML path."""
     if isinstance(config, AutoencoderConfig):
@@ -90,7 +105,7 @@ class Autoencoder:
         self.dtype = dtype
         self._encode_stats = jax.jit(functools.partial(self.module.apply, method=self.module.encode_stats))
         self._decode = jax.jit(functools.partial(self.module.apply, method=self.module.decode))
-        self._one_shot: dict[tuple, tuple[Any, int]] = {}   # latent shape -> (compiled decode, bytes it allocates)
+        self._reference_bytes: int | None | bool = False   # one chunk's decode allocations (False: not measured)
 
     # --- facts -------------------------------------------------------------------------------
     @property
@@ -187,9 +202,6 @@ class Autoencoder:
                                            or chunk_frames < 1):
             raise ValueError(f"chunk_frames must be a positive int, None (one shot) or 'auto'; got {chunk_frames!r}")
         z = (z * self.config.scale).transpose(0, 2, 1)  # -> (B, frames, D)
-        if chunk_frames is None and z.shape in self._one_shot:   # compiled while choosing: use it
-            y = np.asarray(self._one_shot[z.shape][0]({"params": self.params}, jnp.asarray(z)))
-            return y.transpose(0, 2, 1)
 
         def dec(chunk):
             return np.asarray(self._decode({"params": self.params}, jnp.asarray(chunk)))
@@ -199,26 +211,31 @@ class Autoencoder:
 
     def decode_chunk_frames(self, shape: tuple[int, int, int]) -> int | None:
         """The `chunk_frames` that decode(chunk_frames="auto") uses for latents of `shape` (batch, latent_dim,
-        frames): None (one shot) when the one-shot program's allocations, as XLA's memory analysis counts
-        them, take at most ONE_SHOT_MEMORY_SHARE of `free_memory_bytes()`; DEFAULT_CHUNK_FRAMES otherwise.
-        The one-shot program is compiled to be measured (once per shape) and kept for the decode."""
+        frames): None (one shot) when `one_shot_bytes` fits in `free_memory_bytes()` (`fits_one_shot`);
+        DEFAULT_CHUNK_FRAMES otherwise."""
         batch, _, frames = shape
         if frames <= DEFAULT_CHUNK_FRAMES:
             return DEFAULT_CHUNK_FRAMES   # one chunk: the same program either way
-        key = (batch, frames, self.latent_dim)
-        if key not in self._one_shot:
-            compiled = self._decode.lower({"params": self.params},
-                                          jax.ShapeDtypeStruct(key, jnp.float32)).compile()
-            memory = compiled.memory_analysis()
-            need = None if memory is None else int(memory.temp_size_in_bytes + memory.output_size_in_bytes)
-            self._one_shot[key] = (compiled, need)
-        need = self._one_shot[key][1]
-        free = free_memory_bytes()
-        one_shot = need is not None and free is not None and need <= ONE_SHOT_MEMORY_SHARE * free
-        log.info("decode of %d x %d frames: one shot needs %s MiB, %s MiB free: %s", batch, frames,
+        need, free = self.one_shot_bytes(batch, frames), free_memory_bytes()
+        one_shot = fits_one_shot(need, free)
+        log.info("decode of %d x %d frames: one shot needs about %s MiB, %s MiB free: %s", batch, frames,
                  "?" if need is None else need >> 20, "?" if free is None else free >> 20,
                  "one shot" if one_shot else f"chunks of {DEFAULT_CHUNK_FRAMES}")
         return None if one_shot else DEFAULT_CHUNK_FRAMES
+
+    def one_shot_bytes(self, batch: int, frames: int) -> int | None:
+        """About what the one-shot decode of `batch` x `frames` latent frames allocates (temporaries and output):
+        XLA's memory analysis of the decode of one chunk (1 x DEFAULT_CHUNK_FRAMES), compiled once per model,
+        scaled by batch x frames (`scale_chunk_bytes`); None when XLA gives no analysis."""
+        if self._reference_bytes is False:
+            shape = (1, DEFAULT_CHUNK_FRAMES, self.latent_dim)
+            memory = self._decode.lower({"params": self.params},
+                                        jax.ShapeDtypeStruct(shape, jnp.float32)).compile().memory_analysis()
+            self._reference_bytes = None if memory is None else int(memory.temp_size_in_bytes
+                                                                    + memory.output_size_in_bytes)
+        if self._reference_bytes is None:
+            return None
+        return scale_chunk_bytes(self._reference_bytes, 1, DEFAULT_CHUNK_FRAMES, batch, frames)
 
     def _check_audio(self, audio: np.ndarray) -> np.ndarray:
         x = np.asarray(audio, dtype=np.float32)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from sa_jax import Autoencoder
 from sa_jax.config import load
 from sa_jax.errors import ConfigError
+from sa_jax.pipeline import shipped_model
 from sa_jax.training import TrainConfig
 from sa_jax.training.frozen import plan_frozen
 from sa_jax.training.plan import LIBTPU, follow_init, json_line, libtpu_path, plan_sampling, plan_train, topology_name
@@ -148,13 +150,16 @@ def test_block_remat_recomputes_only_each_chips_share():
 
 
 def test_sample_plan_on_the_devices_present(tmp_path):
-    """The shipped model's sampling loop and VAE decode, planned from its config.yaml alone."""
+    """The shipped model's sampling loop and VAE decode, planned from its config.yaml alone. The decode planned is
+    the one the run chooses (Autoencoder.decode_chunk_frames): its 384 frames need ~40 MiB, so one shot here."""
     p, plan = sa_jax("sample", "--plan", "--batch-size", "1", "--steps", "2", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert plan is not None, p.stdout
     assert plan["devices"] == 1 and plan["batch"] == 1 and plan["steps"] == 2
     assert plan["bytes_per_device"] > 0 and plan["flops_per_step"] > 0
-    assert "memory per device, sampling loop" in p.stdout and "VAE decode (x4 chunks of 128 frames)" in p.stdout
+    assert "memory per device, sampling loop" in p.stdout and "VAE decode (one shot of 384 frames)" in p.stdout
+    ae = Autoencoder.load(shipped_model())
+    assert ae.decode_chunk_frames((1, ae.latent_dim, 384)) is None   # the run decodes in one shot too
 
 
 @pytest.mark.slow

@@ -356,8 +356,12 @@ def _sampling_model(model, dtype: str | None):
     return cfg.model, ae, frames, defaults, dtype or cfg.model.compute_dtype, notes
 
 
-def _decode_calls(frames: int, chunk: int = 128, overlap: int = 32) -> tuple[int, int]:
-    """(chunk length, number of decoder calls) of `Autoencoder.decode`'s chunking for `frames` frames."""
+def _decode_calls(frames: int, chunk: int | None = None, overlap: int = 32) -> tuple[int, int]:
+    """(chunk length, number of decoder calls) of `Autoencoder.decode`'s chunking for `frames` frames (chunks of
+    DEFAULT_CHUNK_FRAMES unless `chunk` says)."""
+    from sa_jax.autoencoder import DEFAULT_CHUNK_FRAMES
+
+    chunk = DEFAULT_CHUNK_FRAMES if chunk is None else chunk
     if frames <= chunk:
         return frames, 1
     return chunk, len(range(0, frames - chunk, chunk - overlap)) + 1
@@ -372,6 +376,7 @@ def plan_sampling(model=None, batch: int = 1, steps: int | None = None, sampler:
     from jax.sharding import PartitionSpec as P
     from jax.tree_util import Partial
 
+    from sa_jax.autoencoder import fits_one_shot, free_memory_bytes, scale_chunk_bytes
     from sa_jax.diffusion import cfg_model, get_sigmas, sample, v_denoiser
     from sa_jax.families import family_class
     from sa_jax.families.sa1 import sa1_network
@@ -441,7 +446,21 @@ def plan_sampling(model=None, batch: int = 1, steps: int | None = None, sampler:
         decode = jax.jit(lambda p, z: module.apply({"params": p}, z, method=module.decode))
         dec, dt = compile_stats(decode, ae_params, spec((batch, chunk, ae.latent_dim), jnp.float32))
         compile_s += dt
-        report["decode"] = dict(dec, calls=calls, chunk_frames=chunk)
+        # decode(chunk_frames="auto") as the run makes it: one shot when the chunk's allocations scaled to the
+        # whole length and batch (the run decodes the batch on one device) fit in what the device has free
+        # beside both models' parameters
+        one_shot = False
+        if calls > 1 and dec.get("temp_bytes") is not None:
+            need = scale_chunk_bytes(dec["temp_bytes"] + dec["output_bytes"], batch // len(devices), chunk,
+                                     batch, frames)
+            free = hbm if hbm is not None else (free_memory_bytes(devices[0]) if topology is None else None)
+            free = None if free is None else free - param_bytes(params) - param_bytes(ae_params)
+            one_shot = fits_one_shot(need, free)
+        if one_shot:
+            chunk, calls = frames, 1
+            dec, dt = compile_stats(decode, ae_params, spec((batch, frames, ae.latent_dim), jnp.float32))
+            compile_s += dt
+        report["decode"] = dict(dec, calls=calls, chunk_frames=chunk, one_shot=one_shot)
         if dec.get("out_of_memory"):
             report["out_of_memory"] = "VAE decode: " + dec["out_of_memory"]
             total_flops = seconds = None
@@ -502,7 +521,8 @@ def format_report(report: dict) -> str:
     for p, name in zip(parts, ("sampling loop", "VAE decode") if r["what"] == "sample" else ("train step",)):
         if p.get("argument_bytes") is not None:
             host = f", host {_size(p['host_bytes'])}" if p.get("host_bytes") else ""
-            calls = f" (x{p['calls']} chunks of {p['chunk_frames']} frames)" if "calls" in p else ""
+            calls = "" if "calls" not in p else (f" (one shot of {p['chunk_frames']} frames)" if p.get("one_shot")
+                                                 else f" (x{p['calls']} chunks of {p['chunk_frames']} frames)")
             lines.append(f"memory per device, {name}{calls}: arguments {_size(p['argument_bytes'])}, outputs "
                          f"{_size(p['output_bytes'])} ({_size(p['alias_bytes'])} reusing donated inputs), "
                          f"temporaries {_size(p['temp_bytes'])}{host}")
