@@ -247,3 +247,43 @@ def test_bad_counts_are_clear_errors(tiny):
         timing.timing_eval(NumberedFake(), ["a"], [1.0], batch=0)
     with pytest.raises(ValueError, match="per_attribute must be at least 1"):
         adherence.adherence_eval(lambda ps, n: None, SR, None, per_attribute=0)
+
+
+class NeverGenerates:
+    """A model that fails the test if the evaluation gets as far as using it: every number is checked first."""
+    from sa_jax.families import SamplingDefaults
+
+    sample_rate, window_seconds, defaults = SR, 2.0, SamplingDefaults()
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the evaluation used the model ({name}) before checking its arguments")
+
+
+@pytest.mark.parametrize("argument, value, message", [
+    ("adherence_seconds", 0, "adherence_seconds must be a length in seconds > 0 .* got 0"),
+    ("adherence_seconds", float("nan"), "adherence_seconds must be a length in seconds > 0 .* got nan"),
+    ("adherence_seconds", "4", "adherence_seconds must be a length in seconds > 0 .* got '4'"),
+    ("recon_seconds", -1.0, r"recon_seconds must be a length in seconds of at least one sample \(1/44100 s\), got -1"),
+    ("recon_seconds", 1e-6, "recon_seconds must be a length in seconds of at least one sample"),
+    ("steps", 0, "steps: expected an integer >= 1, got 0"),
+    ("ceiling_clips", 0, "ceiling_clips: expected an integer >= 1, got 0"),
+    ("seed", -1, "seed: -1 is out of range"),
+    ("cfg_scale", float("inf"), "cfg_scale must be a finite number, got inf"),
+    ("sigma_min", 0.0, r"sigma_min must be a number > 0 \(None: the model's\), got 0"),
+    ("rho", -2, "rho must be a number > 0"),
+    ("sigma_max", 0.2, r"sigma_max \(0.2\) must exceed sigma_min \(0.3\)"),
+])
+def test_bad_numbers_fail_before_any_work(argument, value, message):
+    from sa_jax.eval.report import evaluate
+
+    with pytest.raises(ValueError, match=message):
+        evaluate(NeverGenerates(), "no-corpus-read-yet", **{argument: value}, log=lambda s: None)
+
+
+def test_the_command_refuses_a_bad_number_in_one_line(tmp_path):
+    """`sa-jax evaluate` with a bad --steps exits 2 with one line before reading the corpus or generating."""
+    cmd = [sys.executable, "-m", "sa_jax.cli", "evaluate", "--corpus", str(tmp_path / "none"), "--steps", "0"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1] == "sa-jax evaluate: error: steps: expected an integer >= 1, got 0"
+    assert len([line for line in res.stderr.splitlines() if "error" in line]) == 1 and "Traceback" not in res.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from pathlib import Path
 
@@ -38,18 +39,33 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
     such key). Generation n of each evaluation draws its noise from (seed, n), so `batch` (generations per
     call) changes nothing but speed.
     """
-    from sa_jax.config import check_int
+    from sa_jax.config import check_int, check_seed
     from sa_jax.eval import adherence, recon, stats, timing
 
-    # every count checked before the first generation (an evaluation runs for minutes)
+    # every number checked before the first generation (an evaluation runs for minutes)
     prompts = _timing_prompts(timing_prompts)
-    counts = {"timing_lengths": (timing_lengths, 1), "per_attribute": (per_attribute, 1), "batch": (batch, 1),
-              "recon_clips": (recon_clips, 0), "classifier_clips": (classifier_clips, 2),
+    counts = {"steps": (steps, 1), "timing_lengths": (timing_lengths, 1), "per_attribute": (per_attribute, 1),
+              "batch": (batch, 1), "recon_clips": (recon_clips, 0), "classifier_clips": (classifier_clips, 2),
               "metric_clips": (metric_clips, 2)}
     if per_value is not None:
         counts["per_value"] = (per_value, 1)
+    if ceiling_clips is not None:
+        counts["ceiling_clips"] = (ceiling_clips, 1)
     for name, (value, least) in counts.items():
         check_int(value, name, minimum=least)
+    check_seed(seed)
+    _check_number("adherence_seconds", adherence_seconds, above=0,
+                  allowed="a length in seconds > 0 (longer than the window: the window's whole seconds)")
+    _check_number("recon_seconds", recon_seconds, above=0.5 / model.sample_rate,
+                  allowed=f"a length in seconds of at least one sample (1/{model.sample_rate} s)")
+    for name, value in {"cfg_scale": cfg_scale, "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho}.items():
+        if value is not None:
+            _check_number(name, value, above=None if name == "cfg_scale" else 0,
+                          allowed="a finite number" if name == "cfg_scale" else "a number > 0 (None: the model's)")
+    low = model.defaults.sigma_min if sigma_min is None else sigma_min
+    high = model.defaults.sigma_max if sigma_max is None else sigma_max
+    if high <= low:
+        raise ValueError(f"sigma_max ({high:g}) must exceed sigma_min ({low:g})")
     sampling = {"steps": steps, "cfg_scale": cfg_scale, "sampler": sampler, "sigma_min": sigma_min,
                 "sigma_max": sigma_max, "rho": rho}
     report = {"model": {"window_seconds": model.window_seconds, "sample_rate": model.sample_rate},
@@ -98,6 +114,13 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
         report["distribution"] = distribution_eval(model, corpus, clap=_load_clap(clap), openl3=openl3, passt=passt,
                                                    clips=metric_clips, **sampling, seed=seed, batch=batch, log=log)
     return report
+
+
+def _check_number(name: str, value, *, above: float | None, allowed: str) -> None:
+    """ValueError naming the argument and what it allows unless `value` is a finite real number > `above`."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value))
+            or (above is not None and value <= above)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _load_clap(clap):
