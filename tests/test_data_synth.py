@@ -101,3 +101,25 @@ def test_whole_seconds_snaps_durations_and_keeps_the_rest(tmp_path):
     with pytest.raises(ValueError, match="whole number of seconds"):
         from sa_jax.data.synth import write_corpus
         write_corpus(tmp_path / "bad", 1, min_seconds=1.2, max_seconds=1.8, whole_seconds=True)
+
+
+def test_synth_clip_refuses_a_range_with_no_whole_second(tmp_path):
+    """synth_clip called directly (as adherence's classifier and the metric tests do) checks its range as
+    write_corpus does: with whole_seconds and no whole second in it, an error instead of a length outside it;
+    `sa-jax synth` says the same in one line (exit 2) and writes nothing."""
+    import subprocess
+    import sys
+
+    for low, high in ((1.2, 1.8), (0.2, 0.9)):
+        with pytest.raises(ValueError, match=rf"whole_seconds needs a whole number of seconds in .*\[{low}, {high}\]"):
+            synth_clip(0, 0, min_seconds=low, max_seconds=high, whole_seconds=True)
+    with pytest.raises(ValueError, match="need 0 < min_seconds <= max_seconds"):
+        synth_clip(0, 0, min_seconds=2.0, max_seconds=1.0)
+    audio, meta = synth_clip(0, 0, min_seconds=1.2, max_seconds=2.0, whole_seconds=True)   # 2 s is in range
+    assert meta["duration_s"] == 2.0 and audio.shape[-1] == 2 * 44100
+    out = tmp_path / "bad"
+    res = subprocess.run([sys.executable, "-m", "sa_jax.cli", "synth", "--out", str(out), "--count", "1",
+                          "--min-seconds", "1.2", "--max-seconds", "1.8", "--whole-seconds"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "whole number of seconds" in res.stderr
+    assert not out.exists()

@@ -117,12 +117,23 @@ def _describe(rng, meta: dict) -> str:
     return text
 
 
+def check_lengths(min_seconds: float, max_seconds: float, whole_seconds: bool = False) -> None:
+    """The clip length range `synth_clip` draws from: 0 < min_seconds <= max_seconds, with a whole second in it
+    when `whole_seconds` (else the rounded length would fall outside it); ValueError otherwise."""
+    if not 0 < min_seconds <= max_seconds:
+        raise ValueError(f"need 0 < min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
+    if whole_seconds and math.ceil(min_seconds) > math.floor(max_seconds):
+        raise ValueError(f"whole_seconds needs a whole number of seconds in [min_seconds, max_seconds] = "
+                         f"[{min_seconds}, {max_seconds}]; widen the range to include one")
+
+
 def synth_clip(seed: int, index: int, sample_rate: int = SAMPLE_RATE,
                min_seconds: float = 1.0, max_seconds: float = 30.0,
                whole_seconds: bool = False) -> tuple[np.ndarray, dict]:
     """Clip `index` of the corpus for `seed`: (audio float32 (2, n), metadata). `whole_seconds` rounds
     the duration to whole seconds (the attributes are unchanged; the description's wording may differ),
     so a clip fills its integer `seconds_total` exactly instead of ending anywhere in its last second."""
+    check_lengths(min_seconds, max_seconds, whole_seconds)
     rng = np.random.default_rng([seed, index])
     fam = _choose(rng, tuple(INSTRUMENTS))
     root = int(rng.integers(12))
@@ -224,10 +235,7 @@ def write_corpus(out: str | Path, count: int, seed: int = 0, fmt: str = "wav", w
         raise ValueError(f"count must be at least 1, got {count}")
     if fmt not in ("wav", "flac"):
         raise ValueError(f"format must be 'wav' or 'flac', got {fmt!r}")
-    if not 0 < min_seconds <= max_seconds:
-        raise ValueError(f"need 0 < min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
-    if whole_seconds and math.ceil(min_seconds) > math.floor(max_seconds):
-        raise ValueError(f"whole_seconds needs a whole number of seconds in [{min_seconds}, {max_seconds}]")
+    check_lengths(min_seconds, max_seconds, whole_seconds)
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     jobs = [(str(out), seed, i, fmt, min_seconds, max_seconds, whole_seconds) for i in range(count)]
