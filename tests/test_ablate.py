@@ -190,6 +190,8 @@ def spec_errors(tmp, corpus):
     return [
         (model + "grid: {sample.steps: [1]}\ngrids: {}\n", ["unknown key", "grids"]),
         (model + "grid: {sample.steps: []}\n", ["grid.sample.steps", "non-empty list"]),
+        (model + "grid: {sample.cfg_scale: [6, 6.0]}\n", ["grid.sample.cfg_scale", "6 and 6.0 are the same value"]),
+        (model + "grid: {sample.steps: [2, 3, 2]}\n", ["grid.sample.steps", "2 is listed twice"]),
         (model + "variants: {a: [sample.steps]}\n", ["variants.a", "key=value"]),
         (model + "variants:\n  a: []\n  a: [sample.steps=2]\n", ["line 5", "'a'", "twice"]),
         (model + "variants: {a: [optim.lr=1e-4]}\n", ["variant a", "training override"]),
@@ -475,3 +477,28 @@ def test_collect_needs_no_training_config(tmp_path):
     assert main(["ablate", str(spec_path), "--out", str(out), "--collect"]) == 0
     assert "| b | 0 | **0.25** |" in (out / "results.md").read_text()
     assert main(["ablate", str(spec_path), "--out", str(out)]) == 2   # running it still needs the config
+
+
+def test_collect_refuses_a_spec_other_than_the_recorded_one(tmp_path):
+    """`sa-jax ablate SPEC --out DIR --collect` where DIR/spec.yaml is another spec: exit 2, one line saying so and
+    how to collect with the recorded one, nothing written; the recorded spec itself (or an equal one) collects."""
+    def spec(tmp_path, name, grid):
+        return write_spec(tmp_path / name, {"base": {"model": str(tmp_path / "m")}, "grid": {"sample.cfg_scale": grid},
+                                            "evaluate": {"corpus": str(tmp_path / "heldout")}})
+    out = tmp_path / "out"
+    recorded = spec(tmp_path, "recorded.yaml", [3, 6])
+    out.mkdir()
+    shutil.copy(recorded, out / "spec.yaml")
+    for value in (3, 6):
+        (out / f"sample.cfg_scale={value}" / "seed0").mkdir(parents=True)
+        (out / f"sample.cfg_scale={value}" / "seed0" / "result.json").write_text(json.dumps({
+            "variant": f"sample.cfg_scale={value}", "seed": 0, "overrides": [], "timing": {"median": value / 10}}))
+    other = spec(tmp_path, "other.yaml", [3, 7])
+    result = ablate(other, "--out", out, "--collect")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"sa-jax ablate: error: {out} holds the results of another spec ({out / 'spec.yaml'} differs from {other}); "
+        f"collect with the spec the study ran: `sa-jax ablate {out / 'spec.yaml'} --out {out} --collect`"]
+    assert not (out / "results.md").exists()
+    result = ablate(out / "spec.yaml", "--out", out, "--collect")
+    assert result.returncode == 0, result.stderr
+    assert "| sample.cfg_scale=3 | 0 | **0.3** |" in (out / "results.md").read_text()

@@ -51,13 +51,20 @@ def claim_directory(spec_path: Path, out: Path) -> None:
     """DIR/spec.yaml: written on the first run; a later run must bring the same spec (compared as data,
     so comments and spacing may change)."""
     out.mkdir(parents=True, exist_ok=True)
+    if not check_recorded_spec(spec_path, out, "use a new --out, or `--collect` with that spec to rebuild the "
+                                               "tables from what is there"):
+        write_text(out / "spec.yaml", spec_file(spec_path).read_text())
+
+
+def check_recorded_spec(spec_path: str | Path, out: Path, advice: str) -> bool:
+    """Whether DIR/spec.yaml exists; ConfigError when it differs from the spec at `spec_path` (compared as data),
+    the results there belonging to another study."""
     mine = out / "spec.yaml"
-    if mine.exists():
-        if read_spec(mine) != read_spec(spec_path):
-            raise ConfigError(f"{out} holds the results of another spec ({mine} differs from {spec_path}); use a new "
-                              "--out, or --collect to rebuild the tables from what is there")
-        return
-    write_text(mine, spec_file(spec_path).read_text())
+    if not mine.exists():
+        return False
+    if read_spec(mine) != read_spec(spec_path):
+        raise ConfigError(f"{out} holds the results of another spec ({mine} differs from {spec_path}); {advice}")
+    return True
 
 
 def describe(item: Item) -> str:

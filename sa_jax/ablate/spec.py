@@ -68,6 +68,18 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
+def _as_set(value: Any) -> Any:
+    """`value` with its numbers as floats (bools kept), so grid values a run cannot tell apart, 6 and 6.0, compare
+    equal: the config sets the same number from either."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, list, dict)):
+        return value
+    if isinstance(value, list):
+        return [_as_set(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_set(v) for k, v in value.items()}
+    return float(value)
+
+
 def split_override(item: Any, where: str) -> tuple[str, str]:
     if not isinstance(item, str):
         raise ConfigError(f"{where}: {item!r} is not a key=value string")
@@ -225,8 +237,15 @@ def build_spec(data: dict, out: str | Path | None = None, strict: bool = True) -
             raise ConfigError(f"grid: {key!r} is not a dotted key")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
-        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
-            raise ConfigError(f"grid.{key}: a value is listed twice: {values!r}")
+        seen = {}
+        for v in values:
+            identity = json.dumps(_as_set(parse_value(format_value(v))), sort_keys=True)
+            if identity in seen:
+                same = seen[identity]
+                twice = f"{same!r} and {v!r} are the same value" if format_value(same) != format_value(v) else \
+                    f"{v!r} is listed twice"
+                raise ConfigError(f"grid.{key}: {twice} (two variants that run the same thing): {values!r}")
+            seen[identity] = v
 
     # variants
     variants = data.get("variants")

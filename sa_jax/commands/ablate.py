@@ -10,7 +10,7 @@ from pathlib import Path
 
 def run(args) -> int:
     from sa_jax.ablate.collect import collect
-    from sa_jax.ablate.run import dry_run, parse_shard, run_study
+    from sa_jax.ablate.run import check_recorded_spec, dry_run, parse_shard, run_study
     from sa_jax.ablate.spec import load_spec
 
     shard = parse_shard(args.shard)
@@ -18,7 +18,12 @@ def run(args) -> int:
     if args.collect:   # the results alone: the corpus, models and training data need not be on this machine
         if not out.is_dir():
             raise FileNotFoundError(f"--out {out} does not exist: nothing to collect")
-        collect(load_spec(args.spec, out, strict=False), out)
+        spec = load_spec(args.spec, out, strict=False)
+        # refused, not warned: another spec's variants and seeds would tabulate these results under wrong names
+        # or call them missing
+        check_recorded_spec(args.spec, out, f"collect with the spec the study ran: `sa-jax ablate {out / 'spec.yaml'} "
+                                            f"--out {out} --collect`")
+        collect(spec, out)
         return 0
     spec = load_spec(args.spec, out)
     if args.dry_run:
