@@ -183,8 +183,18 @@ def test_seam_stats_finds_a_click_and_a_level_jump():
 
 def _cli(*args, cwd):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "sa_jax.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "sa_jax.cli", *args], capture_output=True, text=True, cwd=cwd,
+                       env=env, timeout=600)
+    _each_log_line_once(r.stderr)
+    return r
+
+
+def _each_log_line_once(stderr: str) -> None:
+    """The pipeline's log prints each line once: not again through the root logger's handler (absl, imported by
+    orbax, gives the root one), which printed every line a second time as "INFO:sa_jax.pipeline:..."."""
+    lines = stderr.splitlines()
+    assert not [line for line in lines if line.startswith("INFO:sa_jax")], stderr
+    assert not [b for a, b in zip(lines, lines[1:]) if a and b.endswith(":" + a)], stderr
 
 
 def test_cli_inpaint_continue_and_long_sample(tmp_path, clip):
@@ -206,6 +216,7 @@ def test_cli_inpaint_continue_and_long_sample(tmp_path, clip):
              str(tmp_path / "long.wav"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "long form" in r.stderr and "window 2/2" in r.stderr
+    assert sum("window 2/2" in line for line in r.stderr.splitlines()) == 1, r.stderr
     assert sf.info(str(tmp_path / "long.wav")).frames == 12 * 44100
     r = _cli("inpaint", str(src), str(tmp_path / "bad.wav"), "--start", "3", "--end", "2", "--prompt", "x",
              cwd=tmp_path)

@@ -140,13 +140,17 @@ def pipeline_log():
     handler = logging.StreamHandler(sys.stderr)
     logger = logging.getLogger("sa_jax")
     logger.addHandler(handler)
-    level = logger.level
+    level, propagate = logger.level, logger.propagate
     logger.setLevel(logging.INFO)
+    # absl's logging (imported by orbax) gives the root logger a handler of its own: without this, every line
+    # would print twice, once as "INFO:sa_jax...:" through the root
+    logger.propagate = False
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def lora_specs(args) -> list[tuple[str, float]]:
