@@ -29,7 +29,8 @@ def _run(args, what: str) -> int:
         print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
         with allow_nonfinite_weights(args.allow_nonfinite_weights):
             model = StableAudio.load(args.model, t5=args.t5, dtype=args.dtype, clap=args.clap,
-                                     clap_tokenizer=args.clap_tokenizer, lora=lora_specs(args))
+                                     clap_tokenizer=args.clap_tokenizer, lora=lora_specs(args),
+                                     vae_dtype=args.vae_dtype)
         sampling = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed,
                         negative_prompt=args.negative_prompt, resample_passes=args.resample_passes,
                         sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho)
@@ -46,7 +47,7 @@ def _run(args, what: str) -> int:
 
 
 def _common(p) -> None:
-    from sa_jax.commands.sample import add_model_arguments, sigma_options
+    from sa_jax.commands.sample import add_dtype_arguments, add_model_arguments, sigma_options
 
     p.add_argument("input", metavar="IN", help="audio file (any rate and channel count soundfile reads)")
     p.add_argument("out", metavar="OUT", help="output .wav path (a spectrogram .png is written beside it)")
@@ -60,7 +61,7 @@ def _common(p) -> None:
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--resample-passes", type=int, default=1,
                    help="RePaint resampling: each step taken N times, jumping back up in between (default 1: none)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    add_dtype_arguments(p)
     p.add_argument("--allow-nonfinite-weights", action="store_true",
                    help="load weights that hold NaN/inf values (refused by default)")
     p.add_argument("--lora", action="append", default=[], metavar="DIR[:STRENGTH]",

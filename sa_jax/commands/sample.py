@@ -253,6 +253,16 @@ def add_model_arguments(p) -> None:
     add_encoder_arguments(p)
 
 
+def add_dtype_arguments(p) -> None:
+    """--dtype and --vae-dtype: StableAudio.load's dtype and vae_dtype (sample, inpaint, continue)."""
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the denoiser's compute dtype; bfloat16 also holds its and the text encoder's weights in "
+                        "bfloat16 (half the memory)")
+    p.add_argument("--vae-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the VAE's compute dtype (default float32 whatever --dtype is: the decoder sets the "
+                        "audio's precision)")
+
+
 def add_encoder_arguments(p) -> None:
     """--t5, --clap, --clap-tokenizer: the text encoder a stable-audio-tools release keeps apart."""
     p.add_argument("--t5", default=None, help="local T5 folder for a stable-audio-tools checkpoint")
@@ -289,12 +299,7 @@ def register(sub) -> None:
     p.add_argument("--init-audio", default=None, help="audio file to make variations of")
     p.add_argument("--init-noise-level", type=float, default=1.0,
                    help="with --init-audio: the sigma sampling starts from (default 1.0)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="the denoiser's compute dtype; bfloat16 also holds its and the text encoder's weights in "
-                        "bfloat16 (half the memory)")
-    p.add_argument("--vae-dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="the VAE's compute dtype (default float32 whatever --dtype is: the decoder sets the "
-                        "audio's precision)")
+    add_dtype_arguments(p)
     p.add_argument("--allow-nonfinite-weights", action="store_true",
                    help="load weights that hold NaN/inf values (refused by default: they decode NaN audio)")
     p.add_argument("--lora", action="append", default=[], metavar="DIR[:STRENGTH]",
