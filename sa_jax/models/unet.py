@@ -93,6 +93,12 @@ def config_from_dict(data: dict) -> UNetConfig:
 # Layers with adp.py's conventions
 
 
+# The U-Net's convolutions run as matrix products where the program is lowered for the CPU (see
+# sa_jax.nn.layers.conv1d_as_matmul: XLA:CPU's convolutions, and above all their kernel gradients, made up
+# most of a training step's convolution time); GPU and TPU programs keep XLA's convolutions.
+CPU_MATMUL_CONVS = True
+
+
 def _gelu(x):
     return jax.nn.gelu(x, approximate=False)  # torch.nn.GELU() is the exact erf form
 
@@ -113,7 +119,7 @@ class PaddedConv(nn.Module):
         extra = (frames - 1) * self.stride + (self.kernel_size - total) - length
         right = total // 2
         return Conv1d(self.features, self.kernel_size, stride=self.stride, padding=(total - right, right + extra),
-                      weight_norm=False, dtype=self.dtype, name="conv")(x)
+                      weight_norm=False, dtype=self.dtype, cpu_matmul=CPU_MATMUL_CONVS, name="conv")(x)
 
 
 class TransposedUpsample(nn.Module):
@@ -126,7 +132,7 @@ class TransposedUpsample(nn.Module):
     @nn.compact
     def __call__(self, x):
         y = ConvTranspose1d(self.features, 2 * self.factor, stride=self.factor, weight_norm=False,
-                            dtype=self.dtype, name="conv")(x)
+                            dtype=self.dtype, cpu_matmul=CPU_MATMUL_CONVS, name="conv")(x)
         right = self.factor // 2
         left = self.factor - right
         return y[:, left:y.shape[1] - right]
