@@ -2,6 +2,7 @@
 trained the same way in PyTorch, both on this machine's CPU.
 
     python bench/bench_train_step.py [--steps 20] [--warmup 3] [--only unet_tiny,unet_small,dit_small,dit_sao]
+    python bench/bench_train_step.py --only unet_small_xla_convs,unet_small   # the U-Net before/after, one run
 
 Each case is one model size of one family with one batch (batch size, latent frames, context
 tokens the same on both sides) and one training step at a time:
@@ -54,6 +55,8 @@ CASES = {
     "unet_small": dict(family="unet", model=UNET_SMALL, batch=8, frames=64),
     "dit_small": dict(family="dit", model=DIT_SMALL, batch=8, frames=64),
     "dit_sao": dict(family="dit", model=DIT_SAO, batch=2, frames=1024),
+    # unet_small with the U-Net's convolutions left to XLA:CPU (before they ran as matrix products on the CPU)
+    "unet_small_xla_convs": dict(family="unet", model=UNET_SMALL, batch=8, frames=64, xla_convs=True),
 }
 TEXT_TOKENS = 8      # text tokens; the U-Net's context adds the two timing tokens
 LR, WEIGHT_DECAY, CLIP, EMA_DECAY, CFG_DROPOUT = 1e-3, 1e-3, 1.0, 0.999, 0.1
@@ -89,10 +92,14 @@ def bench_sa_jax(case, ref_state, steps, warmup):
     import jax.numpy as jnp
     import numpy as np
 
+    from sa_jax.models import unet
     from sa_jax.parallel import make_mesh
+    from sa_jax.training import engine
     from sa_jax.training import model as tm
     from sa_jax.training.diffusion import create_state, make_train_step
 
+    unet.CPU_MATMUL_CONVS = not case.get("xla_convs", False)   # read when the step is traced
+    engine._CACHE.clear()   # a compiled step is cached by config: the variants share one
     cfg = sa_jax_config(case)
     mesh = make_mesh(cfg.mesh)
     state = create_state(cfg, mesh)
