@@ -1,8 +1,9 @@
-"""Convolution and activation layers shared by the autoencoders (and later the U-Net).
+"""Convolution and activation layers shared by the autoencoders and the U-Net.
 
 Layout is channels-last, (batch, time, channels). Weight-normalised convolutions keep PyTorch's
 parametrisation (`weight_v` direction and `weight_g` magnitude) as the trainable parameters, so
-imported checkpoints need no folding and training behaves as in the reference.
+imported checkpoints need no folding and training behaves as in the reference. With `cpu_matmul` (the
+U-Net's), a program lowered for the CPU computes a convolution as one matrix product instead.
 """
 
 from __future__ import annotations
