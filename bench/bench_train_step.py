@@ -87,6 +87,20 @@ def sa_jax_config(case):
     return cfg
 
 
+def random_batch(cfg, b, frames):
+    """A training batch of random latents with hashed text features: the same for sa-jax's every case."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sa_jax.training import model as tm
+
+    n, d = tm.text_shape(cfg.model)
+    text, mask = tm.hash_text_features([f"prompt {i}" for i in range(b)], n, d, n // 2)
+    latents = np.random.default_rng(0).standard_normal((b, cfg.model.latent_dim, frames))
+    return {"latents": jnp.asarray(latents, jnp.float32), "text": jnp.asarray(text), "text_mask": jnp.asarray(mask),
+            "seconds_start": jnp.zeros((b,), jnp.int32), "seconds_total": jnp.full((b,), 10, jnp.int32)}
+
+
 def bench_sa_jax(case, ref_state, steps, warmup):
     import jax
     import jax.numpy as jnp
@@ -95,7 +109,6 @@ def bench_sa_jax(case, ref_state, steps, warmup):
     from sa_jax.models import unet
     from sa_jax.parallel import make_mesh
     from sa_jax.training import engine
-    from sa_jax.training import model as tm
     from sa_jax.training.diffusion import create_state, make_train_step
 
     unet.CPU_MATMUL_CONVS = not case.get("xla_convs", False)   # read when the step is traced
@@ -113,13 +126,7 @@ def bench_sa_jax(case, ref_state, steps, warmup):
         den = jax.tree.map(lambda a, o: jax.device_put(np.asarray(a, o.dtype), o.sharding), den, ours)
         params = {**state.params, "denoiser": den}
         state = state.replace(params=params, ema=jax.tree.map(jnp.copy, params))
-    n, d = tm.text_shape(cfg.model)
-    b, frames = case["batch"], case["frames"]
-    text, mask = tm.hash_text_features([f"prompt {i}" for i in range(b)], n, d, n // 2)
-    rng = np.random.default_rng(0)
-    batch = {"latents": jnp.asarray(rng.standard_normal((b, cfg.model.latent_dim, frames)), jnp.float32),
-             "text": jnp.asarray(text), "text_mask": jnp.asarray(mask),
-             "seconds_start": jnp.zeros((b,), jnp.int32), "seconds_total": jnp.full((b,), 10, jnp.int32)}
+    batch = random_batch(cfg, case["batch"], case["frames"])
     step_fn = make_train_step(cfg, mesh)
     holder = [state]
 

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import bench_train_step as bts
-import numpy as np
 
 
 def kind_of(name: str, defs: dict) -> str | None:
@@ -63,11 +62,9 @@ def main() -> int:
     args = ap.parse_args()
 
     import jax
-    import jax.numpy as jnp
 
     from sa_jax.models import unet
     from sa_jax.parallel import make_mesh
-    from sa_jax.training import model as tm
     from sa_jax.training.diffusion import create_state, make_train_step
 
     unet.CPU_MATMUL_CONVS = not args.xla_convs
@@ -75,13 +72,7 @@ def main() -> int:
     cfg = bts.sa_jax_config(case)
     mesh = make_mesh(cfg.mesh)
     state = create_state(cfg, mesh)
-    n, d = tm.text_shape(cfg.model)
-    b, frames = case["batch"], case["frames"]
-    text, mask = tm.hash_text_features([f"prompt {i}" for i in range(b)], n, d, n // 2)
-    rng = np.random.default_rng(0)
-    batch = {"latents": jnp.asarray(rng.standard_normal((b, cfg.model.latent_dim, frames)), jnp.float32),
-             "text": jnp.asarray(text), "text_mask": jnp.asarray(mask),
-             "seconds_start": jnp.zeros((b,), jnp.int32), "seconds_total": jnp.full((b,), 10, jnp.int32)}
+    batch = bts.random_batch(cfg, case["batch"], case["frames"])
     step = make_train_step(cfg, mesh)
     defs = {}
     for line in step.lower(state, {}, batch).compile().as_text().splitlines():
