@@ -23,7 +23,7 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
              sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
              timing_lengths: int = 8, timing_prompts=8, per_value: int | None = None, per_attribute: int = 48,
              adherence_seconds: float = 4.0, recon_clips: int = 16, recon_seconds: float = 2.0,
-             ceiling_clips: int | None = None, classifier_clips: int = 100, clap=None, openl3=None, passt=None,
+             ceiling_clips: int | None = None, classifier_clips: int = 250, clap=None, openl3=None, passt=None,
              metric_clips: int = 16, seed: int = 0, batch: int = 8, log=print) -> dict:
     """All three evaluations of a loaded `StableAudio` against the corpus folder; returns the report.
 
