@@ -1,6 +1,9 @@
 """sa_jax.eval: the timing measure on constructed signals, the attribute measurement on the synthetic
 corpus' own clips (the oracle), the reconstruction distance, and the silence re-centring of the recipe."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -92,7 +95,7 @@ def classifier():
 
 def test_instrument_classifier_names_clips_it_was_not_fitted_on(classifier):
     """Fitted on seed 1's clips (up to 4 s), it names the instrument of seed 3's clips of 1-8 s.
-    Measured: 60 / 60 (1.00; 200 clips of seed 3: 1.00, of 1-2 s of seed 4: 0.98); the band-energy
+    Measured: 59 / 60 (0.98; 200 clips of seed 3: 0.99, of 1-2 s of seed 4: 0.97); the band-energy
     nearest-class-mean classifier it replaced named 0.60 of these 60."""
     clips = [synth.synth_clip(3, i, max_seconds=8.0) for i in range(60)]
     named = np.mean([classifier.predict(audio, SR) == meta["instrument"] for audio, meta in clips])
@@ -110,6 +113,15 @@ def test_instrument_classifier_is_deterministic_and_handles_silence_and_short_cl
     for odd in (np.zeros((2, SR), np.float32), 0.1 * np.ones((2, 10), np.float32), np.zeros((2, 0), np.float32)):
         assert np.isfinite(adherence.instrument_features(odd, SR)).all()
         assert np.isfinite(a.scores(odd, SR)).all() and a.predict(odd, SR) in a.classes
+
+
+def test_instrument_classifier_leaves_librosa_unimported():
+    """librosa registers a lazy `resampy` module; torch's import, walking sys.modules, then imports resampy,
+    which fails where pkg_resources is missing: loading a model after an evaluation broke that way."""
+    code = ("import sys; from sa_jax.eval import adherence; adherence.reference_classifier(10, max_seconds=1.0); "
+            "assert 'librosa' not in sys.modules and 'resampy' not in sys.modules, sorted(sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_instrument_classifier_fit_errors():

@@ -56,46 +56,57 @@ def values_of(attribute: str) -> tuple[str, ...]:
 
 # --- instrument features -----------------------------------------------------------------------
 
-N_MFCC = 20
+N_FFT, HOP, N_MELS, N_MFCC = 2048, 512, 128, 20
 SOUNDING_DB = 40.0      # frames this far below the loudest one (a silent tail, a decoder's floor) are left out
 
 
 @functools.lru_cache(maxsize=4)
-def _mel_basis(sample_rate: int, n_fft: int):
-    """librosa's mel filterbank (128 bands) as a sparse matrix: each band spans a few FFT bins, and a dense
-    product goes through a threaded BLAS that crawls on busy shared cores (40 ms a clip instead of 1)."""
-    import librosa
+def _mel_filterbank(sample_rate: int):
+    """(N_MELS, N_FFT // 2 + 1) triangles evenly spaced on the HTK mel scale from 0 Hz to Nyquist, each of
+    unit area, as a sparse matrix (each band spans a few bins; a dense product goes through threaded BLAS,
+    which crawls on busy shared cores)."""
     from scipy import sparse
 
-    return sparse.csr_array(librosa.filters.mel(sr=sample_rate, n_fft=n_fft))
+    def mel(hz):
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
+
+    edges = 700.0 * (10 ** (np.linspace(0.0, mel(sample_rate / 2), N_MELS + 2) / 2595.0) - 1.0)
+    f = np.fft.rfftfreq(N_FFT, 1.0 / sample_rate)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    triangles = np.maximum(0.0, np.minimum((f - lo) / (mid - lo), (hi - f) / (hi - mid)))
+    return sparse.csr_array(triangles * (2.0 / (hi - lo)))
 
 
 def instrument_features(audio: np.ndarray, sample_rate: int = synth.SAMPLE_RATE) -> np.ndarray:
-    """44 timbre features of (channels, samples) audio, over the STFT frames (2048 / hop 512) within
-    SOUNDING_DB of the loudest: the means and standard deviations of 20 MFCCs, the log of the mean
-    spectral flatness and of the mean spectral centroid, and the mean and standard deviation of the frame
-    level (dB relative to the loudest frame: the notes' envelope). Finite for any finite input, silence and
-    clips shorter than one frame included (zero-padded to one frame)."""
-    import librosa
+    """44 timbre features of (channels, samples) audio, over the Hann STFT frames (2048 / hop 512, centred,
+    zero-padded) within SOUNDING_DB of the loudest: the means and standard deviations of 20 MFCCs (DCT-II
+    of the 128-band mel power in dB, floored 80 dB below its peak), the log of the mean spectral flatness
+    and of the mean spectral centroid, and the mean and standard deviation of the frame level (dB relative
+    to the loudest frame: the notes' envelope). Finite for any finite input, silence and clips shorter than
+    one frame included. NumPy and SciPy only: importing librosa here would register its lazy `resampy`
+    module, which breaks a later torch import in the same process where resampy cannot be imported."""
+    from scipy import fft, signal
 
-    n_fft = 2048
-    mono = np.asarray(audio, np.float32)
+    mono = np.asarray(audio, np.float64)
     mono = mono.mean(axis=0) if mono.ndim == 2 else mono
-    if mono.size < n_fft:
-        mono = np.pad(mono, (0, n_fft - mono.size))
-    power = np.abs(librosa.stft(mono, n_fft=n_fft, hop_length=512)) ** 2
-    level = power.sum(0)
+    padded = np.pad(mono, (N_FFT // 2, N_FFT // 2 + max(0, N_FFT - mono.size)))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
+    power = np.abs(fft.rfft(frames * signal.get_window("hann", N_FFT), axis=-1)) ** 2    # (frames, bins)
+    level = power.sum(1)
     sounding = level > level.max() * 10 ** (-SOUNDING_DB / 10)
     if sounding.sum() > 4:      # with 4 or fewer sounding frames (silence, one click) every frame counts
-        power, level = power[:, sounding], level[sounding]
-    mel_db = librosa.power_to_db(_mel_basis(sample_rate, n_fft) @ power)
-    mfcc = librosa.feature.mfcc(S=mel_db, n_mfcc=N_MFCC)
+        power, level = power[sounding], level[sounding]
+    mel_db = 10 * np.log10(np.maximum(_mel_filterbank(sample_rate) @ power.T, 1e-10))     # (bands, frames)
+    mfcc = fft.dct(np.maximum(mel_db, mel_db.max() - 80.0), type=2, norm="ortho", axis=0)[:N_MFCC]
+    floored = np.maximum(power, 1e-10)
+    flatness = np.exp(np.log(floored).mean(1)) / floored.mean(1)
     magnitude = np.sqrt(power)
-    flatness = librosa.feature.spectral_flatness(S=magnitude).mean()
-    centroid = librosa.feature.spectral_centroid(S=magnitude, sr=sample_rate).mean()
+    f = np.fft.rfftfreq(N_FFT, 1.0 / sample_rate)
+    centroid = (magnitude @ f) / np.maximum(magnitude.sum(1), 1e-20)
     envelope = 10 * np.log10(level / max(level.max(), 1e-20) + 1e-9)
-    return np.concatenate([mfcc.mean(1), mfcc.std(1), [np.log(flatness + 1e-12), np.log(centroid + 1e-3),
-                                                       envelope.mean(), envelope.std()]]).astype(np.float64)
+    return np.concatenate([mfcc.mean(1), mfcc.std(1), [np.log(flatness.mean() + 1e-12),
+                                                       np.log(centroid.mean() + 1e-3), envelope.mean(),
+                                                       envelope.std()]])
 
 
 def _softmax_regression(z: np.ndarray, y: np.ndarray, n_classes: int, l2: float) -> np.ndarray:
