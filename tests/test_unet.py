@@ -151,3 +151,20 @@ def test_params_command_prints_the_paper_count(capsys):
 
     assert main(["params", "configs/unet_sa1.yaml"]) == 0
     assert "906,679,744 (906.7M)" in capsys.readouterr().out
+
+
+def test_the_small_unet_can_place_an_end_anywhere_in_its_window():
+    """The timing conditioning can end a clip at frame f only if the U-Net knows where frame f is. Without
+    positional encodings only the edges' receptive field tells it (#22's study): with factors [2, 2, 2] the
+    shipped small U-Net could not tell frames 117-272 of its 384 apart (the requests of 3-6 s), with
+    [2, 4, 4] every frame is told apart. Widths do not change the receptive field, so a narrow copy of the
+    packaged config is checked (fast)."""
+    from sa_jax.models.unet import position_blind_frames
+
+    unet = {**load_yaml("configs/unet_small.yaml")["unet"], "channels": 16, "resnet_groups": 4}
+    window = load_yaml("configs/train_unet_small.yaml")["data"]["latent_window"]
+    assert position_blind_frames(config_from_dict(unet), window) == []
+    blind = position_blind_frames(config_from_dict({**unet, "factors": [2, 2, 2]}), window)
+    assert blind and blind[0] > 64 and blind[-1] < window - 64, blind       # the middle, not the edges
+    with pytest.raises(ValueError, match="multiple of the U-Net's downsampling"):
+        position_blind_frames(config_from_dict(unet), window + 8)

@@ -382,3 +382,28 @@ def null_embedding(params, batch: int, length: int) -> jax.Array:
     It replaces the conditioning tokens for CFG dropout in training and the uncond branch."""
     table = params["null_embedding"]
     return jnp.broadcast_to(table[:length], (batch, length, table.shape[-1]))
+
+
+def position_blind_frames(config: UNetConfig, frames: int, seed: int = 0) -> list[int]:
+    """The latent frames of a `frames`-long window that a U-Net of this architecture cannot tell apart
+    by their position: those whose output equals that of the frame one downsampling period
+    (`config.downsampling`) away, for a constant input.
+
+    Convolutions, GroupNorm and attention without positional encodings treat every frame alike; only
+    the zero padding at the window's edges tells a frame where it is, and only as far as the edges'
+    receptive field reaches. Beyond it, the timing conditioning cannot make the network end a clip at
+    a given frame (#22's study, docs/ablations/README.md). With random weights, a frame told apart
+    here is told apart by the architecture; a blind frame is blind whatever the weights."""
+    if frames % config.downsampling:
+        raise ValueError(f"frames must be a multiple of the U-Net's downsampling ({config.downsampling}), got {frames}")
+    net = UNet1d(config)
+    x = jnp.full((1, frames, config.in_channels), 0.5)
+    t = jnp.array([0.5])
+    context = jax.random.normal(jax.random.key(seed + 1), (1, config.context_length, config.context_embedding_features))
+    params = net.init(jax.random.key(seed), x, t, context)["params"]
+    out = jax.device_get(net.apply({"params": params}, x, t, context))[0]      # (frames, channels)
+    period = config.downsampling
+    scale = float(abs(out).max()) or 1.0
+    same = [bool(abs(out[f] - out[f + period]).max() <= 1e-6 * scale) for f in range(frames - period)]
+    return [f for f in range(frames)
+            if (f + period < frames and same[f]) or (f >= period and same[f - period])]

@@ -39,9 +39,13 @@ def _modules(model):
     return (SA1Conditioner(model.text_dim, model.timing, model.timing), UNet1d(model.unet, dt, model.remat))
 
 
-def init_params(model, key: jax.Array, frames: int = 16) -> dict:
-    """Fresh float32 parameters {"conditioner", "denoiser"} (not jitted; wrap in jax.jit / eval_shape)."""
+def init_params(model, key: jax.Array, frames: int | None = None) -> dict:
+    """Fresh float32 parameters {"conditioner", "denoiser"} (not jitted; wrap in jax.jit / eval_shape).
+    `frames`: the dummy input's length (the parameters do not depend on it); None: one U-Net
+    downsampling multiple (a U-Net takes only multiples of it), 16 for the DiT."""
     cond, den = _modules(model)
+    if frames is None:
+        frames = 16 if model.family == "sao" else model.unet.downsampling
     k1, k2 = jax.random.split(key)
     n, d = text_shape(model)
     text, mask = jnp.zeros((1, n, d)), jnp.ones((1, n), bool)
