@@ -125,3 +125,22 @@ def test_run_configs_by_name_and_through_base(tmp_path):
     assert cfg.model.unet.multipliers == small.model.unet.multipliers and cfg.optim == small.optim
     with pytest.raises(ConfigError, match="packaged configs"):
         trainer_of("train_unet_huge")
+
+
+def test_text_path_may_be_a_model_folder_whose_text_tower_is_taken():
+    """text.path naming an sa-jax model trains a new denoiser on that model's own text encoder (tokenizer
+    included): what #22's study did to train a new U-Net for the shipped model's conditioning."""
+    import jax
+
+    from sa_jax.pipeline import SHIPPED_MODEL, StableAudio
+    from sa_jax.training.frozen import load_frozen
+
+    frozen = load_frozen(load(TrainConfig, "train_unet_small", [f"text.path={SHIPPED_MODEL}", "autoencoder.path=null"]))
+    shipped = StableAudio.load(SHIPPED_MODEL).family.text_encoder
+    for a, b in zip(jax.tree.leaves(frozen.text_encoder.params), jax.tree.leaves(shipped.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    prompt = ["loudness: quiet"]
+    assert frozen.text_encoder.tokenize(prompt)[0].tolist() == shipped.tokenize(prompt)[0].tolist()
+    with pytest.raises(ConfigError, match="takes 32 tokens but the model is configured for 16"):
+        load_frozen(load(TrainConfig, "train_unet_small", [f"text.path={SHIPPED_MODEL}", "autoencoder.path=null",
+                                                            "model.text_tokens=16"]))

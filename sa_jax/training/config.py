@@ -74,7 +74,8 @@ class ModelConfig:
 class TextConfig:
     """Where the text features come from. `t5`: a frozen T5 encoder (a local Hugging Face folder at
     `path`), as Stable Audio Open; `clap`: a frozen CLAP text tower (a transformers ClapModel folder,
-    a LAION `.pt` with a `tokenizer` folder, or an sa-jax CLAP export), hidden states of `layer`,
+    a LAION `.pt` with a `tokenizer` folder, an sa-jax CLAP export, or an sa-jax model folder: that
+    model's own text tower, tokenizer included), hidden states of `layer`,
     as the paper. Both run inside the train step. `hash`: a fixed pseudo-random embedding per
     prompt string (a stand-in for an encoder, enough to test conditioning); `zeros`: no text."""
 

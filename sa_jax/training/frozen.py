@@ -102,7 +102,17 @@ def load_frozen(cfg, init=None) -> FrozenModels:
                               autoencoder, base)
         check_autoencoder(cfg, autoencoder, f"init.from {init.path}")
         return frozen
-    if t.source == "t5":
+    if t.source in ("t5", "clap") and t.path and _is_model_folder(t.path):
+        # an sa-jax model: its own text encoder, so a new denoiser learns that model's conditioning
+        from sa_jax.pipeline import StableAudio
+
+        text_encoder = StableAudio.load(t.path).family.text_encoder    # the config fits source to family
+        config = text_encoder.config
+        width = config.d_model if t.source == "t5" else config.hidden_size
+        if text_encoder.max_length != n:
+            raise ConfigError(f"text.path {t.path}: its text encoder takes {text_encoder.max_length} tokens but the "
+                              f"model is configured for {n} (model.text_tokens)")
+    elif t.source == "t5":
         from sa_jax.encoders import T5TextEncoder
 
         text_encoder = T5TextEncoder.load(t.path, t.tokenizer, max_length=n)
@@ -126,6 +136,14 @@ def load_frozen(cfg, init=None) -> FrozenModels:
         autoencoder = Autoencoder.load(cfg.autoencoder.path)
         check_autoencoder(cfg, autoencoder, cfg.autoencoder.path)
     return FrozenModels(text_encoder, t.source if text_encoder is not None else None, t.layer, autoencoder)
+
+
+def _is_model_folder(path) -> bool:
+    from pathlib import Path
+
+    from sa_jax.checkpoints import store
+
+    return Path(path).is_dir() and store.is_checkpoint(path)
 
 
 def check_autoencoder(cfg, autoencoder, where) -> None:
