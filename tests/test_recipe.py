@@ -17,12 +17,13 @@ def test_quick_recipe_end_to_end(tmp_path):
     out = tmp_path / "small"
     assert main(["recipe", "small", "--out", str(out), "--quick"]) == 0
     for done in ("corpus/metadata.jsonl", "heldout/metadata.jsonl", "vae/export/config.yaml", "vae_silence",
-                 "clap/export/config.json", "latents/info.json", "vae_quiet/quiet.json", "unet/export/config.yaml",
+                 "clap/export/config.json", "latents/info.json", "vae_quiet/quiet.json", "vae_quieter/quiet.json",
+                 "unet/export/config.yaml",
                  "report.json"):
         assert (out / done).exists(), done
     stages = json.loads((out / "stages.json").read_text())
     assert set(stages) == {"corpus", "heldout", "vae", "vae_tail", "vae_flat", "vae_silence", "clap", "latents",
-                           "vae_quiet", "unet", "evaluate"}
+                           "vae_quiet", "vae_quieter", "unet", "evaluate"}
 
     report = json.loads((out / "report.json").read_text())
     assert np.isfinite(report["reconstruction"]["stft_distance"])
@@ -33,6 +34,8 @@ def test_quick_recipe_end_to_end(tmp_path):
         assert 0 <= report["adherence"][a]["accuracy"] <= 1 and report["adherence"][a]["count"] > 0
     assert report["adherence_oracle"]["stereo"]["accuracy"] == 1.0
     assert report["adherence_oracle"]["loudness"]["accuracy"] == 1.0
+    durations = [json.loads(line)["duration_s"] for line in (out / "corpus" / "metadata.jsonl").open()]
+    assert all(d == round(d) for d in durations), durations     # a whole-second corpus
 
     silence = json.loads((out / "vae_silence" / "silence.json").read_text())
     assert silence["residual"] < 1e-3
@@ -41,10 +44,12 @@ def test_quick_recipe_end_to_end(tmp_path):
     report_std = np.concatenate([np.load(f) for f in sorted((out / "latents").rglob("*.npy"))[:8]], axis=-1).std()
     assert 0.5 < report_std < 2.0, report_std
 
-    # the quiet decoder kept the encoder, and the model decodes with it
-    quiet, centred = Autoencoder.load(out / "vae_quiet"), Autoencoder.load(out / "vae_silence")
-    for a, b in zip(jax.tree.leaves(quiet.params["encoder"]), jax.tree.leaves(centred.params["encoder"])):
-        np.testing.assert_array_equal(a, b)
+    # the quiet decoders kept the encoder, and the model decodes with the second
+    centred = Autoencoder.load(out / "vae_silence")
+    for name in ("vae_quiet", "vae_quieter"):
+        quiet = Autoencoder.load(out / name)
+        for a, b in zip(jax.tree.leaves(quiet.params["encoder"]), jax.tree.leaves(centred.params["encoder"])):
+            np.testing.assert_array_equal(a, b)
     model = StableAudio.load(out / "unet" / "export")
     for a, b in zip(jax.tree.leaves(model.autoencoder.params), jax.tree.leaves(quiet.params)):
         np.testing.assert_array_equal(a, b)

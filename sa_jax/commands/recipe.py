@@ -3,7 +3,8 @@
 Stages (each skips when its output exists, and a training stage that was interrupted resumes from its
 last checkpoint, so rerunning the command continues where it stopped):
 
-    corpus/        `sa-jax synth`: the training corpus (44.1 kHz stereo, 1-8 s clips)
+    corpus/        `sa-jax synth --whole-seconds`: the training corpus (44.1 kHz stereo, clips of 1-8 whole
+                   seconds, so that the seconds_total a clip is trained with, ceil(length), is its length)
     heldout/       `sa-jax synth --seed 1`: clips no stage trains on (evaluation)
     vae/           `sa-jax train --config configs/train_vae_small.yaml`   -> vae/export (an Autoencoder)
     vae/ (tail)    the same run continued with crops that may run past a clip's end (`data.crop_past_end`),
@@ -20,8 +21,11 @@ last checkpoint, so rerunning the command continues where it stopped):
                    (`sa_jax.training.quiet` on the training engine, run directory vae_quiet_run/; the encoder,
                    so the latents, are unchanged): the trained decoder hums at -46 dBFS over silence and clicks
                    at the window's end, loud enough to hide where the music stops (bench/RESULTS.md)
+    vae_quieter/   vae_quiet's decoder fine-tuned once more with the silence term 5x and a spectral term that
+                   keeps the music's spectrum (run directory vae_quieter_run/): the quiet clips' timing
+                   threshold lies below vae_quiet's floor (docs/ablations/README.md, parts 2-4)
     unet/          `sa-jax train --config configs/train_unet_small.yaml` (text.source clap = clap/export,
-                   autoencoder.path = vae_quiet) -> unet/export, a whole model: StableAudio.load(unet/export)
+                   autoencoder.path = vae_quieter) -> unet/export, a whole model: StableAudio.load(unet/export)
     report.json    `sa-jax evaluate unet/export --corpus heldout/`
 
 Why re-centre: the latent data pipeline pads clips shorter than the window with zero latents, where the
@@ -50,7 +54,7 @@ FULL = {
     "corpus": {"count": 800, "max_seconds": 8.0}, "heldout": {"count": 24, "max_seconds": 8.0},
     "vae": [], "vae_tail": ["steps=2000", "data.crop_past_end=16384"],
     "vae_flat": ["steps=2500", "data.crop_past_end=16384", "losses.stft.perceptual_weighting=false"],
-    "clap": [], "quiet": {}, "unet": [],
+    "clap": [], "quiet": {}, "quieter": {"silence_weight": 1.0, "spectral_weight": 2.0}, "unet": [],
     "eval": {"steps": 50, "recon_clips": 16},   # evaluate's defaults: 64 timing, >= 48 per attribute
 }
 QUICK = {
@@ -61,6 +65,7 @@ QUICK = {
     "vae_flat": ["steps=40", "data.crop_past_end=8192", "losses.stft.perceptual_weighting=false"],
     "clap": ["steps=10", "data.batch_size=8", "checkpoint.every=10", "log.every=5", "optim.warmup_steps=2"],
     "quiet": {"steps": 5, "frames": 16},
+    "quieter": {"steps": 5, "frames": 16, "silence_weight": 1.0, "spectral_weight": 2.0},
     "unet": ["steps=20", "data.latent_window=128", "data.window=131072", "data.batch_size=4",
              "checkpoint.every=20", "log.every=10", "optim.warmup_steps=2"],
     "eval": {"steps": 4, "timing_lengths": 2, "per_value": 1, "recon_clips": 2, "metric_clips": 2},
@@ -184,7 +189,7 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
 
     stage("corpus", out / "corpus" / "metadata.jsonl",
           lambda: write_corpus(out / "corpus", s["corpus"]["count"], seed=0, workers=2,
-                               max_seconds=s["corpus"]["max_seconds"]))
+                               max_seconds=s["corpus"]["max_seconds"], whole_seconds=True))
     stage("heldout", out / "heldout" / "metadata.jsonl",
           lambda: write_corpus(out / "heldout", s["heldout"]["count"], seed=1, workers=1,
                                max_seconds=s["heldout"]["max_seconds"]))
@@ -225,23 +230,26 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
         log(f"[recipe] encoded the corpus: {report.summary()}")
     stage("latents", out / "latents" / "info.json", encode)
 
-    def quiet():
+    def quiet(name: str, start: str):
+        # a decoder fine-tuning pass of sa_jax.training.quiet from `start`'s autoencoder into `name`
         from sa_jax.autoencoder import Autoencoder
         from sa_jax.training.quiet import QuietConfig, train_quiet
 
-        result, ae, stats = train_quiet(Autoencoder.load(out / "vae_silence"), out / "latents",
-                                        QuietConfig(**s["quiet"]), out / "vae_quiet_run", print_fn=log)
+        settings = s["quiet" if name == "vae_quiet" else "quieter"]
+        result, ae, stats = train_quiet(Autoencoder.load(out / start), out / "latents", QuietConfig(**settings),
+                                        out / f"{name}_run", print_fn=log)
         if result.preempted:
-            raise SystemExit("[recipe] stopped by SIGTERM in the vae_quiet stage (checkpoint saved in "
-                             f"{out / 'vae_quiet_run'}); rerun the recipe to resume")
-        save_autoencoder(ae, out / "vae_quiet", "quiet.json", stats)
-        log(f"[recipe] decode(silence): loudest frame {stats['before'][0]:.1f} -> {stats['after'][0]:.1f} dBFS, "
-            f"last frame {stats['before'][1]:.1f} -> {stats['after'][1]:.1f} dBFS")
-    stage("vae_quiet", out / "vae_quiet", quiet)
+            raise SystemExit(f"[recipe] stopped by SIGTERM in the {name} stage (checkpoint saved in "
+                             f"{out / f'{name}_run'}); rerun the recipe to resume")
+        save_autoencoder(ae, out / name, "quiet.json", stats)
+        log(f"[recipe] {name}: decode(silence) loudest frame {stats['before'][0]:.1f} -> {stats['after'][0]:.1f} "
+            f"dBFS, last frame {stats['before'][1]:.1f} -> {stats['after'][1]:.1f} dBFS")
+    stage("vae_quiet", out / "vae_quiet", lambda: quiet("vae_quiet", "vae_silence"))
+    stage("vae_quieter", out / "vae_quieter", lambda: quiet("vae_quieter", "vae_quiet"))
     stage("unet", out / "unet" / "export" / "config.yaml",
           lambda: _train(CONFIGS / "train_unet_small.yaml", [
               f"data.path={out / 'latents'}", f"checkpoint.dir={out / 'unet'}",
-              f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_quiet'}", *s["unet"]]))
+              f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_quieter'}", *s["unet"]]))
 
     def evaluate():
         from sa_jax.eval.report import evaluate as run_eval
