@@ -231,6 +231,6 @@ def test_cli_configs_and_params_by_name(tmp_path):
     code, out, err = _cli("params", "unet_sa1", cwd=tmp_path)
     assert code == 0 and "(906.7M)" in out, err
     code, out, err = _cli("params", "train_unet_small", "model.unet.channels=32", cwd=tmp_path)   # a run config
-    assert code == 0 and "(1.9M)" in out, err
+    assert code == 0 and "(2.0M)" in out, err
     code, out, err = _cli("params", "unet_sa2", cwd=tmp_path)
     assert code == 2 and "packaged configs" in err and "unet_sa1" in err
