@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from autoencoder_check import frame_rate_share  # the sibling script's measure (docs/ablations/)
 
 from sa_jax.autoencoder import Autoencoder
 from sa_jax.eval.recon import corpus_clips
@@ -41,12 +42,7 @@ def crop():
     return a[:, s:s + n]
 
 def buzz(x):
-    """The share (dB) of the mono mix's power within 1 Hz of a multiple of the latent frame rate."""
-    s = np.abs(np.fft.rfft(x.mean(0))) ** 2
-    f = np.fft.rfftfreq(x.shape[-1], 1 / 44100)
-    k = np.round(f / (44100 / R))
-    h = (np.abs(f - k * 44100 / R) < 1.0) & (k > 0)
-    return 10 * np.log10(s[h].sum() / s.sum())
+    return 10 * np.log10(frame_rate_share(x, 44100, R))
 
 def evaluate(p):
     a2 = Autoencoder(ae.config, jax.device_get(p))
