@@ -112,6 +112,17 @@ def test_timestep_samplers():
     assert abs(logit.mean() - 0.5) < 0.05 and abs(logit.std() - 0.8) < 0.05
 
 
+def test_timestep_shift_moves_training_toward_high_noise():
+    """shift s maps t -> s t / (1 + (s - 1) t): the same draws, monotone, ends fixed; s = 3 sends 0.5 to 0.75."""
+    u = np.asarray(sample_timesteps(KEY, 4096, "uniform"))
+    np.testing.assert_array_equal(np.asarray(sample_timesteps(KEY, 4096, "uniform", shift=1.0)), u)
+    shifted = np.asarray(sample_timesteps(KEY, 4096, "uniform", shift=3.0))
+    np.testing.assert_allclose(shifted, 3 * u / (1 + 2 * u), rtol=1e-6)
+    assert np.all(np.argsort(shifted) == np.argsort(u)) and shifted.min() >= 0 and shifted.max() < 1
+    # the share of draws above t = 0.95 (sigma > 12.7) grows from 5% to about 15%
+    assert abs((u > 0.95).mean() - 0.05) < 0.01 and abs((shifted > 0.95).mean() - (1 - 0.95 / 1.1)) < 0.015
+
+
 # --- guidance ----------------------------------------------------------------------------------------------
 
 def _cond_model(calls):
@@ -371,6 +382,7 @@ def test_other_bad_input_is_explained():
         (lambda: cfg_model(den, jnp.ones(1), jnp.zeros(1), 3.0, interval=(0.9, 0.1)), "lo <= hi"),
         (lambda: cfg_model(den, {"a": 1}, {"b": 1}, 3.0), "same structure"),
         (lambda: sample_timesteps(KEY, 4, "sobol"), "valid samplers: uniform, low-discrepancy, logit-normal"),
+        (lambda: sample_timesteps(KEY, 4, "uniform", shift=0.0), "shift must be a finite number > 0"),
         (lambda: noised_and_target("eps", x, x, jnp.ones(1)), "valid objectives: v, rectified_flow"),
     ]
     for fn, message in cases:

@@ -30,6 +30,7 @@ def test_shipped_configs_load(path):
     ("demo.every=10", "demo.every needs a real text encoder"),
     ("text.source=t5", "needs text.path"),
     ("diffusion.cfg_dropout=1.5", "cfg_dropout"),
+    ("diffusion.timestep_shift=0", "timestep_shift must be a finite number > 0"),
     ("diffusion.objective=eps", "not allowed"),
     ("model.conditioning.cond_dim=16", "cond_dim"),
     ("model.family=unet", "text_dim 32 must equal"),

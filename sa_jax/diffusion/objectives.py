@@ -11,6 +11,10 @@ Timestep samplers return a (batch,) array in [0, 1]:
     low-discrepancy  one uniform offset shared by the batch, spread in even strata (Kingma et al. 2021):
                      lower-variance loss estimates than i.i.d.; each t is still marginally U(0, 1)
     logit-normal     sigmoid(mean + std * N(0, 1)) (Esser et al. 2024), mass in the middle of [0, 1]
+Any of them may then be shifted toward the noisy end: t -> shift t / (1 + (shift - 1) t) (the timestep
+shift of Esser et al. 2024, there for higher resolutions). shift > 1 trains
+more on high noise, where the input says little and only the conditioning can set what the whole clip
+is like (its level, say); shift = 1 changes nothing.
 """
 
 from __future__ import annotations
@@ -62,8 +66,15 @@ def diffusion_loss(objective: str, model_output, x0, noise, t):
 
 
 def sample_timesteps(key, batch: int, kind: str = "low-discrepancy", *, mean: float = 0.0, std: float = 1.0,
-                     dtype=jnp.float32):
-    """Training times t in [0, 1] for a batch (see the module docstring for the kinds)."""
+                     shift: float = 1.0, dtype=jnp.float32):
+    """Training times t in [0, 1] for a batch (see the module docstring for the kinds and the shift)."""
+    if not (math.isfinite(shift) and shift > 0):
+        raise ValueError(f"the timestep shift must be a finite number > 0 (1: no shift), got {shift}")
+    t = _unshifted_timesteps(key, batch, kind, mean, std, dtype)
+    return t if shift == 1 else shift * t / (1 + (shift - 1) * t)
+
+
+def _unshifted_timesteps(key, batch, kind, mean, std, dtype):
     if kind not in TIMESTEP_SAMPLERS:
         raise ValueError(f"unknown timestep sampler {kind!r}; valid samplers: {', '.join(TIMESTEP_SAMPLERS)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

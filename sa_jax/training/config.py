@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -118,11 +119,15 @@ class DemoConfig:
 class DiffusionConfig:
     objective: Literal["v", "rectified_flow"] = "v"
     timesteps: Literal["uniform", "low-discrepancy", "logit-normal"] = "uniform"
+    timestep_shift: float = 1.0    # > 1: more training at high noise (sa_jax.diffusion.objectives)
     cfg_dropout: float = 0.1
 
     def validate(self) -> None:
         if not 0.0 <= self.cfg_dropout <= 1.0:
             raise ConfigError(f"diffusion: cfg_dropout must be in [0, 1], got {self.cfg_dropout}")
+        if not (math.isfinite(self.timestep_shift) and self.timestep_shift > 0):
+            raise ConfigError(f"diffusion: timestep_shift must be a finite number > 0 (1: no shift), "
+                              f"got {self.timestep_shift}")
 
 
 @dataclass

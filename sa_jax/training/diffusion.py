@@ -144,7 +144,8 @@ def step_inputs(cfg, batch: dict, key, frozen: FrozenModels = NO_FROZEN, frozen_
         text = batch["text"]
     b = x0.shape[0]
     out = {"x0": x0, "noise": jax.random.normal(k_n, x0.shape, jnp.float32),
-           "t": sample_timesteps(k_t, b, cfg.diffusion.timesteps), "text": text, "text_mask": batch["text_mask"],
+           "t": sample_timesteps(k_t, b, cfg.diffusion.timesteps, shift=cfg.diffusion.timestep_shift),
+           "text": text, "text_mask": batch["text_mask"],
            "seconds_start": batch["seconds_start"], "seconds_total": batch["seconds_total"]}
     drop = tm.cfg_drop(k_d, cfg.diffusion.cfg_dropout, b)
     if drop is not None:
