@@ -18,12 +18,11 @@ def test_quick_recipe_end_to_end(tmp_path):
     assert main(["recipe", "small", "--out", str(out), "--quick"]) == 0
     for done in ("corpus/metadata.jsonl", "heldout/metadata.jsonl", "vae/export/config.yaml", "vae_silence",
                  "clap/export/config.json", "latents/info.json", "vae_quiet/quiet.json", "vae_quieter/quiet.json",
-                 "unet/export/config.yaml",
-                 "report.json"):
+                 "unet/export/config.yaml", "unet/tail.done", "unet/checkpoints/30", "report.json"):
         assert (out / done).exists(), done
     stages = json.loads((out / "stages.json").read_text())
     assert set(stages) == {"corpus", "heldout", "vae", "vae_tail", "vae_flat", "vae_silence", "clap", "latents",
-                           "vae_quiet", "vae_quieter", "unet", "evaluate"}
+                           "vae_quiet", "vae_quieter", "unet", "unet_tail", "evaluate"}
 
     report = json.loads((out / "report.json").read_text())
     assert np.isfinite(report["reconstruction"]["stft_distance"])

@@ -25,7 +25,12 @@ last checkpoint, so rerunning the command continues where it stopped):
                    keeps the music's spectrum (run directory vae_quieter_run/): the quiet clips' timing
                    threshold lies below vae_quiet's floor (docs/ablations/README.md, parts 2-4)
     unet/          `sa-jax train --config configs/train_unet_small.yaml` (text.source clap = clap/export,
-                   autoencoder.path = vae_quieter) -> unet/export, a whole model: StableAudio.load(unet/export)
+                   autoencoder.path = vae_quieter) -> unet/export, a whole model: StableAudio.load(unet/export).
+                   Its training times are shifted toward high noise (`diffusion.timestep_shift` 4), where
+                   only the prompt can say how loud a clip is; without the shift the U-Net read the level
+                   from its noisy input and ignored the loudness words (docs/ablations/README.md, part 7)
+    unet/ (tail)   the same run continued 3000 steps with unshifted times, which the low-noise end (clean
+                   silence after seconds_total) needs; re-exports unet/export
     report.json    `sa-jax evaluate unet/export --corpus heldout/`
 
 Why re-centre: the latent data pipeline pads clips shorter than the window with zero latents, where the
@@ -55,6 +60,7 @@ FULL = {
     "vae": [], "vae_tail": ["steps=2000", "data.crop_past_end=16384"],
     "vae_flat": ["steps=2500", "data.crop_past_end=16384", "losses.stft.perceptual_weighting=false"],
     "clap": [], "quiet": {}, "quieter": {"silence_weight": 1.0, "spectral_weight": 2.0}, "unet": [],
+    "unet_tail": ["steps=16000", "diffusion.timestep_shift=1"],
     "eval": {"steps": 50, "recon_clips": 16},   # evaluate's defaults: 64 timing, >= 48 per attribute
 }
 QUICK = {
@@ -68,6 +74,7 @@ QUICK = {
     "quieter": {"steps": 5, "frames": 16, "silence_weight": 1.0, "spectral_weight": 2.0},
     "unet": ["steps=20", "data.latent_window=128", "data.window=131072", "data.batch_size=4",
              "checkpoint.every=20", "log.every=10", "optim.warmup_steps=2"],
+    "unet_tail": ["steps=30", "diffusion.timestep_shift=1"],
     "eval": {"steps": 4, "timing_lengths": 2, "per_value": 1, "recon_clips": 2, "metric_clips": 2},
 }
 
@@ -246,10 +253,15 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
             f"dBFS, last frame {stats['before'][1]:.1f} -> {stats['after'][1]:.1f} dBFS")
     stage("vae_quiet", out / "vae_quiet", lambda: quiet("vae_quiet", "vae_silence"))
     stage("vae_quieter", out / "vae_quieter", lambda: quiet("vae_quieter", "vae_quiet"))
+    unet_args = [f"data.path={out / 'latents'}", f"checkpoint.dir={out / 'unet'}",
+                 f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_quieter'}", *s["unet"]]
     stage("unet", out / "unet" / "export" / "config.yaml",
-          lambda: _train(CONFIGS / "train_unet_small.yaml", [
-              f"data.path={out / 'latents'}", f"checkpoint.dir={out / 'unet'}",
-              f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_quieter'}", *s["unet"]]))
+          lambda: _train(CONFIGS / "train_unet_small.yaml", unet_args))
+
+    def unet_tail():
+        _train(CONFIGS / "train_unet_small.yaml", [*unet_args, *s["unet_tail"]])
+        (out / "unet" / "tail.done").write_text("")
+    stage("unet_tail", out / "unet" / "tail.done", unet_tail)
 
     def evaluate():
         from sa_jax.eval.report import evaluate as run_eval
