@@ -12,9 +12,9 @@ Timestep samplers return a (batch,) array in [0, 1]:
                      lower-variance loss estimates than i.i.d.; each t is still marginally U(0, 1)
     logit-normal     sigmoid(mean + std * N(0, 1)) (Esser et al. 2024), mass in the middle of [0, 1]
 Any of them may then be shifted toward the noisy end: t -> shift t / (1 + (shift - 1) t) (the timestep
-shift of Esser et al. 2024, there for higher resolutions). shift > 1 trains
-more on high noise, where the input says little and only the conditioning can set what the whole clip
-is like (its level, say); shift = 1 changes nothing.
+shift of Esser et al. 2024, there for higher resolutions). shift > 1 trains more on high noise, where the
+input says little and only the conditioning can set what the whole clip is like (its level, say);
+shift = 1 changes nothing.
 """
 
 from __future__ import annotations
