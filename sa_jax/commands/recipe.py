@@ -201,16 +201,20 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
           lambda: write_corpus(out / "heldout", s["heldout"]["count"], seed=1, workers=1,
                                max_seconds=s["heldout"]["max_seconds"]))
     corpus = f"data.path={out / 'corpus'}"
+    vae_args = [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"]]
     stage("vae", out / "vae" / "export" / "config.yaml",
-          lambda: _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"]]))
+          lambda: _train(CONFIGS / "train_vae_small.yaml", vae_args))
 
-    def vae_phase(name: str, marker: str):
-        # The vae/ run continued to further steps with other settings (why: the module docstring); the
-        # trainer re-exports vae/export at the end, the marker records that the phase finished.
-        _train(CONFIGS / "train_vae_small.yaml", [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"], *s[name]])
-        (out / "vae" / marker).write_text("")
+    def continued(name: str, config: str, args: list[str], marker: Path):
+        # A finished run continued to further steps with other settings (why: the module docstring); the
+        # trainer re-exports the run's export/ at the end, the marker records that the phase finished.
+        def run():
+            _train(CONFIGS / config, [*args, *s[name]])
+            marker.write_text("")
+        stage(name, marker, run)
+
     for name, marker in (("vae_tail", "tail.done"), ("vae_flat", "flat.done")):
-        stage(name, out / "vae" / marker, lambda name=name, marker=marker: vae_phase(name, marker))
+        continued(name, "train_vae_small.yaml", vae_args, out / "vae" / marker)
 
     def silence():
         from sa_jax.autoencoder import Autoencoder
@@ -257,11 +261,7 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
                  f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_quieter'}", *s["unet"]]
     stage("unet", out / "unet" / "export" / "config.yaml",
           lambda: _train(CONFIGS / "train_unet_small.yaml", unet_args))
-
-    def unet_tail():
-        _train(CONFIGS / "train_unet_small.yaml", [*unet_args, *s["unet_tail"]])
-        (out / "unet" / "tail.done").write_text("")
-    stage("unet_tail", out / "unet" / "tail.done", unet_tail)
+    continued("unet_tail", "train_unet_small.yaml", unet_args, out / "unet" / "tail.done")
 
     def evaluate():
         from sa_jax.eval.report import evaluate as run_eval
