@@ -276,6 +276,20 @@ def _ui(*args, module: bool = False):
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=120, env=env)
 
 
+def test_the_studio_loads_both_dtypes_and_its_command_line_says_so():
+    from sa_jax.ui.studio import Studio
+
+    st = Studio(dtype="bfloat16", vae_dtype="bfloat16")   # what `sa-jax ui --dtype ... --vae-dtype ...` passes
+    try:
+        assert st.sa.autoencoder.dtype == "bfloat16"
+        a = _parse(resolve(request(), st.info).command(st.info))
+        assert (a.dtype, a.vae_dtype) == ("bfloat16", "bfloat16")
+    finally:
+        st.close()
+    done = _ui("--vae-dtype", "float16")
+    assert done.returncode == 2 and "--vae-dtype: invalid choice: 'float16'" in done.stderr
+
+
 def test_ui_command_refuses_a_bad_or_busy_port_before_loading():
     import socket
 

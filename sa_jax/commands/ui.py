@@ -45,7 +45,7 @@ def run(args) -> int:
     with pipeline_log():
         print(f"loading {args.model or 'the shipped small model'}", file=sys.stderr)
         studio = Studio(args.model, t5=args.t5, clap=args.clap, clap_tokenizer=args.clap_tokenizer, dtype=args.dtype,
-                        loras=loras, allow_nonfinite_weights=args.allow_nonfinite_weights)
+                        vae_dtype=args.vae_dtype, loras=loras, allow_nonfinite_weights=args.allow_nonfinite_weights)
         try:
             app, url = launch(studio, args.host, args.port)
             print(f"sa-jax ui: serving {url} (Ctrl+C stops it)", file=sys.stderr, flush=True)
@@ -59,7 +59,7 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    from sa_jax.commands.sample import add_model_arguments
+    from sa_jax.commands.sample import add_dtype_arguments, add_model_arguments
 
     p = sub.add_parser("ui", help="the web UI: generation, variations, inpainting, long form in a browser",
                        description="Serve a Gradio page for text to audio with a Stable Audio model (both "
@@ -71,7 +71,7 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 serves the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    add_dtype_arguments(p)
     p.add_argument("--allow-nonfinite-weights", action="store_true",
                    help="load weights that hold NaN/inf values (refused by default)")
     p.set_defaults(func=run)

@@ -45,12 +45,12 @@ class Studio:
     request at a time (a lock guards it for other callers)."""
 
     def __init__(self, model: str | None = None, t5: str | None = None, clap: str | None = None,
-                 clap_tokenizer: str | None = None, dtype: str = "float32",
+                 clap_tokenizer: str | None = None, dtype: str = "float32", vae_dtype: str = "float32",
                  loras: tuple[tuple[str, float], ...] = (), allow_nonfinite_weights: bool = False,
                  loaded=None):
         """Load the model (`StableAudio.load`'s arguments), or take `loaded`, a StableAudio already
         loaded from `model` with those arguments."""
-        self._load_kwargs = dict(t5=t5, dtype=dtype, clap=clap, clap_tokenizer=clap_tokenizer)
+        self._load_kwargs = dict(t5=t5, dtype=dtype, vae_dtype=vae_dtype, clap=clap, clap_tokenizer=clap_tokenizer)
         self._path, self._allow_nonfinite = model, allow_nonfinite_weights
         self.loras = tuple((str(folder), float(scale)) for folder, scale in loras)
         self._scales = tuple(scale for _, scale in self.loras)
@@ -59,8 +59,9 @@ class Studio:
         for flag, value in (("--model", model), ("--t5", t5), ("--clap", clap), ("--clap-tokenizer", clap_tokenizer)):
             if value is not None:
                 load_args += [flag, str(value)]
-        if dtype != "float32":
-            load_args += ["--dtype", dtype]
+        for flag, value in (("--dtype", dtype), ("--vae-dtype", vae_dtype)):
+            if value != "float32":
+                load_args += [flag, value]
         self.info = ModelInfo.of(self.sa, tuple(load_args), self.loras)
         self.root = Path(tempfile.mkdtemp(prefix="sa-jax-ui-"))   # 0700: this user's only
         self._lock = threading.Lock()
