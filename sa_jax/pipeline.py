@@ -285,6 +285,38 @@ class StableAudio:
                              init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise, on_step=on_step,
                              first_item=first_item)
 
+    def sampling_settings(self, steps=None, cfg_scale=None, sampler=None, sigma_min=None, sigma_max=None, rho=None,
+                          *, init_noise_level=None) -> dict:
+        """The sampling settings `generate` uses, resolved (None: the model's, `self.defaults`) and checked:
+        {steps, cfg_scale, sampler (its canonical name), sigma_min, sigma_max, rho}, or a ValueError that
+        names the bad one and what it allows. With `init_noise_level` (variations of init audio) sampling
+        starts there instead, as sigma_max, which must then be None."""
+        from sa_jax.diffusion import SAMPLER_ALIASES, SAMPLERS
+
+        d = self.defaults
+        steps = d.steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        cfg_scale = _number("cfg_scale", d.cfg_scale if cfg_scale is None else cfg_scale)
+        sampler = d.sampler if sampler is None else sampler
+        name = SAMPLER_ALIASES.get(sampler, sampler)
+        if name not in SAMPLERS or SAMPLERS[name].rectified_flow:
+            valid = [s for s in SAMPLERS if not SAMPLERS[s].rectified_flow]
+            raise ValueError(f"sampler {sampler!r} cannot sample this {self.family.objective}-objective model; "
+                             f"valid samplers: {', '.join(valid)}")
+        rho = _number("rho", d.rho if rho is None else rho, above=0)
+        sigma_min = _number("sigma_min", d.sigma_min if sigma_min is None else sigma_min, above=0)
+        if init_noise_level is not None:
+            if sigma_max is not None:
+                raise ValueError("with init_audio the starting noise level is init_noise_level; do not pass sigma_max")
+            sigma_max = _number("init_noise_level", init_noise_level, above=0)
+        sigma_max = _number("sigma_max", d.sigma_max if sigma_max is None else sigma_max, above=0)
+        if sigma_max <= sigma_min:
+            what = "sigma_max" if init_noise_level is None else "init_noise_level"
+            raise ValueError(f"{what} ({sigma_max:g}) must exceed sigma_min ({sigma_min:g})")
+        return {"steps": int(steps), "cfg_scale": cfg_scale, "sampler": name, "sigma_min": sigma_min,
+                "sigma_max": sigma_max, "rho": rho}
+
     def _latents(self, prompts, seconds_start, seconds_total, steps, cfg_scale, sampler, seed, negative_prompt,
                  init_audio, init_noise_level, sigma_min, sigma_max, rho, init_noise, *, known=None, mask=None,
                  resample_passes: int = 1, window_index: int | None = None,
@@ -296,39 +328,22 @@ class StableAudio:
         branches (the inpainting-trained models' inputs). window_index: folded into the seed's key, so
         every window of one piece draws its own noise; first_item: the number of the first prompt in the run
         (item n draws its noise from (seed, window, n))."""
-        from sa_jax.diffusion import SAMPLER_ALIASES, SAMPLERS, cfg_model, get_sigmas, sample, start_latents, v_denoiser
+        from sa_jax.diffusion import cfg_model, get_sigmas, sample, start_latents, v_denoiser
 
-        d = self.defaults
         prompts = _prompt_list(prompts)
         batch = len(prompts)
         seconds_total = _number("seconds_total", seconds_total, above=0)
         seconds_start = _number("seconds_start", seconds_start, minimum=0)
         if seconds_start >= seconds_total:
             raise ValueError(f"seconds_start ({seconds_start:g}) must be less than seconds_total ({seconds_total:g})")
-        steps = d.steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        cfg_scale = _number("cfg_scale", d.cfg_scale if cfg_scale is None else cfg_scale)
-        sampler = d.sampler if sampler is None else sampler
-        name = SAMPLER_ALIASES.get(sampler, sampler)
-        if name not in SAMPLERS or SAMPLERS[name].rectified_flow:
-            valid = [s for s in SAMPLERS if not SAMPLERS[s].rectified_flow]
-            raise ValueError(f"sampler {sampler!r} cannot sample this {self.family.objective}-objective model; "
-                             f"valid samplers: {', '.join(valid)}")
         seed = check_seed(seed)   # 0 <= seed < 2**32; ConfigError (a ValueError) otherwise
         first_item = check_int(first_item, "first_item", minimum=0)
         if first_item + batch > 2**32:
             raise ValueError(f"first_item {first_item} + {batch} prompts passes 2**32, the most items a seed numbers")
-        rho = _number("rho", d.rho if rho is None else rho, above=0)
-        sigma_min = _number("sigma_min", d.sigma_min if sigma_min is None else sigma_min, above=0)
-        if init_audio is not None:
-            if sigma_max is not None:
-                raise ValueError("with init_audio the starting noise level is init_noise_level; do not pass sigma_max")
-            sigma_max = _number("init_noise_level", init_noise_level, above=0)
-        sigma_max = _number("sigma_max", d.sigma_max if sigma_max is None else sigma_max, above=0)
-        if sigma_max <= sigma_min:
-            what = "init_noise_level" if init_audio is not None else "sigma_max"
-            raise ValueError(f"{what} ({sigma_max:g}) must exceed sigma_min ({sigma_min:g})")
+        settings = self.sampling_settings(steps, cfg_scale, sampler, sigma_min, sigma_max, rho,
+                                          init_noise_level=None if init_audio is None else init_noise_level)
+        steps, cfg_scale, name, sigma_min, sigma_max, rho = (
+            settings[k] for k in ("steps", "cfg_scale", "sampler", "sigma_min", "sigma_max", "rho"))
 
         key = jax.random.key(int(seed))
         if window_index is not None:

@@ -6,6 +6,7 @@ model: the report's keys, the table's intervals and p-values, and the same repor
 from __future__ import annotations
 
 import json
+import types
 import math
 import subprocess
 import sys
@@ -250,10 +251,14 @@ def test_bad_counts_are_clear_errors(tiny):
 
 
 class NeverGenerates:
-    """A model that fails the test if the evaluation gets as far as using it: every number is checked first."""
+    """A model that fails the test if the evaluation gets as far as using it: every number is checked first
+    (the sampling settings by the model's own check, as each generation would)."""
     from sa_jax.families import SamplingDefaults
+    from sa_jax.pipeline import StableAudio
 
     sample_rate, window_seconds, defaults = SR, 2.0, SamplingDefaults()
+    family = types.SimpleNamespace(objective="v")
+    sampling_settings = StableAudio.sampling_settings
 
     def __getattr__(self, name):
         raise AssertionError(f"the evaluation used the model ({name}) before checking its arguments")
@@ -265,12 +270,13 @@ class NeverGenerates:
     ("adherence_seconds", "4", "adherence_seconds must be a length in seconds > 0 .* got '4'"),
     ("recon_seconds", -1.0, r"recon_seconds must be a length in seconds of at least one sample \(1/44100 s\), got -1"),
     ("recon_seconds", 1e-6, "recon_seconds must be a length in seconds of at least one sample"),
-    ("steps", 0, "steps: expected an integer >= 1, got 0"),
+    ("steps", 0, "steps must be an integer >= 1, got 0"),
     ("ceiling_clips", 0, "ceiling_clips: expected an integer >= 1, got 0"),
     ("seed", -1, "seed: -1 is out of range"),
     ("cfg_scale", float("inf"), "cfg_scale must be a finite number, got inf"),
-    ("sigma_min", 0.0, r"sigma_min must be a number > 0 \(None: the model's\), got 0"),
-    ("rho", -2, "rho must be a number > 0"),
+    ("sigma_min", 0.0, "sigma_min must be > 0, got 0"),
+    ("rho", -2, "rho must be > 0, got -2"),
+    ("sampler", "nope", "sampler 'nope' cannot sample this v-objective model; valid samplers: euler, "),
     ("sigma_max", 0.2, r"sigma_max \(0.2\) must exceed sigma_min \(0.3\)"),
 ])
 def test_bad_numbers_fail_before_any_work(argument, value, message):
@@ -285,5 +291,5 @@ def test_the_command_refuses_a_bad_number_in_one_line(tmp_path):
     cmd = [sys.executable, "-m", "sa_jax.cli", "evaluate", "--corpus", str(tmp_path / "none"), "--steps", "0"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 2, res.stderr[-3000:]
-    assert res.stderr.strip().splitlines()[-1] == "sa-jax evaluate: error: steps: expected an integer >= 1, got 0"
+    assert res.stderr.strip().splitlines()[-1] == "sa-jax evaluate: error: steps must be an integer >= 1, got 0"
     assert len([line for line in res.stderr.splitlines() if "error" in line]) == 1 and "Traceback" not in res.stderr

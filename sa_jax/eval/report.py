@@ -44,7 +44,7 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
 
     # every number checked before the first generation (an evaluation runs for minutes)
     prompts = _timing_prompts(timing_prompts)
-    counts = {"steps": (steps, 1), "timing_lengths": (timing_lengths, 1), "per_attribute": (per_attribute, 1),
+    counts = {"timing_lengths": (timing_lengths, 1), "per_attribute": (per_attribute, 1),
               "batch": (batch, 1), "recon_clips": (recon_clips, 0), "classifier_clips": (classifier_clips, 2),
               "metric_clips": (metric_clips, 2)}
     if per_value is not None:
@@ -58,14 +58,7 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
                   allowed="a length in seconds > 0 (longer than the window: the window's whole seconds)")
     _check_number("recon_seconds", recon_seconds, above=0.5 / model.sample_rate,
                   allowed=f"a length in seconds of at least one sample (1/{model.sample_rate} s)")
-    for name, value in {"cfg_scale": cfg_scale, "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho}.items():
-        if value is not None:
-            _check_number(name, value, above=None if name == "cfg_scale" else 0,
-                          allowed="a finite number" if name == "cfg_scale" else "a number > 0 (None: the model's)")
-    low = model.defaults.sigma_min if sigma_min is None else sigma_min
-    high = model.defaults.sigma_max if sigma_max is None else sigma_max
-    if high <= low:
-        raise ValueError(f"sigma_max ({high:g}) must exceed sigma_min ({low:g})")
+    model.sampling_settings(steps, cfg_scale, sampler, sigma_min, sigma_max, rho)   # as each generation will
     sampling = {"steps": steps, "cfg_scale": cfg_scale, "sampler": sampler, "sigma_min": sigma_min,
                 "sigma_max": sigma_max, "rho": rho}
     report = {"model": {"window_seconds": model.window_seconds, "sample_rate": model.sample_rate},
