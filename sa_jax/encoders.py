@@ -54,7 +54,8 @@ def tokenize(tokenizer, prompts: Sequence[str] | str, max_length: int, pad_to_ma
     """(input_ids, attention_mask bool), both (batch, max_length) int32/bool. Prompts longer than
     `max_length` tokens are truncated, with a warning that names them and says by how much."""
     prompts = prompt_list(prompts)
-    lengths = [len(ids) for ids in tokenizer(prompts, truncation=False)["input_ids"]]
+    # verbose=False: transformers would warn of indexing errors here; the warning below says what happens
+    lengths = [len(ids) for ids in tokenizer(prompts, truncation=False, verbose=False)["input_ids"]]
     long = [(i, n) for i, n in enumerate(lengths) if n > max_length]
     if long:
         desc = "; ".join(f"prompt {i} ({prompts[i][:40]!r}...) has {n} tokens" for i, n in long[:5])

@@ -116,6 +116,31 @@ def test_long_prompts_warn_and_truncate(minilm):
         TextEncoder(encoder.config, encoder.params, encoder.tokenizer, max_length=600)
 
 
+def test_a_long_prompt_gets_one_warning_ours():
+    """Measuring a prompt's length does not also log transformers' 'indexing errors' warning (the shipped
+    small model's tokenizer allows 32 tokens): the one warning says what really happens, truncation."""
+    import logging
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    import sa_jax
+    from sa_jax.encoders import tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(sa_jax.__file__).parent / "assets" / "small" / "tokenizer")
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        with pytest.warns(UserWarning, match="truncated to 32 tokens") as caught:
+            ids, _ = tokenize(tokenizer, ["word " * 60], 32)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert ids.shape == (1, 32) and len(caught) == 1
+    assert not [m for m in logged if "indexing errors" in m], logged
+
+
 def test_missing_files_are_named(minilm, tmp_path):
     weights_only = tmp_path / "weights_only"
     weights_only.mkdir()

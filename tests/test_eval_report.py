@@ -6,10 +6,10 @@ model: the report's keys, the table's intervals and p-values, and the same repor
 from __future__ import annotations
 
 import json
-import types
 import math
 import subprocess
 import sys
+import types
 from fractions import Fraction
 
 import numpy as np
