@@ -9,6 +9,7 @@ import soundfile as sf
 from training_util import TINY_VAE
 
 from sa_jax.data import DataPipeline, encode_dataset
+from sa_jax.data.latents import combine_latents
 from sa_jax.errors import NoUsableData
 
 SR = 44100
@@ -115,6 +116,24 @@ def test_latents_resume_and_determinism(folder, tmp_path):
     for a in want:
         b = next(it2)
         assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_combined_latents_hold_both_folders_without_copies(folder, tmp_path):
+    root, _ = folder
+    a, b = tmp_path / "a", tmp_path / "b"
+    encode_dataset(PoolEncoder(), root, a)
+    encode_dataset(PoolEncoder(), root, b)
+    assert combine_latents(tmp_path / "mix", [a, b]) == 10
+    assert not (tmp_path / "mix" / "latents").exists()          # the index points into a/ and b/
+    pipe = DataPipeline(_cfg(tmp_path / "mix", batch_size=10, num_epochs=1, shuffle=False))
+    seen = {str(r) for batch in pipe.iterator() for r in batch["relpath"]}
+    assert seen == {f"{f}/{n}" for f in "ab" for n in ("c0.wav", "c1.wav", "c2.wav", "c3.wav", "mono22k.flac")}
+
+    class Wider(PoolEncoder):
+        latent_dim = 8
+    encode_dataset(Wider(), root, tmp_path / "wide")
+    with pytest.raises(ValueError, match="latent_dim 8 vs 4.*one autoencoder"):
+        combine_latents(tmp_path / "bad_mix", [a, tmp_path / "wide"])
 
 
 def test_encode_dataset_chunks_and_bad_input(folder, tmp_path):

@@ -6,6 +6,9 @@ last checkpoint, so rerunning the command continues where it stopped):
     corpus/        `sa-jax synth --whole-seconds`: the training corpus (44.1 kHz stereo, clips of 1-8 whole
                    seconds, so that the seconds_total a clip is trained with, ceil(length), is its length)
     heldout/       `sa-jax synth --seed 1`: clips no stage trains on (evaluation)
+    corpus_long/   `sa-jax synth --seed 2 --min-seconds 10 --max-seconds 32 --whole-seconds`: 200 clips longer than
+                   the U-Net's window, which only the U-Net trains on (random window crops with their
+                   seconds_start and a seconds_total past the window: what long form asks for)
     vae/           `sa-jax train --config configs/train_vae_small.yaml`   -> vae/export (an Autoencoder)
     vae/ (tail)    the same run continued with crops that may run past a clip's end (`data.crop_past_end`),
                    so the VAE also sees silence; re-exports vae/export
@@ -17,6 +20,8 @@ last checkpoint, so rerunning the command continues where it stopped):
     clap/          `sa-jax train --config configs/train_clap_small.yaml`  -> clap/export (a ClapModel folder)
     latents/       `sa-jax encode corpus/ latents/ --model vae_silence` (`encode_dataset`, clips padded to
                    64-frame buckets so that few shapes compile)
+    latents_long/  corpus_long/ encoded the same way
+    latents_mix/   an index over latents/ and latents_long/ (`combine_latents`): the U-Net's data
     vae_quiet/     vae_silence with its decoder fine-tuned on latents/ to play silence for silence latents
                    (`sa_jax.training.quiet` on the training engine, run directory vae_quiet_run/; the encoder,
                    so the latents, are unchanged): the trained decoder hums at -46 dBFS over silence and clicks
@@ -57,6 +62,7 @@ from sa_jax.config import CONFIG_DIR as CONFIGS  # the packaged configs (works f
 # Per-stage settings: the full recipe, and the --quick smoke run.
 FULL = {
     "corpus": {"count": 800, "max_seconds": 8.0}, "heldout": {"count": 24, "max_seconds": 8.0},
+    "corpus_long": {"count": 200, "min_seconds": 10.0, "max_seconds": 32.0},
     "vae": [], "vae_tail": ["steps=2000", "data.crop_past_end=16384"],
     "vae_flat": ["steps=2500", "data.crop_past_end=16384", "losses.stft.perceptual_weighting=false"],
     "clap": [], "quiet": {}, "quieter": {"silence_weight": 1.0, "spectral_weight": 2.0}, "unet": [],
@@ -65,6 +71,7 @@ FULL = {
 }
 QUICK = {
     "corpus": {"count": 32, "max_seconds": 3.0}, "heldout": {"count": 4, "max_seconds": 3.0},
+    "corpus_long": {"count": 4, "min_seconds": 4.0, "max_seconds": 6.0},
     "vae": ["steps=20", "data.window=16384", "data.batch_size=2", "losses.disc_start=0", "checkpoint.every=20",
             "log.every=10", "log.demo_every=0", "log.demo_count=1"],
     "vae_tail": ["steps=30", "data.crop_past_end=8192"],
@@ -200,6 +207,8 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
     stage("heldout", out / "heldout" / "metadata.jsonl",
           lambda: write_corpus(out / "heldout", s["heldout"]["count"], seed=1, workers=1,
                                max_seconds=s["heldout"]["max_seconds"]))
+    stage("corpus_long", out / "corpus_long" / "metadata.jsonl",
+          lambda: write_corpus(out / "corpus_long", seed=2, workers=2, whole_seconds=True, **s["corpus_long"]))
     corpus = f"data.path={out / 'corpus'}"
     vae_args = [corpus, f"checkpoint.dir={out / 'vae'}", *s["vae"]]
     stage("vae", out / "vae" / "export" / "config.yaml",
@@ -232,14 +241,21 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
     stage("clap", out / "clap" / "export" / "config.json",
           lambda: _train(CONFIGS / "train_clap_small.yaml", [corpus, f"checkpoint.dir={out / 'clap'}", *s["clap"]]))
 
-    def encode():
+    def encode(name: str):
         from sa_jax.autoencoder import Autoencoder
         from sa_jax.data import encode_dataset
 
-        report = encode_dataset(BucketedEncoder(Autoencoder.load(out / "vae_silence")), out / "corpus",
-                                out / "latents")
-        log(f"[recipe] encoded the corpus: {report.summary()}")
-    stage("latents", out / "latents" / "info.json", encode)
+        source = out / ("corpus" + name[len("latents"):])
+        report = encode_dataset(BucketedEncoder(Autoencoder.load(out / "vae_silence")), source, out / name)
+        log(f"[recipe] encoded {source.name}: {report.summary()}")
+    for name in ("latents", "latents_long"):
+        stage(name, out / name / "info.json", lambda name=name: encode(name))
+
+    def mix():
+        from sa_jax.data.latents import combine_latents
+
+        combine_latents(out / "latents_mix", [out / "latents", out / "latents_long"])
+    stage("latents_mix", out / "latents_mix" / "info.json", mix)
 
     def quiet(name: str, start: str):
         # a decoder fine-tuning pass of sa_jax.training.quiet from `start`'s autoencoder into `name`
@@ -257,7 +273,7 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
             f"dBFS, last frame {stats['before'][1]:.1f} -> {stats['after'][1]:.1f} dBFS")
     stage("vae_quiet", out / "vae_quiet", lambda: quiet("vae_quiet", "vae_silence"))
     stage("vae_quieter", out / "vae_quieter", lambda: quiet("vae_quieter", "vae_quiet"))
-    unet_args = [f"data.path={out / 'latents'}", f"checkpoint.dir={out / 'unet'}",
+    unet_args = [f"data.path={out / 'latents_mix'}", f"checkpoint.dir={out / 'unet'}",
                  f"text.path={out / 'clap' / 'export'}", f"autoencoder.path={out / 'vae_quieter'}", *s["unet"]]
     stage("unet", out / "unet" / "export" / "config.yaml",
           lambda: _train(CONFIGS / "train_unet_small.yaml", unet_args))

@@ -9,6 +9,8 @@ Layout written by `encode_dataset` (readable by `DataConfig(kind="latents", path
     out_dir/latents/...npy   float32 (latent_dim, frames): the whole file, not a crop
     out_dir/skipped.json     what was skipped and why
 
+`combine_latents` writes a folder that indexes the clips of several others (paths relative to it).
+
 Whole files are stored, so every epoch can take a fresh crop. The timing facts of a crop follow
 from the audio length: a crop at latent frame `o` starts at sample o * ratio, so
 seconds_start = floor(o * ratio / sr) and seconds_total = ceil(samples / sr), exactly as for audio.
@@ -177,6 +179,39 @@ def _encode_entries(ae, entries, report, source_dir, out_dir, sr, ratio, channel
         "seconds": round(time.time() - t0, 2)})
     log.info("encoded %d files into %s (%s)", len(rows), out_dir, report.summary())
     return report
+
+
+def combine_latents(out_dir: str | Path, sources: list[str | Path]) -> int:
+    """Write a latents folder at `out_dir` that holds every clip of the latents folders `sources`, without
+    copying them: its index points at their files by relative path. The sources must agree on sample rate,
+    downsampling ratio, latent size and channels (they are one autoencoder's latents). Returns the count."""
+    out_dir = Path(out_dir)
+    if not sources:
+        raise ValueError("combine_latents needs at least one source folder")
+    infos = [json.loads((Path(s) / "info.json").read_text(encoding="utf-8")) for s in sources]
+    keys = ("format", "sample_rate", "downsampling_ratio", "latent_dim", "channels")
+    for src, info in zip(sources, infos):
+        if any(info.get(k) != infos[0].get(k) for k in keys):
+            raise ValueError(f"{src} holds other latents than {sources[0]} "
+                             f"({', '.join(f'{k} {info.get(k)} vs {infos[0].get(k)}' for k in keys)}): "
+                             "combine only folders encoded by one autoencoder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for src in map(Path, sources):
+        with open(src / "index.jsonl", encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    rows.append({**row, "latents": os.path.relpath(src / row["latents"], out_dir),
+                                 "relpath": f"{src.name}/{row['relpath']}"})
+    tmp = out_dir / ".index.jsonl.partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(_json_line(r))
+    os.replace(tmp, out_dir / "index.jsonl")
+    _atomic_json(out_dir / "info.json", {**{k: infos[0][k] for k in keys}, "version": 1, "count": len(rows),
+                                         "source": [str(s) for s in sources]})
+    return len(rows)
 
 
 def open_latents(path: str | Path, min_seconds: float = 0.0,
