@@ -18,11 +18,13 @@ def test_quick_recipe_end_to_end(tmp_path):
     assert main(["recipe", "small", "--out", str(out), "--quick"]) == 0
     for done in ("corpus/metadata.jsonl", "heldout/metadata.jsonl", "vae/export/config.yaml", "vae_silence",
                  "clap/export/config.json", "latents/info.json", "vae_quiet/quiet.json", "vae_quieter/quiet.json",
+                 "corpus_long/metadata.jsonl", "latents_long/info.json", "latents_mix/info.json",
                  "unet/export/config.yaml", "unet/tail.done", "unet/checkpoints/30", "report.json"):
         assert (out / done).exists(), done
     stages = json.loads((out / "stages.json").read_text())
-    assert set(stages) == {"corpus", "heldout", "vae", "vae_tail", "vae_flat", "vae_silence", "clap", "latents",
-                           "vae_quiet", "vae_quieter", "unet", "unet_tail", "evaluate"}
+    assert set(stages) == {"corpus", "heldout", "corpus_long", "vae", "vae_tail", "vae_flat", "vae_silence", "clap",
+                           "latents", "latents_long", "latents_mix", "vae_quiet", "vae_quieter", "unet", "unet_tail",
+                           "evaluate"}
 
     report = json.loads((out / "report.json").read_text())
     assert np.isfinite(report["reconstruction"]["stft_distance"])
@@ -35,6 +37,10 @@ def test_quick_recipe_end_to_end(tmp_path):
     assert report["adherence_oracle"]["loudness"]["accuracy"] == 1.0
     durations = [json.loads(line)["duration_s"] for line in (out / "corpus" / "metadata.jsonl").open()]
     assert all(d == round(d) for d in durations), durations     # a whole-second corpus
+    # the U-Net's data: those clips and the long ones, past its 3 s window
+    mix = [json.loads(line) for line in (out / "latents_mix" / "index.jsonl").open()]
+    assert len(mix) == len(durations) + 4 and sum(r["frames"] > 128 for r in mix) >= 4
+    assert all((out / "latents_mix" / r["latents"]).is_file() for r in mix)
 
     silence = json.loads((out / "vae_silence" / "silence.json").read_text())
     assert silence["residual"] < 1e-3

@@ -29,11 +29,12 @@ last checkpoint, so rerunning the command continues where it stopped):
     vae_quieter/   vae_quiet's decoder fine-tuned once more with the silence term 5x and a spectral term that
                    keeps the music's spectrum (run directory vae_quieter_run/): the quiet clips' timing
                    threshold lies below vae_quiet's floor (docs/ablations/README.md, parts 2-4)
-    unet/          `sa-jax train --config configs/train_unet_small.yaml` (text.source clap = clap/export,
-                   autoencoder.path = vae_quieter) -> unet/export, a whole model: StableAudio.load(unet/export).
-                   Its training times are shifted toward high noise (`diffusion.timestep_shift` 4), where
-                   only the prompt can say how loud a clip is; without the shift the U-Net read the level
-                   from its noisy input and ignored the loudness words (docs/ablations/README.md, part 7)
+    unet/          `sa-jax train --config configs/train_unet_small.yaml` (data.path = latents_mix, text.source
+                   clap = clap/export, autoencoder.path = vae_quieter) -> unet/export, a whole model:
+                   StableAudio.load(unet/export). Its training times are shifted toward high noise
+                   (`diffusion.timestep_shift` 8), where only the prompt can say how loud a clip is; without
+                   the shift the U-Net read the level from its noisy input and ignored the loudness words
+                   (docs/ablations/README.md, parts 7 and 9)
     unet/ (tail)   the same run continued 3000 steps with unshifted times, which the low-noise end (clean
                    silence after seconds_total) needs; re-exports unet/export
     report.json    `sa-jax evaluate unet/export --corpus heldout/`
