@@ -261,10 +261,9 @@ def test_shipped_model_generates_music_of_the_requested_length():
         assert spectral_flatness(a) < SHIPPED_BOUNDS["flatness"]
     from sa_jax.eval.report import TIMING_PROMPTS
 
-    # Pooled over three seeds (36 generations). Measured 0.05 s (95% interval 0.05-0.10, p90 3.92) for the U-Net
-    # shipped on 2026-12-02 with the timestep shift (0.05 s, p90 1.88, for the one before it, which played every
-    # prompt loud; 1.22 s for the [2, 2, 2] U-Net); ignoring seconds_total scores 2.0 (stopping at 4 s) or 4.92
-    # (playing the whole window).
+    # Pooled over three seeds (36 generations). Measured 0.10 s (95% interval 0.10-0.125, p90 6.58) for the U-Net
+    # shipped with study part 9 (long clips, shift 8); 0.05 s (p90 3.92) for part 7's, 1.22 s for the [2, 2, 2]
+    # U-Net; ignoring seconds_total scores 2.0 (stopping at 4 s) or 4.92 (playing the whole window).
     items = [x for seed in range(3) for x in
              timing.timing_eval(model, list(TIMING_PROMPTS[:4]), [2.0, 4.0, 6.0], steps=25, seed=seed)["items"]]
     r = timing.timing_errors([x["requested"] for x in items], [x["measured"] for x in items])
