@@ -134,6 +134,8 @@ def test_combined_latents_hold_both_folders_without_copies(folder, tmp_path):
     encode_dataset(Wider(), root, tmp_path / "wide")
     with pytest.raises(ValueError, match="latent_dim 8 vs 4.*one autoencoder"):
         combine_latents(tmp_path / "bad_mix", [a, tmp_path / "wide"])
+    with pytest.raises(FileNotFoundError, match="is not a latents folder"):
+        combine_latents(tmp_path / "bad_mix", [a, root])
 
 
 def test_encode_dataset_chunks_and_bad_input(folder, tmp_path):

@@ -242,15 +242,14 @@ def run_recipe(out, quick: bool = False, log=print) -> dict:
     stage("clap", out / "clap" / "export" / "config.json",
           lambda: _train(CONFIGS / "train_clap_small.yaml", [corpus, f"checkpoint.dir={out / 'clap'}", *s["clap"]]))
 
-    def encode(name: str):
+    def encode(source: str, name: str):
         from sa_jax.autoencoder import Autoencoder
         from sa_jax.data import encode_dataset
 
-        source = out / ("corpus" + name[len("latents"):])
-        report = encode_dataset(BucketedEncoder(Autoencoder.load(out / "vae_silence")), source, out / name)
-        log(f"[recipe] encoded {source.name}: {report.summary()}")
-    for name in ("latents", "latents_long"):
-        stage(name, out / name / "info.json", lambda name=name: encode(name))
+        report = encode_dataset(BucketedEncoder(Autoencoder.load(out / "vae_silence")), out / source, out / name)
+        log(f"[recipe] encoded {source}: {report.summary()}")
+    for source, name in (("corpus", "latents"), ("corpus_long", "latents_long")):
+        stage(name, out / name / "info.json", lambda source=source, name=name: encode(source, name))
 
     def mix():
         from sa_jax.data.latents import combine_latents

@@ -188,6 +188,9 @@ def combine_latents(out_dir: str | Path, sources: list[str | Path]) -> int:
     out_dir = Path(out_dir)
     if not sources:
         raise ValueError("combine_latents needs at least one source folder")
+    for src in sources:
+        if not (Path(src) / "info.json").is_file():
+            raise FileNotFoundError(f"{src} is not a latents folder (no info.json); write one with encode_dataset")
     infos = [json.loads((Path(s) / "info.json").read_text(encoding="utf-8")) for s in sources]
     keys = ("format", "sample_rate", "downsampling_ratio", "latent_dim", "channels")
     for src, info in zip(sources, infos):
