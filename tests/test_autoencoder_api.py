@@ -105,6 +105,7 @@ def test_load_stable_audio_tools_folder_file_and_ckpt(tmp_path):
         Autoencoder.load(tmp_path / "train.ckpt")
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~45s on 2 AVX2 cores); run with -m slow
 def test_chunked_95s_matches_one_shot_with_bounded_compiles():
     """95 s of stereo through a 2048x model: chunked encode/decode agree with one shot within
     1e-5 relative (chunks overlap by 32 frames, well past the receptive field), and the jitted

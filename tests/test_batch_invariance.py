@@ -43,6 +43,7 @@ def _wavs(folder) -> dict[str, np.ndarray]:
     return {p.name: sf.read(p, dtype="float32")[0] for p in sorted(folder.glob("*.wav"))}
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~45s on 2 AVX2 cores); run with -m slow
 def test_sample_command_same_wavs_for_any_max_batch_and_device_count(model, tmp_path):
     _, folder = model
     prompts = tmp_path / "prompts.txt"

@@ -36,6 +36,7 @@ def sample(tmp_path, cache, out):
     return json.loads(line[len("EVENTS "):])
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~55s on 2 AVX2 cores); run with -m slow
 def test_second_run_compiles_nothing(tmp_path):
     cache = tmp_path / "xla-cache"
     first = sample(tmp_path, cache, tmp_path / "a.wav")

@@ -15,6 +15,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("torch")
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~340s on 2 AVX2 cores); run with -m slow
 def test_smoke_run_fills_every_row(tmp_path):
     out = tmp_path / "suite.json"
     res = subprocess.run([sys.executable, str(ROOT / "bench" / "device_suite.py"), "--smoke", "--out", str(out)],

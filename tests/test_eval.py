@@ -244,6 +244,7 @@ SHIPPED_BOUNDS = {"flatness": 0.3, "rms_db": -50.0, "timing_median_s": 0.5}
 
 @pytest.mark.skipif(not (__import__("sa_jax.pipeline").pipeline.SHIPPED_MODEL / "config.yaml").is_file(),
                     reason="the shipped model (sa_jax/assets/small) is not in this checkout")
+@pytest.mark.slow   # moved out of the default run for its time (~60s on 2 AVX2 cores); run with -m slow
 def test_shipped_model_generates_music_of_the_requested_length():
     """The shipped model on the CPU: 2 prompts x 4 s, not silent, not noise-like, trimmed to
     seconds_total, and, generated over the whole window (trim=False), falling silent nearer

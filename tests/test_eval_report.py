@@ -195,6 +195,7 @@ def tiny(tmp_path_factory):
 SMALL = {"steps": 2, "timing_prompts": 2, "timing_lengths": 2, "per_value": 1, "recon_clips": 0}
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~80s on 2 AVX2 cores); run with -m slow
 def test_report_keys_and_the_command_gives_the_same_report_for_another_batch(tiny, tmp_path):
     from sa_jax.eval.report import evaluate, shortest_seconds_total, table
 

@@ -100,6 +100,7 @@ def resume_and_compare(latents, run: Path, full) -> None:
     assert not [n for n in checkpoints(run) if "tmp" in n], checkpoints(run)   # no half-written step left
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~130s on 2 AVX2 cores); run with -m slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_kill9_at_a_random_point_resumes_bitwise(setup, tmp_path, seed):
     latents, full, cache = setup
@@ -109,6 +110,7 @@ def test_kill9_at_a_random_point_resumes_bitwise(setup, tmp_path, seed):
     resume_and_compare(latents, tmp_path / "run", full)
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~20s on 2 AVX2 cores); run with -m slow
 def test_kill9_during_an_async_save_resumes_bitwise(setup, tmp_path):
     latents, full, cache = setup
     what = kill_run(latents, tmp_path / "run", cache, lambda run, t: saving(run) or t > 30, tmp_path / "train.log")
@@ -117,6 +119,7 @@ def test_kill9_during_an_async_save_resumes_bitwise(setup, tmp_path):
     resume_and_compare(latents, tmp_path / "run", full)
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~25s on 2 AVX2 cores); run with -m slow
 def test_kill9_during_the_final_export_resumes_and_exports(setup, tmp_path):
     """Killed while the last step's weights are being exported (the export's temporary folder exists):
     the rerun restores the last checkpoint, writes the export, and its state is the uninterrupted one."""

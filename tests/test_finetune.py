@@ -141,6 +141,7 @@ def test_lora_fine_tuning_lowers_the_loss_on_its_clips(sao, lora_run):
     assert after < 0.8 * before, (before, after)
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~30s on 2 AVX2 cores); run with -m slow
 def test_kill9_of_sa_jax_train_resumes_a_lora_run_bitwise(sao, lora_run, tmp_path):
     """`sa-jax train` killed (SIGKILL) after the step-15 checkpoint; a rerun resumes to the
     uninterrupted run's adapters, optimiser state and EMA."""
@@ -238,7 +239,8 @@ def test_accumulate_must_divide_the_batch(sao, tmp_path):
         train(cfg, print_fn=lambda line: None)
 
 
-@pytest.mark.parametrize("family", ["sao", pytest.param("sa1", marks=pytest.mark.slow)])
+@pytest.mark.slow   # moved out of the default run for its time (~25s on 2 AVX2 cores); run with -m slow
+@pytest.mark.parametrize("family", ["sao", "sa1"])
 def test_the_attention_remat_policy_changes_nothing_but_memory(family):
     """model.remat attention (recompute each block, keep its attention outputs): the loss and gradients of
     none (block is tested in test_dit / test_unet_remat); the old true / false read as block / none."""

@@ -197,6 +197,7 @@ def _each_log_line_once(stderr: str) -> None:
     assert not [b for a, b in zip(lines, lines[1:]) if a and b.endswith(":" + a)], stderr
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~120s on 2 AVX2 cores); run with -m slow
 def test_cli_inpaint_continue_and_long_sample(tmp_path, clip):
     import soundfile as sf
 

@@ -39,6 +39,7 @@ def models(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~55s on 2 AVX2 cores); run with -m slow
 def test_sample_with_lora_writes_what_the_api_generates(models, tmp_path):
     base, a, b = models["sao"]
     r = sa_jax("sample", *PROMPTS, "--model", base, "--lora", f"{a}:0.5", "--lora", b, "--steps", 3, "--seed", 7,

@@ -57,6 +57,7 @@ def setup(tmp_path_factory):
     return root, gen, ref, openl3, clap, captions
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~40s on 2 AVX2 cores); run with -m slow
 def test_metrics_command_end_to_end(setup, capsys):
     from sa_jax.metrics import load_stats
 

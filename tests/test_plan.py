@@ -61,6 +61,7 @@ def test_train_plan_reads_no_data_and_writes_nothing(tmp_path):
     assert not missing.exists() and not run_dir.exists()
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~25s on 2 AVX2 cores); run with -m slow
 def test_plan_frozen_models_from_configs_alone(tmp_path):
     """Audio data with the frozen VAE encoding in the step, the VAE given as a config in place of its weights;
     a T5 that is not on disk is planned with T5-base's shapes, which a 32-wide tiny model refuses."""
@@ -136,6 +137,7 @@ def test_train_and_sample_plans_for_a_v5e_slice(tmp_path):
     assert "memory per device, sampling loop" in p.stdout and "the VAE decode is not planned" in p.stdout
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~25s on 2 AVX2 cores); run with -m slow
 @needs_libtpu
 def test_block_remat_recomputes_only_each_chips_share():
     """Block remat adds at most one more forward pass: at most 4/3 of the FLOPs of the step without it. Before the
@@ -149,6 +151,7 @@ def test_block_remat_recomputes_only_each_chips_share():
     assert 1 < plans["block"]["flops_per_step"] / plans["none"]["flops_per_step"] <= 4 / 3
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~35s on 2 AVX2 cores); run with -m slow
 def test_sample_plan_on_the_devices_present(tmp_path):
     """The shipped model's sampling loop and VAE decode, planned from its config.yaml alone. The decode planned is
     the one the run chooses (Autoencoder.decode_chunk_frames): its 384 frames need ~40 MiB, so one shot here."""

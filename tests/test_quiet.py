@@ -52,6 +52,7 @@ def centred():
     return centred_autoencoder()
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~25s on 2 AVX2 cores); run with -m slow
 def test_quiet_decoder_silences_silence_and_keeps_the_music(centred, tmp_path):
     from sa_jax.training.quiet import QuietConfig, quiet_decoder
 
@@ -141,6 +142,7 @@ KILLED = textwrap.dedent("""
 """).format(tests=str(ROOT / "tests"))
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~90s on 2 AVX2 cores); run with -m slow
 def test_quiet_kill9_then_resume_matches_uninterrupted(centred, tmp_path):
     from sa_jax.training.quiet import QuietConfig, train_quiet
 

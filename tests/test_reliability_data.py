@@ -213,6 +213,7 @@ def test_encode_with_nothing_encodable_removes_only_the_folder_it_made(tmp_path)
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~25s on 2 AVX2 cores); run with -m slow
 def test_encode_progress_bar_and_symlink_loop_on_the_command_line(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

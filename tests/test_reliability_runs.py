@@ -93,6 +93,7 @@ def test_a_second_trainer_exits_naming_the_holder(latents, tmp_path):
     assert sorted(os.listdir(run)) == [RunLock.NAME]   # it wrote nothing (no config.yaml, no checkpoints)
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~25s on 2 AVX2 cores); run with -m slow
 def test_the_stale_lock_of_a_killed_trainer_is_taken_over(latents, tmp_path):
     run = tmp_path / "run"
     script = textwrap.dedent(f"""
@@ -114,6 +115,7 @@ def test_the_stale_lock_of_a_killed_trainer_is_taken_over(latents, tmp_path):
     assert RunLock.holder(run) is None   # released at the end
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~35s on 2 AVX2 cores); run with -m slow
 def test_two_trainers_racing_for_one_run_directory(latents, tmp_path):
     run = tmp_path / "run"
     cmd = [str(SA_JAX), "train", "--config", str(ROOT / "configs/train_dit_tiny.yaml"),
@@ -154,6 +156,7 @@ def files(run) -> dict:
     return {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != "train.lock"}
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~20s on 2 AVX2 cores); run with -m slow
 def test_resume_with_another_model_changes_nothing_and_changed_settings_are_named(latents, tmp_path):
     run = tmp_path / "run"
     train(config(latents, run), print_fn=lambda line: None)

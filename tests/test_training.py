@@ -121,6 +121,7 @@ def test_nonfinite_step_is_skipped(reference, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~20s on 2 AVX2 cores); run with -m slow
 def test_repeated_nonfinite_steps_stop_the_run(reference, tmp_path):
     """An absurd learning rate blows the parameters up after one update; every later step is
     non-finite, skipped and counted, and the run stops with a clear error before any checkpoint."""

@@ -81,6 +81,7 @@ def setup(tmp_path_factory):
     return root, clap_dir
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~30s on 2 AVX2 cores); run with -m slow
 def test_text_source_must_fit_the_family(setup):
     root, clap_dir = setup
     with pytest.raises(ConfigError, match="does not fit model.family sa1"):
@@ -121,6 +122,7 @@ def test_overfit_then_the_export_keeps_the_clip_timing(setup):
         assert sa.generate(PROMPT.format(i), **kw).shape == (1, 2, seconds * SR)
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~100s on 2 AVX2 cores); run with -m slow
 def test_training_on_audio_encodes_in_the_step(setup, tmp_path):
     """data.kind folder: the frozen VAE encodes each audio batch inside the step; the export loads."""
     import soundfile as sf

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from training_util import write_latents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~50s on 2 AVX2 cores); run with -m slow
 def test_fsdp_mesh_follows_single_device(tmp_path):
     latents = write_latents(tmp_path / "latents", count=6)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")

@@ -49,6 +49,7 @@ def test_unet_cfg_dropout_uses_the_null_embedding():
     assert norm(kept["conditioner"]) > 0.0 and norm(dropped["conditioner"]) == 0.0
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~30s on 2 AVX2 cores); run with -m slow
 def test_dit_cfg_dropout_zeroes_cross_attention():
     """Also the rectified-flow objective (the loop tests train with v)."""
     cfg = load(TrainConfig, ROOT / "configs/train_dit_tiny.yaml", ["diffusion.objective=rectified_flow"])

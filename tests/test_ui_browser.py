@@ -157,6 +157,7 @@ def test_generate_and_download_the_wav(page, server, tmp_path):
         shutil.copy(shot, Path(os.environ["SA_JAX_SCREENSHOT_DIR"]) / "ui.png")
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~15s on 2 AVX2 cores); run with -m slow
 def test_errors_are_shown_and_the_server_serves_on(page, browser, server, tmp_path):
     _fill(page, "Prompt", "a soft pad")
     _fill(page, "Steps", 8)
@@ -205,6 +206,7 @@ def test_errors_are_shown_and_the_server_serves_on(page, browser, server, tmp_pa
     other.context.close()
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~15s on 2 AVX2 cores); run with -m slow
 def test_init_audio_upload_makes_a_variation(page, tmp_path):
     t = np.arange(int(1.5 * SR)) / SR
     tone = (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)

@@ -154,6 +154,7 @@ def sa():
     return StableAudio.load()
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~30s on 2 AVX2 cores); run with -m slow
 def test_on_step_reports_each_step_changes_nothing_and_compiles_once(sa):
     from sa_jax.diffusion.samplers import _run
 
@@ -189,6 +190,7 @@ def studio(sa):
     st.close()
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~55s on 2 AVX2 cores); run with -m slow
 def test_the_page_and_its_command_line_make_the_same_audio(studio, tmp_path):
     s = resolve(request(prompt="a bright bell", seconds_total=1.5, batch_size=2, seed=11, cfg_scale=5.0,
                         rho=2.0, sigma_max=200.0), studio.info)
@@ -306,6 +308,7 @@ def test_ui_command_refuses_a_bad_or_busy_port_before_loading():
     assert "loading" not in done.stderr   # refused before the model loads
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~40s on 2 AVX2 cores); run with -m slow
 def test_lora_adapters_with_strengths(tmp_path):
     """A tiny random SA1 model and an adapter (tests/test_lora_pipeline.py's): a slider per adapter; the page's
     strength reaches StableAudio.load (a new strength reloads: 1.5 changes the audio, 0 is the base model bit for

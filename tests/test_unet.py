@@ -153,6 +153,7 @@ def test_params_command_prints_the_paper_count(capsys):
     assert "906,679,744 (906.7M)" in capsys.readouterr().out
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~100s on 2 AVX2 cores); run with -m slow
 def test_the_small_unet_can_place_an_end_anywhere_in_its_window():
     """The timing conditioning can end a clip at frame f only if the U-Net knows where frame f is. Without
     positional encodings only the edges' receptive field tells it (#22's study): with factors [2, 2, 2] the

@@ -4,6 +4,7 @@ output and the gradients must be those of remat=False (float32, a small config w
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sa_jax.models.unet import UNet1d, config_from_dict
 
@@ -44,6 +45,7 @@ def _random_params(shapes, seed=1):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~45s on 2 AVX2 cores); run with -m slow
 def test_unet_remat_same_params_output_and_grads():
     config = config_from_dict(SMALL)
     x, t, emb, mask, cot = _inputs(config)
