@@ -185,6 +185,7 @@ def test_prompts_name_the_value():
                 assert v in p, (a, v, p)
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~35s on 2 AVX2 cores); run with -m slow
 def test_reconstruction_distance_and_silence_centring():
     """The trainer's STFT distance: 0 for a perfect reconstruction is not reachable by a random VAE,
     but the re-centred autoencoder reconstructs exactly as the original and encodes silence to ~0."""

@@ -217,7 +217,8 @@ def test_init_from_a_run_export_is_that_runs_weights(sao, tmp_path):
 # ---------------------------------------------------------------------------------------------- memory
 
 
-@pytest.mark.parametrize("lora", [pytest.param(0, marks=pytest.mark.slow), 4])   # the whole model: 60 s
+@pytest.mark.slow   # moved out of the default run for its time (~40s on 2 AVX2 cores); run with -m slow
+@pytest.mark.parametrize("lora", [0, 4])   # 0: the whole model
 def test_gradient_accumulation_equals_one_big_batch(sao, tmp_path, lora):
     """optim.accumulate 4: the step's loss and gradient norm are those of the batch taken at once (the
     draws are made for the whole batch; float32 sums in another order)."""

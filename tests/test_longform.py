@@ -49,6 +49,7 @@ def _round_trip(sa, clip):
     return sa.autoencoder.decode(sa.autoencoder.encode(x))[:, :, :x.shape[-1]], x.shape[-1]
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~40s on 2 AVX2 cores); run with -m slow
 def test_inpaint_keeps_outside_changes_inside_and_seeds_differ(sa, clip):
     rt, n = _round_trip(sa, clip)
     sr = sa.sample_rate
@@ -247,6 +248,7 @@ def test_timing_max_of_each_family(sa):
     assert timing_max(sao_like) == 256.0                                    # SAO: seconds_total's max_val
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~20s on 2 AVX2 cores); run with -m slow
 def test_inpaint_region_longer_than_a_window_and_batches(sa, clip):
     long = np.tile(clip, 4)   # 20 s
     with pytest.raises(ConfigError, match="at most 376 frames"):

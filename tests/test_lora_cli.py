@@ -55,6 +55,7 @@ def test_sample_with_lora_writes_what_the_api_generates(models, tmp_path):
     assert np.abs(plain - want).max() > 1e-3 * np.abs(want).max()
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~35s on 2 AVX2 cores); run with -m slow
 def test_merge_lora_writes_a_model_equal_to_the_unmerged_one(models, tmp_path, capsys):
     base, a, b = models["sa1"]
     out = tmp_path / "merged"

@@ -111,6 +111,7 @@ def test_plan_flags_are_checked(tmp_path):
         plan_train(load(VAETrainConfig, "train_vae_tiny"))
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~30s on 2 AVX2 cores); run with -m slow
 @needs_libtpu
 def test_train_and_sample_plans_for_a_v5e_slice(tmp_path):
     p, plan = sa_jax("train", "--config", "train_dit_tiny", "--plan", "--topology", "v5e:4x4",

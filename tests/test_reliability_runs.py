@@ -185,7 +185,7 @@ def test_resume_with_another_model_changes_nothing_and_changed_settings_are_name
 # 10. a full disk during a save
 
 
-@pytest.mark.parametrize("async_save", [False, True])
+@pytest.mark.parametrize("async_save", [pytest.param(False, marks=pytest.mark.slow), True])   # False: 25 s more
 def test_a_full_disk_stops_the_run_at_the_failed_save(latents, tmp_path, monkeypatch, caplog, async_save):
     from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh
 

@@ -170,6 +170,7 @@ def test_on_step_reports_each_step_changes_nothing_and_compiles_once(sa):
     assert _run._cache_size() == compiled + 1   # one program with the callback, whatever the listener
 
 
+@pytest.mark.slow   # moved out of the default run for its time (~20s on 2 AVX2 cores); run with -m slow
 def test_a_failing_progress_display_does_not_stop_sampling(sa):
     def broken(i, n):
         if i < n:
