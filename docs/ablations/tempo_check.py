@@ -12,6 +12,7 @@ beat its prompt named, so a model must follow both the number and the word. This
 3. The ceiling: the same fit on the clips of CORPUS (a `sa-jax synth` folder) with their true BPM and density.
 
     python docs/ablations/tempo_check.py runs/study/heldout sa_jax/assets/small
+    python docs/ablations/tempo_check.py --layers sa_jax/assets/small   # 1. at every hidden state of the tower
 """
 
 import json
@@ -94,7 +95,23 @@ def ceiling(corpus: Path) -> None:
           f"(r2 {r2:.2f})")
 
 
+def layers(model: StableAudio) -> None:
+    """Part 1 at each hidden state of the text tower (0: the embeddings, -1: the last layer), to see which
+    layer separates the prompts most before training a U-Net to read it."""
+    used = model.family.text_layer
+    states, _ = model.family.text_encoder(["x"])
+    for layer in range(-len(states), 0):
+        model.family.text_layer = layer
+        print(f"layer {layer}" + (" (the U-Net's)" if layer == used else ""))
+        conditioning(model)
+    model.family.text_layer = used
+
+
 def main(corpus: str, *models: str) -> None:
+    if corpus == "--layers":
+        for path in models:
+            layers(StableAudio.load(path))
+        return
     print("ceiling")
     ceiling(Path(corpus))
     for path in models:
