@@ -208,6 +208,10 @@ def spec_errors(tmp, corpus):
         (train + "variants: {a: [checkpoint.dir=/x]}\n", ["variant a", "the tool sets `checkpoint.dir`"]),
         (train.replace("text.source=clap, ", "") + "grid: {steps: [2]}\n", ["export", "text.source"]),
         (model + "variants: {a: []}\nbetter: {timing.median: down}\n", ["better.timing.median", "lower or higher"]),
+        (model.replace(f"{corpus}}}", f"{corpus}, evaluations: [timing, fad]}}") + "variants: {a: []}\n",
+         ["evaluate.evaluations: 'fad'", "each of reconstruction, timing, adherence, distribution"]),
+        (model.replace(f"{corpus}}}", f"{corpus}, evaluations: [distribution]}}") + "variants: {a: []}\n",
+         ["evaluate.evaluations names 'distribution' but no embedder is given"]),
     ]
 
 
@@ -345,7 +349,6 @@ def test_dry_run_lists_each_shard(sampled, assets, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.slow   # two more evaluation processes: about a minute on 2 busy cores
 def test_two_shards_then_collect_equal_one_run(sampled, tmp_path):
     spec, whole, _ = sampled
     out = tmp_path / "sharded"

@@ -279,12 +279,41 @@ class NeverGenerates:
     ("rho", -2, "rho must be > 0, got -2"),
     ("sampler", "nope", "sampler 'nope' cannot sample this v-objective model; valid samplers: euler, "),
     ("sigma_max", 0.2, r"sigma_max \(0.2\) must exceed sigma_min \(0.3\)"),
+    ("evaluations", ["timing", "fad"], r"evaluations: 'fad' in \['timing', 'fad'\]; each of reconstruction, timing, "),
+    ("evaluations", ["timing", "timing"], "evaluations: a name given twice"),
+    ("evaluations", "timing", "evaluations must be a non-empty list of reconstruction, timing, adherence, "),
+    ("evaluations", ["distribution"], "evaluations names 'distribution' but no embedder is given: set clap"),
 ])
 def test_bad_numbers_fail_before_any_work(argument, value, message):
     from sa_jax.eval.report import evaluate
 
     with pytest.raises(ValueError, match=message):
         evaluate(NeverGenerates(), "no-corpus-read-yet", **{argument: value}, log=lambda s: None)
+
+
+def test_only_the_evaluations_asked_for_run(tiny):
+    """`evaluations=["timing"]`: the report has the timing and nothing else, its table only the timing rows."""
+    from sa_jax.eval.report import evaluate, table
+
+    model, _, corpus = tiny
+    report = evaluate(model, corpus, **{**SMALL, "recon_clips": 2}, evaluations=["timing"], batch=4,
+                      log=lambda s: None)
+    assert report["timing"]["count"] == 4
+    assert not {"reconstruction", "adherence", "adherence_oracle", "distribution"} & set(report)
+    assert report["settings"]["evaluations"] == ["timing"]
+    lines = table(report).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| timing error, median (s, 4 generations) |")
+    with pytest.raises(ValueError, match="evaluations names 'reconstruction' but recon_clips is 0"):
+        evaluate(model, corpus, **SMALL, evaluations=["reconstruction"], log=lambda s: None)
+
+
+def test_the_command_refuses_an_unknown_evaluation(tmp_path):
+    cmd = [sys.executable, "-m", "sa_jax.cli", "evaluate", "--corpus", str(tmp_path / "none"),
+           "--evaluations", "timing,fad"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "--evaluations: evaluations: 'fad' in ['timing', 'fad']; each of reconstruction, timing, adherence, " \
+           "distribution at most once" in res.stderr.strip().splitlines()[-1]
 
 
 def test_the_command_refuses_a_bad_number_in_one_line(tmp_path):

@@ -292,6 +292,13 @@ def build_spec(data: dict, out: str | Path | None = None, strict: bool = True) -
     for key in evaluate:
         if key != "corpus":
             check_evaluation_key(key, f"evaluate.{key}")
+    try:    # which evaluations run: checked now, not after the first variant has trained
+        from sa_jax.eval.report import check_evaluations
+
+        check_evaluations(evaluate.get("evaluations"),
+                          any(evaluate.get(k) is not None for k in ("clap", "openl3", "passt")))
+    except ValueError as e:
+        raise ConfigError(f"evaluate.{e}") from None
 
     # better, metrics
     better = data.get("better") or {}

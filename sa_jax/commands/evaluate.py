@@ -23,6 +23,20 @@ from pathlib import Path
 from sa_jax.commands.sample import sigma_options
 
 
+def evaluation_list(text: str) -> list[str]:
+    """`--evaluations timing,adherence` -> ["timing", "adherence"], checked by the report's own rule."""
+    import argparse
+
+    from sa_jax.eval.report import check_evaluations
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        check_evaluations(names)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return names
+
+
 def run(args) -> int:
     from sa_jax.eval.report import evaluate, table
     from sa_jax.pipeline import StableAudio
@@ -38,7 +52,7 @@ def run(args) -> int:
                       timing_lengths=args.timing_lengths, timing_prompts=args.timing_prompts,
                       per_value=args.per_value, per_attribute=args.per_attribute, recon_clips=args.recon_clips,
                       clap=None if clap == "none" else clap, openl3=args.openl3, passt=args.passt,
-                      metric_clips=args.metric_clips, seed=args.seed, batch=args.batch,
+                      metric_clips=args.metric_clips, evaluations=args.evaluations, seed=args.seed, batch=args.batch,
                       log=lambda s: print(s, file=sys.stderr))
     report["model"]["path"] = str(args.model) if args.model else "(shipped)"
     print(table(report))
@@ -84,5 +98,8 @@ def register(sub) -> None:
     p.add_argument("--passt", default=None, help="PaSST weights: adds KL_passt (see sa-jax metrics)")
     p.add_argument("--metric-clips", type=int, default=16,
                    help="held-out clips (one generation each) for the distribution metrics (default 16)")
+    p.add_argument("--evaluations", type=evaluation_list, default=None,
+                   help="which to run, comma-separated, of reconstruction, timing, adherence, distribution "
+                        "(default: all; distribution only with a CLAP, OpenL3 or PaSST)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)

@@ -17,6 +17,24 @@ TIMING_PROMPTS = ("sine flute, C major", "instrument: bell | stereo: left", "plu
                   "square organ, D minor, sparse, quiet", "instrument: plucked string | bpm: 90 | stereo: right",
                   "A metallic bell playing a flowing melody in F major at 140 BPM, in the center.",
                   "key: E major | instrument: square organ | loudness: medium")
+# the evaluations a report can hold, in the order they run; `evaluations=` picks some of them
+EVALUATIONS = ("reconstruction", "timing", "adherence", "distribution")
+
+
+def check_evaluations(evaluations, distribution_given: bool = True) -> None:
+    """ValueError unless `evaluations` is None (the default set) or a non-empty list of EVALUATIONS, each once;
+    "distribution" needs an embedder (clap, openl3 or passt) to be given."""
+    if evaluations is None:
+        return
+    if isinstance(evaluations, str) or not isinstance(evaluations, (list, tuple)) or not evaluations:
+        raise ValueError(f"evaluations must be a non-empty list of {', '.join(EVALUATIONS)}, got {evaluations!r}")
+    unknown = [e for e in evaluations if e not in EVALUATIONS]
+    if unknown or len(set(evaluations)) != len(evaluations):
+        wrong = ", ".join(map(repr, unknown)) or "a name given twice"
+        raise ValueError(f"evaluations: {wrong} in {list(evaluations)}; each of {', '.join(EVALUATIONS)} at most once")
+    if "distribution" in evaluations and not distribution_given:
+        raise ValueError("evaluations names 'distribution' but no embedder is given: set clap (a CLAP folder or "
+                         "'shipped'), openl3 or passt")
 
 
 def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, sampler: str | None = None,
@@ -24,8 +42,11 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
              timing_lengths: int = 8, timing_prompts=8, per_value: int | None = None, per_attribute: int = 48,
              adherence_seconds: float = 4.0, recon_clips: int = 16, recon_seconds: float = 2.0,
              ceiling_clips: int | None = None, classifier_clips: int = 250, clap=None, openl3=None, passt=None,
-             metric_clips: int = 16, seed: int = 0, batch: int = 8, log=print) -> dict:
-    """All three evaluations of a loaded `StableAudio` against the corpus folder; returns the report.
+             metric_clips: int = 16, evaluations=None, seed: int = 0, batch: int = 8, log=print) -> dict:
+    """The evaluations of a loaded `StableAudio` against the corpus folder; returns the report.
+
+    evaluations: which of EVALUATIONS to run (None: reconstruction unless recon_clips is 0, timing,
+    adherence, and distribution when an embedder is given); the report has a key for each that ran.
 
     steps, cfg_scale, sampler, sigma_min, sigma_max, rho: the sampling settings (None: the model's).
     timing_prompts: how many of TIMING_PROMPTS (or a list of prompts), each generated at `timing_lengths`
@@ -43,6 +64,13 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
     from sa_jax.eval import adherence, recon, stats, timing
 
     # every number checked before the first generation (an evaluation runs for minutes)
+    embedders = clap is not None or openl3 is not None or passt is not None
+    check_evaluations(evaluations, embedders)
+    default = [e for e in EVALUATIONS if (e != "reconstruction" or recon_clips > 0)
+               and (e != "distribution" or embedders)]
+    run = set(evaluations if evaluations is not None else default)
+    if "reconstruction" in run and recon_clips == 0:
+        raise ValueError("evaluations names 'reconstruction' but recon_clips is 0: give at least 1 clip")
     prompts = _timing_prompts(timing_prompts)
     counts = {"timing_lengths": (timing_lengths, 1), "per_attribute": (per_attribute, 1),
               "batch": (batch, 1), "recon_clips": (recon_clips, 0), "classifier_clips": (classifier_clips, 2),
@@ -64,44 +92,47 @@ def evaluate(model, corpus, *, steps: int = 50, cfg_scale: float | None = None, 
     report = {"model": {"window_seconds": model.window_seconds, "sample_rate": model.sample_rate},
               "settings": {**sampling, "seed": seed, "timing_prompts": len(prompts), "timing_lengths": timing_lengths,
                            "per_value": per_value, "per_attribute": per_attribute,
-                           "adherence_seconds": adherence_seconds},
+                           "adherence_seconds": adherence_seconds,
+                           "evaluations": [e for e in EVALUATIONS if e in run]},
               "statistics": stats.describe()}
     t0 = time.perf_counter()
     clips = recon.corpus_clips(corpus, ceiling_clips, sample_rate=model.sample_rate,
                                channels=model.autoencoder.io_channels)
-    if recon_clips > 0:     # 0 skips it: a sampling-only study does not change the autoencoder
+    if "reconstruction" in run:     # a sampling-only study leaves it out: it does not change the autoencoder
         report["reconstruction"] = recon.reconstruction_distance(
             model.autoencoder, [a for a, _ in clips[:recon_clips]], recon_seconds)
         log(f"reconstruction: {min(recon_clips, len(clips))} clips in {time.perf_counter() - t0:.1f} s")
 
-    t0 = time.perf_counter()
-    lengths = timing.requested_lengths(model.window_seconds, timing_lengths, low=shortest_seconds_total(corpus))
-    report["timing"] = timing.timing_eval(model, prompts, lengths, **sampling, seed=seed, batch=batch)
-    report["timing"]["ceiling"] = timing.timing_ceiling(clips, model.sample_rate, model.window_seconds)
-    # the same clips through the model's autoencoder: what exact latents would measure
-    report["timing"]["ceiling_decoded"] = timing.timing_ceiling(clips, model.sample_rate, model.window_seconds,
-                                                                autoencoder=model.autoencoder)
-    report["timing"]["method"] = {"frame_seconds": timing.FRAME_SECONDS, "threshold_db": timing.THRESHOLD_DB,
-                                  "reference": "peak frame", "lengths": lengths, "prompts": prompts}
-    log(f"timing: {report['timing']['count']} generations in {time.perf_counter() - t0:.1f} s")
+    if "timing" in run:
+        t0 = time.perf_counter()
+        lengths = timing.requested_lengths(model.window_seconds, timing_lengths, low=shortest_seconds_total(corpus))
+        report["timing"] = timing.timing_eval(model, prompts, lengths, **sampling, seed=seed, batch=batch)
+        report["timing"]["ceiling"] = timing.timing_ceiling(clips, model.sample_rate, model.window_seconds)
+        # the same clips through the model's autoencoder: what exact latents would measure
+        report["timing"]["ceiling_decoded"] = timing.timing_ceiling(clips, model.sample_rate, model.window_seconds,
+                                                                    autoencoder=model.autoencoder)
+        report["timing"]["method"] = {"frame_seconds": timing.FRAME_SECONDS, "threshold_db": timing.THRESHOLD_DB,
+                                      "reference": "peak frame", "lengths": lengths, "prompts": prompts}
+        log(f"timing: {report['timing']['count']} generations in {time.perf_counter() - t0:.1f} s")
 
-    t0 = time.perf_counter()
-    classifier = adherence.reference_classifier(classifier_clips, seed=12345)
-    seconds = min(adherence_seconds, float(int(model.window_seconds)) or model.window_seconds)
+    if "adherence" in run:
+        t0 = time.perf_counter()
+        classifier = adherence.reference_classifier(classifier_clips, seed=12345)
+        seconds = min(adherence_seconds, float(int(model.window_seconds)) or model.window_seconds)
 
-    def generate(prompts, first_item):
-        return model.generate(prompts, seconds_total=seconds, **sampling, seed=seed, first_item=first_item)
-    report["adherence"] = adherence.adherence_eval(generate, model.sample_rate, classifier, per_value=per_value,
-                                                   per_attribute=per_attribute, seed=seed, batch=batch)
-    report["adherence_oracle"] = adherence.oracle(clips, model.sample_rate, classifier)
-    for a in adherence.ATTRIBUTES:
-        got, ceiling = report["adherence"].get(a), report["adherence_oracle"].get(a)
-        if got is not None and ceiling is not None:
-            got.update(ceiling=ceiling["accuracy"], ceiling_low=ceiling["accuracy_low"],
-                       ceiling_high=ceiling["accuracy_high"],
-                       of_ceiling=got["accuracy"] / ceiling["accuracy"] if ceiling["accuracy"] > 0 else None)
-    log(f"adherence: {len(report['adherence']['items'])} generations in {time.perf_counter() - t0:.1f} s")
-    if clap is not None or openl3 is not None or passt is not None:
+        def generate(prompts, first_item):
+            return model.generate(prompts, seconds_total=seconds, **sampling, seed=seed, first_item=first_item)
+        report["adherence"] = adherence.adherence_eval(generate, model.sample_rate, classifier, per_value=per_value,
+                                                       per_attribute=per_attribute, seed=seed, batch=batch)
+        report["adherence_oracle"] = adherence.oracle(clips, model.sample_rate, classifier)
+        for a in adherence.ATTRIBUTES:
+            got, ceiling = report["adherence"].get(a), report["adherence_oracle"].get(a)
+            if got is not None and ceiling is not None:
+                got.update(ceiling=ceiling["accuracy"], ceiling_low=ceiling["accuracy_low"],
+                           ceiling_high=ceiling["accuracy_high"],
+                           of_ceiling=got["accuracy"] / ceiling["accuracy"] if ceiling["accuracy"] > 0 else None)
+        log(f"adherence: {len(report['adherence']['items'])} generations in {time.perf_counter() - t0:.1f} s")
+    if "distribution" in run:
         from sa_jax.eval.distribution import distribution_eval
 
         report["distribution"] = distribution_eval(model, corpus, clap=_load_clap(clap), openl3=openl3, passt=passt,
@@ -158,8 +189,8 @@ def table(report: dict) -> str:
     adherence per attribute (fraction matched, interval, chance, p-value against chance, ceiling)."""
     from sa_jax.eval.adherence import ATTRIBUTES
 
-    t, r = report["timing"], report.get("reconstruction")
-    ceiling, decoded = t.get("ceiling", {}), t.get("ceiling_decoded", {})
+    t, r = report.get("timing"), report.get("reconstruction")
+    ceiling, decoded = (t or {}).get("ceiling", {}), (t or {}).get("ceiling_decoded", {})
 
     def interval(d, key, digits=2):
         low, high = d.get(f"{key}_low"), d.get(f"{key}_high")
@@ -168,14 +199,15 @@ def table(report: dict) -> str:
     def number(d, key, digits=2):
         return "" if d.get(key) is None else f"{d[key]:.{digits}f}"
 
-    count = f", {t['count']} generations" if "count" in t else ""
     def ceilings(key):
         return f"{number(ceiling, key)}; {number(decoded, key)}" if decoded else number(ceiling, key)
 
-    lines = ["| metric | value | 95% interval | ceiling (corpus clips; through the autoencoder) |", "|---|---|---|---|",
-             f"| timing error, median (s{count}) | {t['median']:.2f} | {interval(t, 'median')} | "
-             f"{ceilings('median')} |",
-             f"| timing error, 90th percentile (s) | {t['p90']:.2f} | {interval(t, 'p90')} | {ceilings('p90')} |"]
+    lines = ["| metric | value | 95% interval | ceiling (corpus clips; through the autoencoder) |", "|---|---|---|---|"]
+    if t is not None:
+        count = f", {t['count']} generations" if "count" in t else ""
+        lines += [f"| timing error, median (s{count}) | {t['median']:.2f} | {interval(t, 'median')} | "
+                  f"{ceilings('median')} |",
+                  f"| timing error, 90th percentile (s) | {t['p90']:.2f} | {interval(t, 'p90')} | {ceilings('p90')} |"]
     for name, m in report.get("distribution", {}).items():     # sa_jax.eval.distribution
         lines.append(f"| {name} ({m['clips']} generations vs held-out clips) | {m['value']:.4g} | | |")
     if r is not None:
@@ -183,6 +215,8 @@ def table(report: dict) -> str:
                   f"{r['stft_distance']:.3f} | | |",
                   f"| reconstruction level error, median (dB) | {r['level_error_db']:.1f} | | |",
                   f"| silence reconstructs to (dBFS) | {r['silence_rms_db']:.1f} | | |"]
+    if "adherence" not in report:
+        return "\n".join(lines)
     lines += ["", "| attribute | generations match | 95% interval | chance | p (vs chance) | ceiling (corpus clips) "
               "| of ceiling |", "|---|---|---|---|---|---|---|"]
     for a in ATTRIBUTES:
