@@ -25,7 +25,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sa_jax"
 
-# `ablate` does not exist yet: it is where the open issue's ablation studies go.
+# `ablate` (sa-jax ablate) sits beside training and eval: it drives both.
 LAYERS = [
     {"cli", "commands", "ui", "testing"},
     {"training", "eval", "metrics", "ablate"},
