@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from sa_jax.ablate.collect import collect
-from sa_jax.ablate.spec import Item, Spec, read_spec, spec_file, train_overrides
+from sa_jax.ablate.spec import Item, Spec, read_spec, spec_file, train_stages
 from sa_jax.ablate.worker import write_json, write_text
 from sa_jax.errors import ConfigError
 
@@ -95,7 +95,7 @@ def job_of(spec: Spec, item: Item, out: Path) -> dict:
     evaluation = {k: v for k, v in spec.evaluate.items() if k != "corpus"}
     return {"folder": str(folder.resolve()), "variant": item.name, "seed": item.seed, "overrides": item.overrides,
             "train": str(spec.train) if spec.train else None,
-            "train_overrides": train_overrides(item, (folder / "run").resolve()) if spec.train else [],
+            "train_stages": train_stages(spec, item, (folder / "run").resolve()) if spec.train else [],
             "model": str(Path(item.model).expanduser().resolve()) if item.model else None,
             "corpus": str(Path(spec.evaluate["corpus"]).expanduser().resolve()),
             "evaluate": {**evaluation, **item.sample}}

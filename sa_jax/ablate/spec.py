@@ -27,7 +27,7 @@ from sa_jax.config import SEED_LIMIT, read_text, resolve_config
 from sa_jax.errors import ConfigError
 
 TOP_KEYS = ("name", "base", "grid", "variants", "seeds", "evaluate", "better", "metrics")
-BASE_KEYS = ("train", "model", "overrides")
+BASE_KEYS = ("train", "model", "overrides", "then")
 SAMPLE = "sample."       # keys naming a sampling setting of the evaluation, not a training override
 MODEL = "model"          # `model=PATH`: the model of a sampling-only study
 # Evaluation arguments the tool sets itself (per item), so a spec may not.
@@ -125,6 +125,7 @@ class Spec:
     train: Path | None              # the training config (train base), resolved
     model: str | None               # the model (sampling-only base)
     grid: dict[str, list]
+    then: list[list[str]]           # later training stages: overrides added to each item's, in order
     evaluate: dict[str, Any]        # keyword arguments of the evaluation, `corpus` included
     better: dict[str, str]
     metrics: list[str] | None       # the table's and plots' metrics (names or dotted prefixes); None: all that vary
@@ -227,6 +228,7 @@ def build_spec(data: dict, out: str | Path | None = None, strict: bool = True) -
     else:
         model = _model_path(base["model"], "base.model", strict)
     base_overrides = _string_list(base.get("overrides"), "base.overrides")
+    then = _stages(base.get("then"), train is not None)
 
     # grid
     grid = data.get("grid") or {}
@@ -330,11 +332,30 @@ def build_spec(data: dict, out: str | Path | None = None, strict: bool = True) -
                 item = _item(fname, seed, overrides, train, model, check_evaluation_key, strict)
                 item.named, item.point, item.own = vname, tuple(point), voverrides + point_overrides
                 items.append(item)
-    spec = Spec(data=data, name=str(name), train=train, model=model, grid=grid, evaluate=dict(evaluate),
+    spec = Spec(data=data, name=str(name), train=train, model=model, grid=grid, then=then, evaluate=dict(evaluate),
                 better=dict(better), metrics=metrics, variants=names, items=items)
     if train is not None and strict:
         _check_training(spec, out)
     return spec
+
+
+def _stages(value: Any, trains: bool) -> list[list[str]]:
+    """base.then: a list of stages, each a list of training overrides (a schedule's tail: the run continues
+    in the same directory, e.g. [steps=16000, diffusion.timestep_shift=1])."""
+    if value is None:
+        return []
+    if not trains:
+        raise ConfigError("base.then: later training stages need base.train; this study only samples")
+    if not isinstance(value, list) or not value or not all(isinstance(stage, list) and stage for stage in value):
+        raise ConfigError(f"base.then: expected a list of stages, each a non-empty list of key=value training "
+                          f"overrides (e.g. [[steps=16000, diffusion.timestep_shift=1]]), got {value!r}")
+    for i, stage in enumerate(value):
+        for override in _string_list(stage, f"base.then[{i}]"):
+            key, _ = split_override(override, f"base.then[{i}]")
+            if key.startswith(SAMPLE) or key in (MODEL, "seed", "checkpoint.dir"):
+                raise ConfigError(f"base.then[{i}]: {override!r}: a stage takes training overrides only (the tool "
+                                  "sets seed and checkpoint.dir; sampling settings go in variants or the grid)")
+    return [list(stage) for stage in value]
 
 
 def _model_path(value: Any, where: str, strict: bool = True) -> str:
@@ -366,9 +387,15 @@ def _item(name, seed, overrides, train, model, check_evaluation_key, strict) -> 
     return item
 
 
-def train_overrides(item: Item, run_dir: str | Path) -> list[str]:
-    """The item's training overrides plus what the tool sets: the seed and the run directory."""
-    return [*item.train_overrides, f"seed={item.seed}", f"checkpoint.dir={run_dir}"]
+def train_overrides(item: Item, run_dir: str | Path, stage: list[str] = ()) -> list[str]:
+    """The item's training overrides, a later stage's on top (`Spec.then`), plus what the tool sets: the seed and
+    the run directory."""
+    return [*item.train_overrides, *stage, f"seed={item.seed}", f"checkpoint.dir={run_dir}"]
+
+
+def train_stages(spec: Spec, item: Item, run_dir: str | Path) -> list[list[str]]:
+    """The overrides of each training of the item's run, in order: the run, then each of `spec.then`."""
+    return [train_overrides(item, run_dir, stage) for stage in [[], *spec.then]]
 
 
 def _check_training(spec: Spec, out) -> None:
@@ -389,9 +416,14 @@ def _check_training(spec: Spec, out) -> None:
         checked.add(key)
         run_dir = item.folder(out or "DIR") / "run"
         try:
-            cfg = load(TrainConfig, spec.train, train_overrides(item, run_dir))
+            configs = [load(TrainConfig, spec.train, stage) for stage in train_stages(spec, item, run_dir)]
         except ConfigError as e:
             raise ConfigError(f"variant {item.name}: {e}") from None
+        for k in range(1, len(configs)):
+            if configs[k].steps <= configs[k - 1].steps:
+                raise ConfigError(f"variant {item.name}: base.then[{k - 1}] trains to step {configs[k].steps}, "
+                                  f"not past the stage before it (step {configs[k - 1].steps}): set a larger steps=")
+        cfg = configs[-1]
         if not cfg.init_from and (cfg.text.source not in ("t5", "clap") or not cfg.autoencoder.path):
             raise ConfigError(f"variant {item.name}: the run's export would be the denoiser alone, which the "
                               "evaluation cannot load: set text.source (t5 or clap) with text.path, and "

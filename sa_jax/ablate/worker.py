@@ -47,16 +47,25 @@ def _plain(value):
 
 
 def trained_model(job: dict):
-    """Train the job's run (resuming from its checkpoint) and load its export; None when SIGTERM stopped it."""
+    """Train the job's run through each of its stages (a stage resumes from the run's checkpoint; one that
+    finished is marked by `run/stage<k>.done` and not trained again) and load the export; None when SIGTERM
+    stopped it."""
     from sa_jax.config import load
     from sa_jax.pipeline import StableAudio
     from sa_jax.training import TrainConfig, train
 
-    cfg = load(TrainConfig, job["train"], job["train_overrides"])
-    result = train(cfg)
-    if result.preempted:
-        return None
-    export = result.export_path or Path(cfg.checkpoint.dir) / "export"
+    export = None
+    for k, overrides in enumerate(job["train_stages"]):
+        cfg = load(TrainConfig, job["train"], overrides)
+        done = Path(cfg.checkpoint.dir) / f"stage{k}.done"
+        if done.is_file():   # its checkpoint is past this stage's steps: training it again would go back
+            continue
+        result = train(cfg)
+        if result.preempted:
+            return None
+        export = result.export_path
+        write_text(done, f"step {cfg.steps}\n")
+    export = export or Path(cfg.checkpoint.dir) / "export"
     if cfg.lora.enabled:   # the export is an adapter of the run's init.from model
         return StableAudio.load(cfg.init_from, lora=[str(export)]), str(export)
     return StableAudio.load(export), str(export)
