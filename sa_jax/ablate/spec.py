@@ -387,15 +387,11 @@ def _item(name, seed, overrides, train, model, check_evaluation_key, strict) -> 
     return item
 
 
-def train_overrides(item: Item, run_dir: str | Path, stage: list[str] = ()) -> list[str]:
-    """The item's training overrides, a later stage's on top (`Spec.then`), plus what the tool sets: the seed and
-    the run directory."""
-    return [*item.train_overrides, *stage, f"seed={item.seed}", f"checkpoint.dir={run_dir}"]
-
-
 def train_stages(spec: Spec, item: Item, run_dir: str | Path) -> list[list[str]]:
-    """The overrides of each training of the item's run, in order: the run, then each of `spec.then`."""
-    return [train_overrides(item, run_dir, stage) for stage in [[], *spec.then]]
+    """The overrides of each training of the item's run, in order (the run, then each of `spec.then`): the
+    item's training overrides, the stage's on top, then what the tool sets (the seed and the run directory)."""
+    tool = [f"seed={item.seed}", f"checkpoint.dir={run_dir}"]
+    return [[*item.train_overrides, *stage, *tool] for stage in [[], *spec.then]]
 
 
 def _check_training(spec: Spec, out) -> None:

@@ -15,6 +15,7 @@ the model did not train on, e.g. `sa-jax synth --out heldout --count 16 --seed 1
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -25,8 +26,6 @@ from sa_jax.commands.sample import sigma_options
 
 def evaluation_list(text: str) -> list[str]:
     """`--evaluations timing,adherence` -> ["timing", "adherence"], checked by the report's own rule."""
-    import argparse
-
     from sa_jax.eval.report import check_evaluations
 
     names = [n.strip() for n in text.split(",") if n.strip()]
