@@ -474,8 +474,7 @@ def test_the_example_spec_is_valid(corpus):
     assert len(spec.items) == 2 * 2 * 2 and spec.items[0].sample == {"cfg_scale": 3, "steps": 8}
 
 
-@pytest.mark.parametrize("study", ["small_cfg", "small_timing", "small_decoder", "small_unet", "small_loudness",
-                                   "small_budget"])
+@pytest.mark.parametrize("study", sorted(p.stem for p in (ROOT / "configs" / "ablations").glob("small_*.yaml")))
 def test_the_study_specs_read_and_expand(study):
     """#22's specs (their data lives in runs/study, so the checks that need it are left out: strict=False)."""
     from sa_jax.ablate.spec import read_spec
